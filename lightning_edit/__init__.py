@@ -1,0 +1,9 @@
+"""lightning-edit: edit the knowledge of language models, and measure the edit honestly."""
+__version__ = "0.1.0"
+
+from .errors import (CheckpointError, ConfigError, DataError, EditFailedError, LightningEditError, ModelNotAvailableError,
+                     RequestError)
+from .requests import EditRequest, PromptAnswer, requests_from_lists
+
+__all__ = ["__version__", "EditRequest", "PromptAnswer", "requests_from_lists", "CheckpointError", "ConfigError", "DataError",
+           "EditFailedError", "LightningEditError", "ModelNotAvailableError", "RequestError"]

@@ -1,0 +1,266 @@
+"""The one contract every editor implements.
+
+An editor receives a loaded model and a list of requests and changes the model. ``Editor.edit`` wraps
+the method's ``_apply``: it validates the requests, snapshots every parameter the method declares it
+will touch, and on any exception or non-finite weight restores them bit for bit before re-raising
+(``EditFailedError``). It returns an ``EditDelta`` that undoes, saves and re-applies the edit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Optional, Protocol, Sequence, Type, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, ConfigError, EditFailedError, LightningEditError, RequestError
+from ..models.loading import LoadedModel
+from ..requests import EditRequest
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+H = TypeVar("H", bound="HyperParams")
+
+
+@dataclass
+class HyperParams:
+    """Base of every method's hyperparameters. Loaded from ``configs/<method>/`` YAML files."""
+
+    model_name: Optional[str] = None
+    seed: int = 0
+
+    @classmethod
+    def from_hparams(cls: Type[H], path: str | Path, **overrides: Any) -> H:
+        """Read one YAML file (EasyEdit's ``XXXHyperParams.from_hparams``); keys must be fields."""
+        import yaml
+
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".yaml")
+        if not path.exists():
+            raise ConfigError(f"hyperparameter file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        values.update(overrides)
+        return cls.from_dict(values, source=str(path))
+
+    @classmethod
+    def from_dict(cls: Type[H], values: dict, source: str = "<dict>") -> H:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k not in ("method", "alg_name")}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"{source}: unknown hyperparameter(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+        try:
+            hp = cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"{source}: {err}") from err
+        hp.validate()
+        return hp
+
+    @classmethod
+    def for_model(cls: Type[H], method: str, model_name: str, family: Optional[str] = None,
+                  overrides: Optional[dict] = None, config_root: Path = CONFIG_ROOT) -> H:
+        """Merge ``default.yaml``, ``<family>.yaml`` and ``<model>.yaml`` from ``configs/<method>/``, then overrides."""
+        import yaml
+
+        merged: dict = {}
+        folder = config_root / method
+        model_stem = model_name if model_name and "/" not in model_name else None  # a local path has no per-model file
+        for stem in ("default", family, model_stem):
+            if stem and (folder / f"{stem}.yaml").exists():
+                merged.update(yaml.safe_load((folder / f"{stem}.yaml").read_text()) or {})
+        merged.update(overrides or {})
+        merged["model_name"] = model_name
+        return cls.from_dict(merged, source=f"configs/{method}/")
+
+    def validate(self) -> None:
+        """Check values; raise ConfigError naming the field. Subclasses extend."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ModelPatch(Protocol):
+    """Something an editor adds to a model besides changing weights (a module, a memory)."""
+
+    def detach(self, loaded: LoadedModel) -> None: ...
+
+    def attach(self, loaded: LoadedModel) -> None: ...
+
+
+@dataclass
+class EditDelta:
+    """The exact changes an edit made: tensors before and after, and patches added."""
+
+    method: str
+    model_name: str
+    requests: list[EditRequest]
+    weights_before: dict[str, torch.Tensor] = field(default_factory=dict)
+    weights_after: dict[str, torch.Tensor] = field(default_factory=dict)
+    patches: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        return {k: self.weights_after[k] - self.weights_before[k] for k in self.weights_after}
+
+    def undo(self, loaded: LoadedModel) -> None:
+        """Restore the model exactly as it was before this edit."""
+        params = dict(loaded.model.named_parameters())
+        with torch.no_grad():
+            for name, before in self.weights_before.items():
+                params[name].copy_(before)
+        for patch in reversed(self.patches):
+            patch.detach(loaded)
+
+    def reapply(self, loaded: LoadedModel) -> None:
+        """Apply this edit again to a model holding the pre-edit weights (refuses any other)."""
+        params = dict(loaded.model.named_parameters())
+        missing = [n for n in self.weights_after if n not in params]
+        if missing:
+            raise CheckpointError(f"saved edit names parameters {missing[:3]} that model {loaded.name!r} lacks")
+        with torch.no_grad():
+            for name, before in self.weights_before.items():
+                if not torch.equal(params[name].detach().cpu(), before.cpu()):
+                    raise CheckpointError(
+                        f"parameter {name} does not hold the weights this edit was made on; load the original "
+                        f"{self.model_name!r} before re-applying"
+                    )
+            for name, after in self.weights_after.items():
+                params[name].copy_(after)
+        for patch in self.patches:
+            patch.attach(loaded)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``edit.safetensors`` (before/after of every touched tensor) and ``edit.json`` (requests, method)."""
+        if self.patches:
+            raise LightningEditError(f"{self.method}: edits that add modules are saved with the editor's own save(); weights only here")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"after/{k}": v.contiguous() for k, v in self.weights_after.items()}
+        tensors.update({f"before/{k}": v.contiguous() for k, v in self.weights_before.items()})
+        save_file(tensors, str(directory / "edit.safetensors"))
+        (directory / "edit.json").write_text(json.dumps({
+            "method": self.method, "model": self.model_name, "seconds": self.seconds, "info": self.info,
+            "requests": [r.to_dict() for r in self.requests],
+        }, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "EditDelta":
+        directory = Path(directory)
+        meta = json.loads((directory / "edit.json").read_text())
+        tensors = load_file(str(directory / "edit.safetensors"))
+        before = {k[len("before/"):]: v for k, v in tensors.items() if k.startswith("before/")}
+        after = {k[len("after/"):]: v for k, v in tensors.items() if k.startswith("after/")}
+        return cls(method=meta["method"], model_name=meta["model"], requests=[EditRequest.from_dict(r) for r in meta["requests"]],
+                   weights_before=before, weights_after=after, seconds=meta.get("seconds", 0.0), info=meta.get("info", {}))
+
+
+class Editor(ABC):
+    """Base class of every editing method. Subclasses set ``name``, ``HParams`` and implement
+    ``touched_parameters`` and ``_apply``; they never evaluate."""
+
+    name: ClassVar[str]
+    HParams: ClassVar[Type[HyperParams]] = HyperParams
+    needs_subject: ClassVar[bool] = False
+    supports_batch: ClassVar[bool] = True  # False: a list of requests is applied one after another
+
+    def __init__(self, hparams: HyperParams):
+        if not isinstance(hparams, self.HParams):
+            raise ConfigError(f"{self.name} needs {self.HParams.__name__}, got {type(hparams).__name__}")
+        self.hparams = hparams
+
+    # ---- what a method implements -------------------------------------------------------------
+    def prepare(self, loaded: LoadedModel) -> None:
+        """One-off work before the first edit (statistics, caches). Timed apart from edits."""
+
+    @abstractmethod
+    def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        """Names of every parameter ``_apply`` may change (snapshotted for undo)."""
+
+    @abstractmethod
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[Any]:
+        """Change the model in place for all ``requests``; return added patches (usually none)."""
+
+    # ---- the contract ---------------------------------------------------------------------------
+    def validate(self, requests: Sequence[EditRequest]) -> list[EditRequest]:
+        requests = list(requests)
+        if not requests:
+            raise RequestError("no edit requests given; pass at least one EditRequest")
+        for r in requests:
+            if not isinstance(r, EditRequest):
+                raise RequestError(f"expected EditRequest objects, got {type(r).__name__}; build them with EditRequest(...) or requests_from_lists(...)")
+            if self.needs_subject:
+                r.require_subject(self.name)
+        return requests
+
+    def edit(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
+        """Apply ``requests`` (as one batch where the method supports it). Atomic: fails → weights unchanged."""
+        requests = self.validate(requests)
+        params = dict(loaded.model.named_parameters())
+        names = self.touched_parameters(loaded, requests)
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ConfigError(f"{self.name}: parameters {unknown[:3]} do not exist in {loaded.name}; check the layer numbers in its config")
+        before = {n: params[n].detach().clone() for n in names}
+        patches: list[Any] = []
+        start = time.perf_counter()
+        try:
+            if self.supports_batch:
+                patches = list(self._apply(loaded, requests) or [])
+            else:
+                for r in requests:
+                    patches.extend(self._apply(loaded, [r]) or [])
+            bad = [n for n in names if not torch.isfinite(params[n]).all()]
+            if bad:
+                raise FloatingPointError(f"non-finite values in {bad[:3]} after the edit")
+        except BaseException as err:
+            with torch.no_grad():
+                for n, t in before.items():
+                    params[n].copy_(t)
+            for patch in reversed(patches):
+                patch.detach(loaded)
+            if isinstance(err, (LightningEditError, KeyboardInterrupt)):
+                raise
+            raise EditFailedError(f"{self.name} edit failed ({type(err).__name__}: {err}); the weights were restored") from err
+        finally:
+            for p in params.values():
+                p.requires_grad_(False)
+        seconds = time.perf_counter() - start
+        after = {n: params[n].detach().clone() for n in names}
+        return EditDelta(method=self.name, model_name=loaded.name, requests=requests, weights_before=before,
+                         weights_after=after, patches=patches, seconds=seconds)
+
+    def edit_sequential(self, loaded: LoadedModel, requests: Iterable[EditRequest]) -> list[EditDelta]:
+        """Apply requests one after another, keeping each; undo them in reverse order."""
+        return [self.edit(loaded, [r]) for r in requests]
+
+
+EDITORS: dict[str, Type[Editor]] = {}
+
+
+def register_editor(cls: Type[Editor]) -> Type[Editor]:
+    if cls.name in EDITORS:
+        raise ValueError(f"editor {cls.name!r} registered twice")
+    EDITORS[cls.name] = cls
+    return cls
+
+
+def get_editor_class(method: str) -> Type[Editor]:
+    if method not in EDITORS:
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(sorted(EDITORS))}")
+    return EDITORS[method]
+
+
+def build_editor(method: str, loaded: LoadedModel, overrides: Optional[dict] = None) -> Editor:
+    """The editor for ``method`` with hyperparameters for ``loaded`` from ``configs/<method>/``."""
+    cls = get_editor_class(method)
+    hp = cls.HParams.for_model(method, loaded.name, loaded.layout.family, overrides)
+    return cls(hp)

@@ -1,0 +1,121 @@
+"""Fine-tuning baselines.
+
+- FT-L (Meng et al. 2022's constrained fine-tuning): tune one MLP output projection so that the prompt's
+  last position predicts the target tokens, keeping every weight within an L∞ ball around its original.
+- FT-M (EasyEdit): the same layer tuned with teacher-forced cross-entropy on the target tokens only
+  (prompt positions masked out).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..models.loading import LoadedModel
+from ..models.teacher_forcing import build_target_batch, target_logits
+from ..requests import EditRequest
+from .base import Editor, HyperParams, register_editor
+
+OBJECTIVES = ("target_tokens", "prompt_last")
+
+
+@dataclass
+class FTHyperParams(HyperParams):
+    layers: list[int] = field(default_factory=lambda: [-8])  # negative: counted from the last block
+    objective: str = "target_tokens"
+    lr: float = 5e-4
+    num_steps: int = 25
+    norm_constraint: Optional[float] = None  # L∞ bound on the change of each tuned weight
+    weight_decay: float = 0.0
+    early_stop_loss: float = 1e-2  # stop once the mean target NLL falls below this
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"field 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not self.layers:
+            raise ConfigError("field 'layers' is empty; name at least one block to tune")
+        if self.num_steps < 1 or self.lr <= 0:
+            raise ConfigError("fields 'num_steps' (≥1) and 'lr' (>0) must be positive")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ConfigError("field 'norm_constraint' must be positive or null")
+
+
+@dataclass
+class FTLHyperParams(FTHyperParams):
+    objective: str = "prompt_last"
+    norm_constraint: Optional[float] = 5e-4
+
+
+@dataclass
+class FTMHyperParams(FTHyperParams):
+    objective: str = "target_tokens"
+
+
+def resolve_layers(layers: Sequence[int], n_layers: int, field_name: str = "layers") -> list[int]:
+    out = []
+    for layer in layers:
+        idx = layer + n_layers if layer < 0 else layer
+        if not 0 <= idx < n_layers:
+            raise ConfigError(f"field '{field_name}' holds {layer}, outside the model's {n_layers} blocks")
+        out.append(idx)
+    return sorted(set(out))
+
+
+class FineTuneEditor(Editor):
+    HParams = FTHyperParams
+
+    def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        n = loaded.layout.num_layers(loaded.model)
+        return [loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in resolve_layers(self.hparams.layers, n)]
+
+    def _loss(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
+        batch = build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
+        logits = target_logits(loaded, batch)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        mask = batch.labels != -100
+        if self.hparams.objective == "target_tokens":
+            token_logp = logp.gather(-1, batch.labels.clamp(min=0)[..., None]).squeeze(-1)
+            return -(token_logp * mask).sum() / mask.sum()
+        # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline)
+        rows = []
+        for i, p_len in enumerate(batch.prompt_lengths or []):
+            tgt = batch.labels[i][mask[i]]
+            rows.append(-logp[i, p_len - 1, tgt].mean())
+        return torch.stack(rows).mean()
+
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+        hp = self.hparams
+        params = dict(loaded.model.named_parameters())
+        tuned = {n: params[n] for n in self.touched_parameters(loaded, requests)}
+        originals = {n: p.detach().clone() for n, p in tuned.items()}
+        for p in tuned.values():
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(tuned.values(), lr=hp.lr, weight_decay=hp.weight_decay)
+        for _ in range(hp.num_steps):
+            opt.zero_grad(set_to_none=True)
+            loss = self._loss(loaded, requests)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()}")
+            if loss.item() < hp.early_stop_loss:
+                break
+            loss.backward()
+            opt.step()
+            if hp.norm_constraint is not None:
+                with torch.no_grad():
+                    for n, p in tuned.items():
+                        p.copy_(torch.clamp(p, originals[n] - hp.norm_constraint, originals[n] + hp.norm_constraint))
+        return []
+
+
+@register_editor
+class FTLEditor(FineTuneEditor):
+    name = "ft-l"
+    HParams = FTLHyperParams
+
+
+@register_editor
+class FTMEditor(FineTuneEditor):
+    name = "ft-m"
+    HParams = FTMHyperParams

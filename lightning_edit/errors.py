@@ -1,0 +1,29 @@
+"""Errors the user can act on. Each message names the field (or file) at fault and the fix."""
+
+
+class LightningEditError(Exception):
+    """Base class of every error lightning-edit raises on purpose."""
+
+
+class RequestError(LightningEditError, ValueError):
+    """An edit request is malformed (empty prompt, missing subject, wrong type...)."""
+
+
+class DataError(LightningEditError, FileNotFoundError):
+    """A dataset file is missing or its records are in no known format."""
+
+
+class ModelNotAvailableError(LightningEditError, OSError):
+    """A model cannot be loaded here (not cached, offline, package missing)."""
+
+
+class ConfigError(LightningEditError, ValueError):
+    """A hyperparameter file or value is wrong."""
+
+
+class EditFailedError(LightningEditError, RuntimeError):
+    """An edit failed; the model's weights were restored to what they were before it."""
+
+
+class CheckpointError(LightningEditError, ValueError):
+    """A shared file (editor checkpoint, statistics cache, saved edit) does not match what it claims."""

