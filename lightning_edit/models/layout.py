@@ -107,7 +107,7 @@ FAMILY_LAYOUTS: dict[str, ModelLayout] = {
         mlp_out="gpt_neox.layers.{}.mlp.dense_4h_to_h",
         attn_out="gpt_neox.layers.{}.attention.dense",
         final_norm="gpt_neox.final_layer_norm",
-        lm_head="embed_out",
+        lm_head="lm_head",  # transformers ≥ 5 (was embed_out)
     ),
     "llama": ModelLayout(family="llama", **_LLAMA_LIKE),
     "qwen2": ModelLayout(family="qwen2", **_LLAMA_LIKE),

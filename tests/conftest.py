@@ -1,0 +1,84 @@
+"""Shared fixtures: the real smollm2-135m (loaded once per session) and tiny random models of every family."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+from lightning_edit.data import default_data_dir  # noqa: E402
+from lightning_edit.models import LoadedModel, layout_for, load_model  # noqa: E402
+
+DATA_DIR = default_data_dir()
+
+FAMILIES = ("gpt2", "gptj", "gpt_neox", "llama", "gemma3_text", "qwen2", "t5")
+
+
+def tiny_config(family: str, vocab_size: int):
+    """A randomly initialised 4-block model of ``family`` (small enough for milliseconds per pass)."""
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size)
+    if family == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=256, **common)
+    if family == "gptj":
+        return tf.GPTJConfig(n_embd=32, n_layer=4, n_head=2, rotary_dim=8, n_positions=256, **common)
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, **common)
+    if family == "llama":
+        return tf.LlamaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, **common)
+    if family == "qwen2":
+        return tf.Qwen2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64, **common)
+    if family == "gemma3_text":
+        return tf.Gemma3TextConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                   intermediate_size=64, sliding_window=32, **common)
+    if family == "t5":
+        return tf.T5Config(d_model=32, d_ff=64, num_layers=2, num_decoder_layers=4, num_heads=2, d_kv=16, decoder_start_token_id=0,
+                           pad_token_id=0, eos_token_id=1, **common)
+    raise ValueError(family)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The real embedded default model, loaded once for the whole session (callers must undo their edits)."""
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2):
+    return smollm2.tokenizer
+
+
+def build_tiny(family: str, tokenizer, seed: int = 0) -> LoadedModel:
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    config = tiny_config(family, vocab_size=len(tokenizer))
+    cls = tf.AutoModelForSeq2SeqLM if family == "t5" else tf.AutoModelForCausalLM
+    model = cls.from_config(config).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(name=f"tiny-{family}", model=model, tokenizer=tokenizer, layout=layout_for(model))
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_model(request, tokenizer) -> LoadedModel:
+    """A fresh tiny random model per test, for each family."""
+    return build_tiny(request.param, tokenizer)
+
+
+@pytest.fixture(params=[f for f in FAMILIES if f != "t5"])
+def tiny_decoder(request, tokenizer) -> LoadedModel:
+    return build_tiny(request.param, tokenizer)
+
+
+def require_data(relative: str) -> Path:
+    path = DATA_DIR / relative
+    if not path.exists():
+        pytest.skip(f"benchmark data {path} not present (set LIGHTNING_EDIT_DATA)")
+    return path
