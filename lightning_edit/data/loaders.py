@@ -6,6 +6,7 @@ beside the project. Named datasets map to files under that directory; any JSON f
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
@@ -13,6 +14,7 @@ from typing import Callable, Iterable, Optional, Union
 from ..errors import DataError, RequestError
 from ..requests import EditRequest, PromptAnswer
 
+log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATA_ENV = "LIGHTNING_EDIT_DATA"
 
@@ -168,25 +170,36 @@ def detect_format(record: dict) -> str:
     raise DataError(f"record with keys {sorted(record)} matches no known format ({', '.join(FORMATS)})")
 
 
-def convert_records(records: Iterable[dict], source: str = "<records>") -> list[EditRequest]:
+def convert_records(records: Iterable[dict], source: str = "<records>", on_invalid: str = "skip") -> list[EditRequest]:
+    """Convert raw records. Records that are unusable as edits (e.g. an empty target: ZsRE's train file has
+    one) are skipped with a warning naming them (``on_invalid="skip"``) or raise (``"raise"``)."""
+    if on_invalid not in ("skip", "raise"):
+        raise ValueError("on_invalid must be 'skip' or 'raise'")
     records = list(records)
     if not records:
         return []
     fmt = detect_format(records[0])
     convert = FORMATS[fmt][1]
     out: list[EditRequest] = []
+    skipped: list[str] = []
     for i, rec in enumerate(records):
         try:
             made = convert(rec, i)
         except KeyError as err:
             raise DataError(f"{source}: record {i} (format {fmt}) lacks field {err}") from err
         except RequestError as err:
-            raise DataError(f"{source}: record {i}: {err}") from err
+            if on_invalid == "raise":
+                raise DataError(f"{source}: record {i}: {err}") from err
+            skipped.append(f"record {i}: {err}")
+            continue
         out.extend(made if isinstance(made, list) else [made])
+    if skipped:
+        log.warning("%s: skipped %d unusable record(s); first: %s", source, len(skipped), skipped[0])
     return out
 
 
-def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None, offset: int = 0) -> list[EditRequest]:
+def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None, offset: int = 0,
+                  on_invalid: str = "skip") -> list[EditRequest]:
     """Requests from a named dataset or a JSON (list or JSON-lines) file; ``n`` first after ``offset``."""
     path = resolve_dataset_path(name_or_path, data_dir)
     text = path.read_text(encoding="utf-8")
@@ -203,4 +216,4 @@ def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional
         records = records[offset: offset + n]
     elif offset:
         records = records[offset:]
-    return convert_records(records, source=str(path))
+    return convert_records(records, source=str(path), on_invalid=on_invalid)

@@ -108,6 +108,7 @@ class Report:
     post: dict = field(default_factory=dict)
     efficiency: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    kept_deltas: list = field(default_factory=list, repr=False)  # sequential + keep_edits: undo these to restore
 
     def to_json(self) -> dict:
         summary = {"method": self.method, "model": self.model, "n": self.n, "protocol": self.protocol, **self.post, **self.efficiency}
@@ -133,8 +134,14 @@ def evaluate_editing(
     fluency: bool = True,
     fluency_tokens: int = 40,
     progress: bool = True,
+    keep_edits: bool = False,
 ) -> Report:
-    """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency."""
+    """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
+
+    ``keep_edits`` (sequential only): leave the edits in the model; ``Report.kept_deltas`` undoes them.
+    """
+    if keep_edits and protocol != "sequential":
+        raise ValueError("keep_edits needs protocol='sequential' (single and batch edits are undone after scoring)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     requests = editor.validate(requests)
@@ -159,6 +166,7 @@ def evaluate_editing(
 
     seconds_metric, memory_metric = EditSeconds(), PeakMemory()
     deltas: list[EditDelta] = []
+    kept: list[EditDelta] = []
     bar = tqdm(total=len(requests), desc=f"{editor.name} ({protocol})", disable=not progress, unit="req")
 
     def score_post(idx: list[int]) -> None:
@@ -189,8 +197,10 @@ def evaluate_editing(
             bar.update(len(chunk))
         if protocol == "sequential":
             score_post(list(range(len(requests))))
+        if keep_edits:
+            kept, deltas = deltas, []
     finally:
-        for delta in reversed(deltas):
+        for delta in reversed(deltas):  # on error, always restore the model
             delta.undo(loaded)
         bar.close()
 
@@ -204,6 +214,7 @@ def evaluate_editing(
         requests=rows, pre=pre_metrics.summary(), post=post_metrics.summary(), efficiency=efficiency,
         config={"hparams": editor.hparams.to_dict(), "fluency_tokens": fluency_tokens if fluency else 0,
                 "versions": versions(), "device": str(loaded.device)},
+        kept_deltas=kept,
     )
 
 
