@@ -78,11 +78,13 @@ class FineTuneEditor(Editor):
         if self.hparams.objective == "target_tokens":
             token_logp = logp.gather(-1, batch.labels.clamp(min=0)[..., None]).squeeze(-1)
             return -(token_logp * mask).sum() / mask.sum()
-        # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline)
+        # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline);
+        # for an encoder-decoder that position is the decoder's first (start-token) position.
         rows = []
-        for i, p_len in enumerate(batch.prompt_lengths or []):
+        for i in range(logp.shape[0]):
+            position = 0 if loaded.layout.is_encoder_decoder else batch.prompt_lengths[i] - 1
             tgt = batch.labels[i][mask[i]]
-            rows.append(-logp[i, p_len - 1, tgt].mean())
+            rows.append(-logp[i, position, tgt].mean())
         return torch.stack(rows).mean()
 
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
