@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 
 from ..models.loading import LoadedModel
-from ..models.teacher_forcing import TargetScore, score_targets
+from ..models.teacher_forcing import TargetScore, contextualize, score_targets
 from ..requests import EditRequest
 
 
@@ -64,6 +64,7 @@ def measure(loaded: LoadedModel, requests: Sequence[EditRequest], batch_size: in
 def generate_greedy(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 40, batch_size: int = 16) -> list[str]:
     """Greedy continuations (transformers' ``generate``), left-padded batches; returns only the new text."""
     tok = loaded.tokenizer
+    prompts = contextualize(loaded, prompts)
     texts: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"

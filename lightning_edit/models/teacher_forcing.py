@@ -24,6 +24,13 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
 
+def contextualize(loaded: LoadedModel, prompts: Sequence[str]) -> list[str]:
+    """The prompts as the model is to read them. An in-context editor (IKE) sets ``loaded.prompt_context``,
+    a callable from prompts to prompts (e.g. prepending demonstrations); without one they are unchanged."""
+    context = getattr(loaded, "prompt_context", None)
+    return list(prompts) if context is None else list(context(list(prompts)))
+
+
 @dataclass
 class TargetBatch:
     """Right-padded decoder-only batch (or encoder/decoder pair) with labels on target tokens only."""
@@ -42,6 +49,7 @@ class TargetBatch:
 
 
 def build_target_batch(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
+    prompts = contextualize(loaded, prompts)
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = loaded.device
