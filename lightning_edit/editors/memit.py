@@ -1,0 +1,65 @@
+"""MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"): many facts in one batch.
+
+For each request a target z for the residual stream (the output of the last edited block, at the
+subject's last token) is optimised as in ROME. The change z − h is then spread over the edited layers
+from the lowest up: at layer l, with keys K (mlp_out inputs at the subject, averaged over context
+prefixes; one column per request) and residual R = (z − h_current) / (layers left),
+ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, where C = E[k kᵀ] over text and λ = ``mom2_update_weight``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import ConfigError
+from ..models.loading import LoadedModel
+from ..requests import EditRequest
+from .base import register_editor
+from .locate import LocateEditor, LocateHyperParams, add_to_weight, optimise_values, subject_keys_and_outputs
+
+
+@dataclass
+class MEMITHyperParams(LocateHyperParams):
+    mom2_update_weight: float = 15000.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.mom2_update_weight < 0:
+            raise ConfigError("field 'mom2_update_weight' must be ≥ 0")
+
+
+def block_name(loaded: LoadedModel, layer: int) -> str:
+    return f"{loaded.layout.blocks}.{layer}"
+
+
+@register_editor
+class MEMITEditor(LocateEditor):
+    name = "memit"
+    HParams = MEMITHyperParams
+    supports_batch = True
+
+    def _layer_update(self, loaded: LoadedModel, index: int, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+        """ΔW (out, in) for one layer from keys (d_in, n) and residuals (d_out, n), float64."""
+        cov = self.resources(loaded).mom2[layer].to(keys.device).double()
+        adj = torch.linalg.solve(self.hparams.mom2_update_weight * cov + keys @ keys.T, keys)
+        return resid @ adj.T
+
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+        res = self.resources(loaded)
+        layers = self.layers(loaded)
+        z_site = block_name(loaded, layers[-1])
+        values = optimise_values(loaded, requests, z_site, res.prefixes, self.hparams.value_hparams())
+        all_keys: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(layers):
+            # keys and current z with the lower layers already updated
+            keys, outs = subject_keys_and_outputs(loaded, requests, [layer], res.prefixes, output_modules=[z_site])
+            k = keys[layer].mean(1).double().T  # (d_in, n)
+            resid = (values.targets - outs[z_site]).double().T / (len(layers) - i)  # (d_out, n)
+            add_to_weight(loaded, layer, self._layer_update(loaded, i, layer, k, resid).float())
+            all_keys[layer] = k
+        return self._after_edit(loaded, all_keys)
+
+    def _after_edit(self, loaded: LoadedModel, keys: dict[int, torch.Tensor]) -> list:
+        return []
