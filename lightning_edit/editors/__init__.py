@@ -3,3 +3,4 @@ from .base import EDITORS, EditDelta, Editor, HyperParams, build_editor, get_edi
 from . import ft  # noqa: F401  (registers ft-l, ft-m)
 
 __all__ = ["EDITORS", "EditDelta", "Editor", "HyperParams", "build_editor", "get_editor_class", "register_editor"]
+from . import rome, memit, alphaedit  # noqa: F401  (registers rome, memit, alphaedit)
