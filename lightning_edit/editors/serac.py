@@ -1,0 +1,331 @@
+"""SERAC (Mitchell et al. 2022, "Memory-Based Model Editing at Scale").
+
+The base model is never changed. Edits go into an explicit memory; a trained *scope classifier* decides
+whether an input falls under a stored edit, and a trained *counterfactual model* answers in-scope inputs;
+out-of-scope inputs get the base model's own output.
+
+Choices for a CPU budget (said in the docs and the report):
+- Scope classifier: the frozen base model's hidden states after block ``scope_layer`` (each token
+  L2-normalised), averaged over the tokens seen so far (a causal running mean, so the decision at a
+  position only uses the text before it, as a language model must), then a trained 2-layer projection;
+  an input is in scope of edit ``e`` when ``σ(s · cos(q, k_e) + b) > scope_threshold`` (``k_e``: the same
+  embedding of the edit prompt). A bi-encoder like the paper's embedding variant, reusing the base model.
+- Counterfactual model: the base model itself reading "<edit prompt> <new answer>\\n" before the input,
+  plus trained LoRA adapters (rank ``lora_rank``) on the attention and MLP output projections of every
+  block, active only for in-scope rows. Small to train and to ship (a few MB), and it can copy the new
+  answer from its context.
+
+The edit is a patch (``attach``/``detach``) that routes the model's forward: every position whose prefix
+is in scope gets the counterfactual model's logits, every other position the base model's, unchanged.
+While a patch is attached ``generate`` runs without a key/value cache (the routing re-reads the whole
+prefix); detaching restores the forward and the cache setting exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, EditFailedError
+from ..hooks import hooks, run_until, trace
+from ..models.loading import LoadedModel
+from ..models.teacher_forcing import prompt_ids, target_ids
+from ..requests import EditRequest
+from ..training.learned import LearnedEditor, LearnedHyperParams
+from .base import register_editor
+from .ft import resolve_layers
+
+ROUTER_ATTR = "_lightning_edit_serac_router"
+
+
+@dataclass
+class SERACHyperParams(LearnedHyperParams):
+    scope_layer: int = 6  # scope features: output of this block of the frozen base model
+    scope_dim: int = 256
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = field(default_factory=lambda: ["attn_out", "mlp_out"])  # ModelLayout templates
+    lora_layers: Optional[list[int]] = None  # None: every block
+    edit_template: str = "{prompt} {target}\n"  # what the counterfactual model reads before the input
+    scope_threshold: float = 0.5
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("scope_layer", "scope_dim", "lora_rank", "lora_alpha", "lora_targets",
+                                               "lora_layers", "edit_template")
+
+    def validate(self) -> None:
+        if self.scope_dim < 1 or self.lora_rank < 1:
+            raise ConfigError("fields 'scope_dim' and 'lora_rank' must be ≥ 1")
+        if not 0.0 < self.scope_threshold < 1.0:
+            raise ConfigError("field 'scope_threshold' must lie strictly between 0 and 1")
+        bad = [t for t in self.lora_targets if t not in ("attn_out", "mlp_out", "mlp_in")]
+        if bad or not self.lora_targets:
+            raise ConfigError(f"field 'lora_targets' must name layout projections among attn_out, mlp_out, mlp_in; got {self.lora_targets}")
+        if "{prompt}" not in self.edit_template or "{target}" not in self.edit_template:
+            raise ConfigError("field 'edit_template' must contain {prompt} and {target}")
+
+
+class ScopeClassifier(nn.Module):
+    def __init__(self, hidden_dim: int, scope_dim: int):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, scope_dim))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-5.0))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.project(features), dim=-1)
+
+    def logits(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(..., k) queries × (E, k) keys → (..., E) in-scope logits."""
+        return self.log_scale.exp() * queries @ keys.T + self.bias
+
+
+class SERACNetwork(nn.Module):
+    """Everything SERAC trains: the scope classifier's projection and the counterfactual LoRA adapters."""
+
+    def __init__(self, hidden_dim: int, scope_dim: int, lora_shapes: dict[str, tuple[int, int]], rank: int, alpha: float):
+        super().__init__()
+        self.classifier = ScopeClassifier(hidden_dim, scope_dim)
+        self.lora_paths = list(lora_shapes)
+        self.lora_scale = alpha / rank
+        self.lora_a = nn.ParameterDict()
+        self.lora_b = nn.ParameterDict()
+        for path, (out_dim, in_dim) in lora_shapes.items():
+            key = path.replace(".", "_")
+            self.lora_a[key] = nn.Parameter(torch.randn(rank, in_dim) / math.sqrt(in_dim))
+            self.lora_b[key] = nn.Parameter(torch.zeros(out_dim, rank))  # zero: starts as the base model
+
+
+@contextlib.contextmanager
+def lora_active(loaded: LoadedModel, network: SERACNetwork) -> Iterator[None]:
+    """The counterfactual model: the base model with the LoRA adapters added while the block runs."""
+
+    def make(key: str):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            a, b = network.lora_a[key], network.lora_b[key]
+            return output + (x.to(a.dtype) @ a.T @ b.T * network.lora_scale).to(output.dtype)
+
+        return hook
+
+    def register():
+        return [loaded.model.get_submodule(p).register_forward_hook(make(p.replace(".", "_"))) for p in network.lora_paths]
+
+    with hooks(register):
+        yield
+
+
+def block_path(loaded: LoadedModel, layer: int) -> str:
+    return f"{loaded.layout.blocks}.{layer}"
+
+
+def running_mean_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per position: mean of the L2-normalised hidden states of the real tokens up to it (causal)."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    h = nn.functional.normalize(hidden.float(), dim=-1) * mask
+    counts = mask.cumsum(1).clamp(min=1.0)
+    return h.cumsum(1) / counts
+
+
+def scope_features(loaded: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Running-mean features of the base model's block ``layer`` (the forward stops there)."""
+    path = block_path(loaded, layer)
+    with torch.no_grad(), trace(loaded.model, [path], stop_after=path) as tr:
+        run_until(lambda: loaded.model(input_ids=input_ids, attention_mask=attention_mask))
+    return running_mean_features(tr[path].output, attention_mask)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id(loaded: LoadedModel) -> int:
+    tok = loaded.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else 0
+
+
+def edit_prefix_ids(loaded: LoadedModel, template: str, request: EditRequest) -> list[int]:
+    return loaded.tokenizer(template.format(prompt=request.prompt, target=request.target_new), add_special_tokens=False)["input_ids"]
+
+
+def prompt_keys(loaded: LoadedModel, network: SERACNetwork, layer: int, prompts: Sequence[str]) -> torch.Tensor:
+    """(E, k) scope embeddings of edit prompts (running mean at each prompt's last token)."""
+    rows = [prompt_ids(loaded.tokenizer, p) for p in prompts]
+    ids, mask = pad_rows(rows, pad_id(loaded), loaded.device)
+    feats = scope_features(loaded, layer, ids, mask)
+    last = torch.tensor([len(r) - 1 for r in rows], device=feats.device)
+    return network.classifier.embed(feats[torch.arange(len(rows), device=feats.device), last])
+
+
+def lora_shapes(loaded: LoadedModel, targets: Sequence[str], layers: Optional[Sequence[int]]) -> dict[str, tuple[int, int]]:
+    n = loaded.layout.num_layers(loaded.model)
+    chosen = resolve_layers(layers, n, "lora_layers") if layers is not None else list(range(n))
+    out = {}
+    for i in chosen:
+        for t in targets:
+            template = getattr(loaded.layout, t)
+            module = loaded.layout.module(loaded.model, template, i)
+            out[template.format(i)] = tuple(loaded.layout.linear_weight(module).shape)
+    return out
+
+
+class SERACRouter:
+    """Installed on a model while at least one SERAC patch is attached: holds the edit memory and
+    routes the forward. Lives on the model instance (not a global), removed with the last patch."""
+
+    def __init__(self, loaded: LoadedModel, network: SERACNetwork, hparams: SERACHyperParams):
+        self.loaded, self.network, self.hparams = loaded, network, hparams
+        self.patches: list["SERACPatch"] = []
+        self._saved_use_cache: Any = None
+
+    # ---- memory ----------------------------------------------------------------------------------
+    def add(self, patch: "SERACPatch") -> None:
+        if not self.patches:
+            self._install()
+        self.patches.append(patch)
+
+    def remove(self, patch: "SERACPatch") -> None:
+        self.patches = [p for p in self.patches if p is not patch]
+        if not self.patches:
+            self._uninstall()
+
+    def memory(self) -> tuple[torch.Tensor, list[list[int]]]:
+        keys = torch.cat([p.keys for p in self.patches], dim=0)
+        prefixes = [ids for p in self.patches for ids in p.prefixes]
+        return keys, prefixes
+
+    # ---- installing the routed forward -------------------------------------------------------------
+    def _install(self) -> None:
+        model = self.loaded.model
+        model.__dict__[ROUTER_ATTR] = self
+        model.__dict__["forward"] = self.forward  # instance attribute shadows the class's forward
+        config = getattr(model, "generation_config", None)
+        if config is not None:
+            self._saved_use_cache = config.use_cache
+            config.use_cache = False  # routing needs the whole prefix at every step
+
+    def _uninstall(self) -> None:
+        model = self.loaded.model
+        model.__dict__.pop("forward", None)
+        model.__dict__.pop(ROUTER_ATTR, None)
+        config = getattr(model, "generation_config", None)
+        if config is not None:
+            config.use_cache = self._saved_use_cache
+
+    def _base_forward(self, *args, **kwargs):
+        return type(self.loaded.model).forward(self.loaded.model, *args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        past = kwargs.get("past_key_values")
+        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
+            raise EditFailedError("a SERAC-edited model routes each position by its whole prefix and cannot continue from a "
+                                  "key/value cache; call it with use_cache=False (generate does so while the edit is attached)")
+        kwargs["use_cache"] = False
+        kwargs.pop("past_key_values", None)
+        if input_ids is None:
+            raise EditFailedError("a SERAC-edited model needs input_ids (not inputs_embeds) to decide the scope of an input")
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        path = block_path(self.loaded, self.hparams.scope_layer)
+        with trace(self.loaded.model, [path]) as tr:
+            out = self._base_forward(*args, **kwargs)
+        with torch.no_grad():
+            feats = running_mean_features(tr[path].output, attention_mask)
+            keys, prefixes = self.memory()
+            probs = torch.sigmoid(self.network.classifier.logits(self.network.classifier.embed(feats), keys.to(feats.device)))
+            best_prob, best = probs.max(-1)
+            in_scope = (best_prob > self.hparams.scope_threshold) & attention_mask.bool()
+        logits = out.logits
+        n_out = logits.shape[1]  # generate may ask for the last position(s) only
+        start = input_ids.shape[1] - n_out
+        in_scope, best = in_scope[:, start:], best[:, start:]
+        if not in_scope.any():
+            return out
+        logits = logits.clone()
+        jobs = []  # (row, edit) pairs to run through the counterfactual model
+        for row in range(input_ids.shape[0]):
+            for e in best[row][in_scope[row]].unique().tolist():
+                jobs.append((row, e))
+        rows = []
+        for row, e in jobs:
+            valid = attention_mask[row].bool()
+            rows.append(prefixes[e] + input_ids[row][valid].tolist())
+        ids, mask = pad_rows(rows, pad_id(self.loaded), input_ids.device)
+        with torch.no_grad(), lora_active(self.loaded, self.network):
+            cf_logits = self._base_forward(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        for j, (row, e) in enumerate(jobs):
+            valid_positions = attention_mask[row].bool().nonzero().squeeze(-1)
+            p = len(prefixes[e])
+            cf_row = cf_logits[j, p: p + len(valid_positions)]  # aligned with the row's real tokens
+            full = torch.zeros(input_ids.shape[1], logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            full[valid_positions] = cf_row.to(logits.dtype)
+            take = in_scope[row] & (best[row] == e)
+            logits[row][take] = full[start:][take]
+        out.logits = logits
+        return out
+
+
+class SERACPatch:
+    """Some edits in the memory of a model's SERAC router."""
+
+    def __init__(self, editor: "SERACEditor", requests: Sequence[EditRequest], keys: torch.Tensor, prefixes: list[list[int]]):
+        self.editor, self.requests, self.keys, self.prefixes = editor, list(requests), keys, prefixes
+
+    def attach(self, loaded: LoadedModel) -> None:
+        router = loaded.model.__dict__.get(ROUTER_ATTR)
+        if router is None:
+            router = SERACRouter(loaded, self.editor.network, self.editor.hparams)
+        router.add(self)
+
+    def detach(self, loaded: LoadedModel) -> None:
+        router = loaded.model.__dict__.get(ROUTER_ATTR)
+        if router is not None:
+            router.remove(self)
+
+
+@register_editor
+class SERACEditor(LearnedEditor):
+    name = "serac"
+    HParams = SERACHyperParams
+    supports_batch = True  # a batch is several memory entries
+
+    def _check(self, loaded: LoadedModel) -> None:
+        if loaded.layout.is_encoder_decoder:
+            raise ConfigError("serac here routes decoder-only language models; an encoder-decoder model "
+                              f"({loaded.layout.family}) is not supported")
+        n = loaded.layout.num_layers(loaded.model)
+        if not 0 <= self.hparams.scope_layer < n:
+            raise ConfigError(f"field 'scope_layer' is {self.hparams.scope_layer}, outside the model's {n} blocks")
+
+    def build_network(self, loaded: LoadedModel) -> SERACNetwork:
+        self._check(loaded)
+        hp = self.hparams
+        hidden = loaded.model.get_input_embeddings().weight.shape[1]
+        return SERACNetwork(hidden, hp.scope_dim, lora_shapes(loaded, hp.lora_targets, hp.lora_layers), hp.lora_rank, hp.lora_alpha)
+
+    def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        return []  # the base model's weights never change
+
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+        network = self._network(loaded)
+        self._check(loaded)
+        router = loaded.model.__dict__.get(ROUTER_ATTR)
+        if router is not None and router.network is not network:
+            raise EditFailedError("this model already carries SERAC edits from another trained editor; undo them first")
+        with torch.no_grad():
+            # an attached router does not disturb this: the pass stops at the scope block, before any routing
+            keys = prompt_keys(loaded, network, self.hparams.scope_layer, [r.prompt for r in requests])
+        prefixes = [edit_prefix_ids(loaded, self.hparams.edit_template, r) for r in requests]
+        patch = SERACPatch(self, requests, keys, prefixes)
+        patch.attach(loaded)
+        return [patch]

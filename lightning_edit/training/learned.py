@@ -1,0 +1,207 @@
+"""Pieces shared by the editors that learn (MEND, KE, SERAC): gradient factors, the edited forward pass,
+losses, and loading a trained network from a checkpoint into an editor."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..checkpoints import EditorCheckpoint, load_editor_checkpoint
+from ..editors.base import Editor, HyperParams
+from ..errors import ConfigError
+from ..hooks import trace
+from ..models.loading import LoadedModel
+from ..models.teacher_forcing import TargetBatch, build_target_batch
+from ..requests import EditRequest
+
+
+@dataclass
+class GradientFactors:
+    """Per edited weight: the layer inputs ``u`` (N, in) and output gradients ``delta`` (N, out) of the
+    edit loss at every real token. The weight gradient is ``delta.T @ u`` (out, in): rank one per token."""
+
+    u: torch.Tensor
+    delta: torch.Tensor
+
+    def weight_gradient(self) -> torch.Tensor:
+        return self.delta.T @ self.u
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the labelled (target) tokens."""
+    mask = labels != -100
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    token_logp = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return -(token_logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+def target_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: fraction of target tokens whose argmax is the target (the evaluation's token protocol)."""
+    mask = labels != -100
+    hits = (logits.argmax(-1) == labels) & mask
+    return hits.sum(-1).float() / mask.sum(-1).clamp(min=1)
+
+
+def masked_kl(base_logits: torch.Tensor, edited_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(base ‖ edited) averaged over the labelled positions (MEND's locality loss)."""
+    mask = (labels != -100).float()
+    base_logp = torch.log_softmax(base_logits.float(), dim=-1)
+    edited_logp = torch.log_softmax(edited_logits.float(), dim=-1)
+    kl = (base_logp.exp() * (base_logp - edited_logp)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def agreement(base_logits: torch.Tensor, edited_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: fraction of labelled positions whose argmax is unchanged (the evaluation's locality)."""
+    mask = labels != -100
+    same = (base_logits.argmax(-1) == edited_logits.argmax(-1)) & mask
+    return same.sum(-1).float() / mask.sum(-1).clamp(min=1)
+
+
+def edit_batch(loaded: LoadedModel, requests: Sequence[EditRequest]) -> TargetBatch:
+    return build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
+
+
+def rephrase_pairs(requests: Sequence[EditRequest]) -> tuple[list[str], list[str]]:
+    """Each request's edit prompt and its rephrases, all with target_new (the outer edit loss: MEND's x_e')."""
+    prompts, targets = [], []
+    for r in requests:
+        for p in (r.prompt, *r.rephrase_prompts):
+            prompts.append(p)
+            targets.append(r.target_new)
+    return prompts, targets
+
+
+def locality_pairs(requests: Sequence[EditRequest]) -> Optional[tuple[list[str], list[str]]]:
+    pairs = [(probe.prompt, probe.answer) for r in requests for probe in r.locality]
+    if not pairs:
+        return None
+    return [p for p, _ in pairs], [a for _, a in pairs]
+
+
+def locality_batch(loaded: LoadedModel, requests: Sequence[EditRequest]) -> Optional[TargetBatch]:
+    pairs = locality_pairs(requests)
+    return build_target_batch(loaded, *pairs) if pairs else None
+
+
+def weight_names(loaded: LoadedModel, layers: Sequence[int]) -> list[str]:
+    return [loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in layers]
+
+
+def gradient_factors(loaded: LoadedModel, layers: Sequence[int], batch: TargetBatch) -> dict[str, GradientFactors]:
+    """Inputs and output-gradients of the MLP output projections of ``layers`` for the edit loss.
+
+    Only those weights require grad during the pass, so the backward stops at the lowest of them."""
+    layout, model = loaded.layout, loaded.model
+    paths = [layout.mlp_out.format(i) for i in layers]
+    weights = [layout.mlp_out_module(model, i).weight for i in layers]
+    flags = [w.requires_grad for w in weights]
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad(), trace(model, paths, keep_input=True, keep_output=True, detach=False) as tr:
+            logits = model(**batch.model_inputs()).logits
+            loss = target_nll(logits, batch.labels)
+            outputs = [tr[p].output for p in paths]
+            grads = torch.autograd.grad(loss, outputs)
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+    if batch.decoder_input_ids is not None:  # encoder-decoder: the edited MLPs run over decoder positions
+        mask = torch.ones_like(batch.decoder_input_ids, dtype=torch.bool)
+    else:
+        mask = batch.attention_mask.bool()
+    out: dict[str, GradientFactors] = {}
+    for i, p, g in zip(layers, paths, grads):
+        u = tr[p].input.detach()
+        out[layout.weight_name(layout.mlp_out, i)] = GradientFactors(u=u[mask].float(), delta=g.detach()[mask].float())
+    return out
+
+
+def as_stored(loaded: LoadedModel, delta_out_in: torch.Tensor) -> torch.Tensor:
+    """An (out, in) update in the layout the weight is stored in (GPT-2's Conv1D stores (in, out))."""
+    return delta_out_in.T if loaded.layout.conv1d_weights else delta_out_in
+
+
+def edited_logits(loaded: LoadedModel, deltas: dict[str, torch.Tensor], batch: TargetBatch) -> torch.Tensor:
+    """Logits of the model with ``W + delta`` for each named weight, differentiable in the deltas;
+    the model's own parameters are left untouched."""
+    params = dict(loaded.model.named_parameters())
+    new = {name: params[name] + as_stored(loaded, d).to(params[name].dtype) for name, d in deltas.items()}
+    return torch.func.functional_call(loaded.model, new, args=(), kwargs=batch.model_inputs()).logits
+
+
+@dataclass
+class LearnedHyperParams(HyperParams):
+    """Fields every learnt editor has; the architecture fields of a trained editor come from its checkpoint."""
+
+    editor_checkpoint: Optional[str] = None  # directory written by train.py (python edit.py --editor DIR)
+    training: dict = dataclasses.field(default_factory=dict)  # the `training:` section, read by train.py
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ()  # fields fixed by training; a checkpoint's values win
+
+    def architecture(self) -> dict:
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+
+class LearnedEditor(Editor):
+    """An editor whose network is trained by ``train.py`` and loaded from a checkpoint directory
+    (``hparams.editor_checkpoint``), or handed over directly during training/validation."""
+
+    network: Optional[nn.Module]
+
+    def __init__(self, hparams: HyperParams, network: Optional[nn.Module] = None):
+        super().__init__(hparams)
+        self.network = network
+        self.checkpoint: Optional[EditorCheckpoint] = None
+
+    def build_network(self, loaded: LoadedModel) -> nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, loaded: LoadedModel) -> None:
+        if self.network is not None:
+            return
+        hp = self.hparams
+        if not hp.editor_checkpoint:
+            raise ConfigError(
+                f"method '{self.name}' needs a trained editor: field 'editor_checkpoint' is not set. Train one with "
+                f"`python train.py {self.name} {loaded.name}` and pass its directory: "
+                f"`python edit.py --method {self.name} --editor checkpoints/editors/{self.name}-<model>` "
+                f"(or --set editor_checkpoint=DIR)")
+        ckpt = load_editor_checkpoint(hp.editor_checkpoint, method=self.name, loaded=loaded)
+        # The architecture the network was trained with overrides the YAML defaults.
+        arch = {k: v for k, v in ckpt.config.items() if k in hp.ARCHITECTURE}
+        self.hparams = dataclasses.replace(hp, **arch)
+        network = self.build_network(loaded)
+        missing, unexpected = network.load_state_dict(ckpt.state_dict, strict=False)
+        if missing or unexpected:
+            from ..errors import CheckpointError
+
+            raise CheckpointError(f"editor checkpoint {hp.editor_checkpoint}: tensors do not fit the {self.name} network "
+                                  f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        self.network = network.eval()
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.checkpoint = ckpt
+
+    def _network(self, loaded: LoadedModel) -> nn.Module:
+        if self.network is None:
+            self.prepare(loaded)
+        return self.network
+
+
+def dtype_of(loaded: LoadedModel) -> torch.dtype:
+    return next(loaded.model.parameters()).dtype
+
+
+def cond_text(r: EditRequest) -> str:
+    """KE's conditioning string: "<old answer> >> <new answer> || <prompt>"."""
+    return f"{r.target_true or ''} >> {r.target_new} || {r.prompt}"
+
+
+__all__ = ["GradientFactors", "LearnedEditor", "LearnedHyperParams", "agreement", "as_stored", "cond_text", "edit_batch",
+           "edited_logits", "gradient_factors", "locality_batch", "locality_pairs", "masked_kl", "rephrase_pairs",
+           "target_accuracy", "target_nll", "weight_names"]
