@@ -26,8 +26,14 @@ CONFIG_ROOT = PROJECT_ROOT / "configs"
 def _parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string; a number is meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip(), value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,124 @@
+"""SERAC: memory patch routing (in scope → counterfactual, else base unchanged), causality, undo (tiny models)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_tiny
+from lightning_edit.editors.serac import ROUTER_ATTR, SERACEditor, SERACHyperParams, edit_prefix_ids, lora_active
+from lightning_edit.errors import ConfigError
+from lightning_edit.evaluation.measure import generate_greedy
+from lightning_edit.models.teacher_forcing import build_target_batch, prompt_ids
+from lightning_edit.requests import EditRequest, PromptAnswer
+from lightning_edit.training.modules import SERACModule
+
+EDIT = EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City", rephrase_prompts=("Freedonia's capital is",),
+                   locality=(PromptAnswer("The sky is", "blue"),), case_id=0)
+OTHER = EditRequest(prompt="The sky is", target_new="green", case_id=1)
+
+
+def tiny_serac(loaded, scope_bias: float) -> SERACEditor:
+    hp = SERACHyperParams.for_model("serac", loaded.name, loaded.layout.family, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2})
+    editor = SERACEditor(hp)
+    editor.network = editor.build_network(loaded).eval()
+    with torch.no_grad():
+        for b in editor.network.lora_b.values():  # non-zero adapters: counterfactual ≠ base
+            b.normal_(0, 0.5)
+        editor.network.classifier.bias.fill_(scope_bias)  # ±100: every position in / out of scope
+    return editor
+
+
+def logits(loaded, prompts, targets):
+    batch = build_target_batch(loaded, prompts, targets)
+    with torch.no_grad():
+        return loaded.model(**batch.model_inputs()).logits, batch
+
+
+def test_out_of_scope_is_exactly_the_base_model(tokenizer):
+    loaded = build_tiny("llama", tokenizer)
+    editor = tiny_serac(loaded, scope_bias=-100.0)
+    base, _ = logits(loaded, [EDIT.prompt, "Hello"], [EDIT.target_new, "world"])
+    delta = editor.edit(loaded, [EDIT])
+    routed, _ = logits(loaded, [EDIT.prompt, "Hello"], [EDIT.target_new, "world"])
+    assert torch.equal(base, routed)
+    delta.undo(loaded)
+
+
+def test_in_scope_gets_the_counterfactual_model_with_the_edit_in_context(tokenizer):
+    loaded = build_tiny("llama", tokenizer)
+    editor = tiny_serac(loaded, scope_bias=100.0)
+    base, batch = logits(loaded, ["Hello there"], ["world"])
+    delta = editor.edit(loaded, [EDIT])
+    routed, _ = logits(loaded, ["Hello there"], ["world"])
+    # the counterfactual model by hand: prefix "<prompt> <target>\n" + the input, base + LoRA
+    prefix = edit_prefix_ids(loaded, editor.hparams.edit_template, EDIT)
+    n = int(batch.attention_mask[0].sum())
+    ids = torch.tensor([prefix + batch.input_ids[0, :n].tolist()])
+    with torch.no_grad(), lora_active(loaded, editor.network):
+        cf = type(loaded.model).forward(loaded.model, input_ids=ids).logits[0, len(prefix):]
+    torch.testing.assert_close(routed[0, :n], cf)
+    assert not torch.allclose(routed[0, :n], base[0, :n])
+    delta.undo(loaded)
+    assert "forward" not in loaded.model.__dict__ and ROUTER_ATTR not in loaded.model.__dict__
+    restored, _ = logits(loaded, ["Hello there"], ["world"])
+    assert torch.equal(restored, base)
+
+
+def test_routing_is_causal(tokenizer):
+    """The decision (and logits) at a position never depend on later tokens."""
+    loaded = build_tiny("llama", tokenizer)
+    editor = tiny_serac(loaded, scope_bias=0.0)
+    editor.edit(loaded, [EDIT])
+    short = prompt_ids(tokenizer, "The capital of Freedonia")
+    long = prompt_ids(tokenizer, "The capital of Freedonia is a city by the sea")
+    assert long[: len(short)] == short
+    with torch.no_grad():
+        a = loaded.model(input_ids=torch.tensor([short])).logits
+        b = loaded.model(input_ids=torch.tensor([long])).logits
+    torch.testing.assert_close(a[0], b[0, : len(short)], rtol=1e-4, atol=1e-4)
+
+
+def test_memory_grows_with_sequential_edits_and_generation_works(tokenizer):
+    loaded = build_tiny("llama", tokenizer)
+    use_cache = loaded.model.generation_config.use_cache
+    editor = tiny_serac(loaded, scope_bias=100.0)
+    deltas = editor.edit_sequential(loaded, [EDIT, OTHER])
+    router = loaded.model.__dict__[ROUTER_ATTR]
+    assert len(router.patches) == 2 and router.memory()[0].shape[0] == 2
+    assert loaded.model.generation_config.use_cache is False
+    texts = generate_greedy(loaded, [EDIT.prompt, "Hello"], max_new_tokens=3)
+    assert len(texts) == 2
+    for d in reversed(deltas):
+        d.undo(loaded)
+    assert ROUTER_ATTR not in loaded.model.__dict__
+    assert loaded.model.generation_config.use_cache == use_cache
+
+
+def test_encoder_decoder_refused(tokenizer):
+    loaded = build_tiny("t5", tokenizer)
+    hp = SERACHyperParams.for_model("serac", loaded.name, loaded.layout.family, {"scope_layer": 1})
+    with pytest.raises(ConfigError, match="encoder-decoder"):
+        SERACEditor(hp).build_network(loaded)
+
+
+def test_hparams_validation():
+    with pytest.raises(ConfigError, match="edit_template"):
+        SERACHyperParams.from_dict({"edit_template": "no placeholders"})
+    with pytest.raises(ConfigError, match="scope_threshold"):
+        SERACHyperParams.from_dict({"scope_threshold": 1.5})
+
+
+def test_training_step_trains_classifier_and_counterfactual(tokenizer):
+    loaded = build_tiny("llama", tokenizer)
+    module = SERACModule(loaded.name, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2}, {"c_cf_loc": 0.1}, loaded=loaded)
+    opt = torch.optim.Adam(module.network.parameters(), lr=1e-2)
+    first = None
+    for _ in range(5):
+        loss, logs = module.training_loss([EDIT, OTHER])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else logs["cls_loss"].item()
+    assert logs["cls_loss"].item() < first
+    assert {"cf_loss", "cls_loss", "cf_loc_loss", "cls_pos_acc", "cls_neg_acc"} <= set(logs)
+    assert not any(p.requires_grad for p in loaded.model.parameters())

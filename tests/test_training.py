@@ -1,0 +1,133 @@
+"""train.py: config resolution, a tiny training run with export and resume, DDP on CPU (2 processes, gloo),
+DeepSpeed config validation and construction / refusal."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny, require_data
+from lightning_edit.checkpoints import read_manifest
+from lightning_edit.errors import ConfigError
+from lightning_edit.training.cli import build_parser, resolve_config, run
+from lightning_edit.training.strategies import DEEPSPEED_CONFIGS, build_strategy, validate_deepspeed_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer) -> Path:
+    """A tiny llama saved as a local transformers directory (what `train.py METHOD /path` loads)."""
+    require_data("zsre/zsre_mend_train-1k.json")
+    loaded = build_tiny("llama", tokenizer)
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    loaded.model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def tiny_args(method: str, model: Path, tmp: Path, *extra: str) -> list[str]:
+    return [method, str(model), "--max-steps", "2", "--n-train", "6", "--n-val", "2", "--quiet",
+            "--set", "training.val_check_interval=2", "--set", "training.limit_val_batches=2",
+            "--output", str(tmp / "editor"), "--run-dir", str(tmp / "run"), *extra]
+
+
+def test_resolve_config_merges_sections_and_overrides(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("training:\n  lr: 0.5\n")
+    cfg = resolve_config("mend", "smollm2-135m", "llama", str(extra), [("training.max_steps", 7), ("rank", 32)])
+    assert cfg["rank"] == 32 and cfg["training"]["max_steps"] == 7 and cfg["training"]["lr"] == 0.5
+    assert cfg["training"]["c_edit"] == 0.1  # untouched keys of the section survive a partial override
+    with pytest.raises(ConfigError, match="not a trainable method"):
+        resolve_config("no-such-method", "smollm2-135m", "llama", None, [])
+    from lightning_edit.training.modules import module_class
+
+    with pytest.raises(ConfigError, match="need no training"):
+        module_class("rome")
+
+
+def test_parser_takes_method_and_model_positionally():
+    args = build_parser().parse_args(["serac", "smollm2-135m", "--max-steps", "5", "--output", "x", "--set", "training.lr=1e-3"])
+    assert (args.method, args.model, args.max_steps, args.output) == ("serac", "smollm2-135m", 5, "x")
+    assert args.overrides == [("training.lr", 1e-3)]
+
+
+@pytest.mark.parametrize("method", ["mend", "ke", "serac"])
+def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
+    extra = ("--set", "scope_layer=1") if method == "serac" else ()
+    result = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, *extra)))
+    assert result["steps"] == 2
+    assert {"val/edit_success", "val/locality", "val/drawdown", "val/rephrase_success"} <= set(result["validation"])
+    manifest = read_manifest(tmp_path / "editor")
+    assert manifest["method"] == method and manifest["training"]["steps"] == 2
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert list((run_dir / "csv").glob("version_*/metrics.csv"))
+    assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
+    if method == "mend":  # resume: two more steps from last.ckpt
+        resumed = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, "--max-steps", "4", "--ckpt-path",
+                                                          str(run_dir / "checkpoints" / "last.ckpt"))))
+        assert resumed["steps"] == 4
+        assert read_manifest(tmp_path / "editor")["training"]["resumed_from"].endswith("last.ckpt")
+
+
+def test_ddp_two_processes_on_cpu(tiny_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *tiny_args("mend", tiny_dir, tmp_path, "--strategy", "ddp", "--devices", "2",
+                                                               "--accelerator", "cpu")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = read_manifest(tmp_path / "editor")
+    assert manifest["training"]["world_size"] == 2 and manifest["training"]["strategy"] == "ddp"
+    assert "val/edit_success" in manifest["validation_metrics"]
+
+
+@pytest.mark.parametrize("name,stage", [("deepspeed_stage_2", 2), ("deepspeed_stage_3", 3)])
+def test_deepspeed_configs_validate(name, stage):
+    cfg = validate_deepspeed_config(DEEPSPEED_CONFIGS[name], stage)
+    assert cfg["zero_optimization"]["stage"] == stage
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c["zero_optimization"].update(stage=3), "stage"),
+    (lambda c: c.update(train_micro_batch_size_per_gpu=0), "train_micro_batch_size_per_gpu"),
+    (lambda c: c.pop("zero_optimization"), "zero_optimization"),
+    (lambda c: c.update(optimizer={"type": "Adam"}), "optimizer"),
+    (lambda c: c.update(bf16={"enabled": True}, fp16={"enabled": True}), "bf16"),
+    (lambda c: c["zero_optimization"].update(stage3_max_live_parameters=10), "stage3_"),
+])
+def test_broken_deepspeed_configs_refused(change, message):
+    cfg = json.loads(DEEPSPEED_CONFIGS["deepspeed_stage_2"].read_text())
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate_deepspeed_config(cfg, 2)
+
+
+def test_deepspeed_refuses_cpu_only_machine_clearly():
+    with pytest.raises(ConfigError, match="needs CUDA GPUs"):
+        build_strategy("deepspeed_stage_2", accelerator="cpu")
+    with pytest.raises(ConfigError, match="needs CUDA GPUs"):
+        build_strategy("deepspeed_stage_3", accelerator="auto", cuda_available=False)
+    with pytest.raises(ConfigError, match="not supported"):
+        build_strategy("fsdp_magic")
+
+
+def test_deepspeed_strategy_constructed_where_cuda_would_be():
+    pytest.importorskip("deepspeed")
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = build_strategy("deepspeed_stage_3", accelerator="gpu", cuda_available=True)
+    assert isinstance(strategy, DeepSpeedStrategy)
+    assert strategy.config["zero_optimization"]["stage"] == 3
+
+
+def test_train_cli_refuses_deepspeed_here_before_loading_a_model(capsys):
+    from lightning_edit.training.cli import main
+
+    code = main(["mend", "no-such-model", "--strategy", "deepspeed_stage_2", "--accelerator", "cpu"])
+    assert code == 2
+    assert "needs CUDA GPUs" in capsys.readouterr().err
