@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..checkpoints import save_editor_checkpoint
     from ..data import EditDataModule
+    from ..metrics import PeakMemoryMonitor
     from ..models import load_model
     from .modules import module_class
     from .strategies import build_strategy
@@ -161,13 +162,14 @@ def run(args: argparse.Namespace) -> dict:
         use_distributed_sampler=True,
     )
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=args.ckpt_path)
+    with PeakMemoryMonitor(interval=0.05) as memory:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=args.ckpt_path)
     seconds = time.perf_counter() - start
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.global_step % val_every != 0 or not metrics:  # measure the exported weights themselves
         trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    result = {"method": args.method, "model": loaded.name, "steps": trainer.global_step, "train_seconds": round(seconds, 1),
+    result = {"method": args.method, "model": loaded.name, "steps": trainer.global_step, "train_seconds": round(seconds, 1), "peak_rss_mb": round(memory.peak_mb, 1),
               "validation": metrics, "run_dir": str(run_dir), "best_lightning_checkpoint": checkpoint_cb.best_model_path}
     if trainer.is_global_zero:
         module.network.eval()
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
             training={"dataset": training.get("dataset"), "val_dataset": training.get("val_dataset"),
                       "n_train": len(datamodule.train_set) if datamodule.train_set else None,
                       "n_val": len(datamodule.val_set) if datamodule.val_set else None, "steps": trainer.global_step,
-                      "seconds": round(seconds, 1), "strategy": args.strategy, "world_size": trainer.world_size,
+                      "seconds": round(seconds, 1), "peak_rss_mb": round(memory.peak_mb, 1), "strategy": args.strategy, "world_size": trainer.world_size,
                       "resumed_from": args.ckpt_path, "config": training},
             metrics=metrics)
         result["editor_checkpoint"] = str(output)
