@@ -47,11 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_study_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edit.py study", description="Run a study configuration (configs/study/) and write its tables and figures.")
+    p.add_argument("--config", default="quick", help="study name in configs/study/ or a YAML path (default %(default)s)")
+    p.add_argument("--quick", action="store_const", const="quick", dest="config", help="same as --config quick")
+    p.add_argument("--model", default=None, help="override the configuration's model (e.g. gemma3-270m)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the configuration's methods")
+    p.add_argument("--results-dir", default=None, help="output folder (default results/<config>-<model>)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from .evaluation.study import Study, StudyConfig
+
+    config = StudyConfig.load(args.config, model=args.model)
+    if args.methods:
+        config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = Path(args.results_dir or f"results/{config.name}-{config.model}")
+    tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet).run()
+    for name, md in tables.items():
+        print(f"\n## {name}\n{md}")
+    print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return run(args)
+        if argv and argv[0] == "study":
+            return run_study(build_study_parser().parse_args(argv[1:]))
+        return run(build_parser().parse_args(argv))
     except LightningEditError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

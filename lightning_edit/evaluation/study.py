@@ -1,0 +1,238 @@
+"""The EasyEdit study in one command: tables 2-4 and figures 5-7, cached per cell and resumable.
+
+A *cell* is one (method, model, data, protocol, batch size, n) run of ``evaluate_editing``. Each finished cell
+is written to ``<results>/cells/<key>.json`` at once, so a rerun only computes missing or changed cells (the key
+includes a hash of the method's hyperparameters) and an interrupted study resumes where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..data import load_requests
+from ..editors import build_editor, get_editor_class
+from ..errors import ConfigError, LightningEditError
+from ..models import LoadedModel, load_model
+from .protocols import evaluate_editing, versions
+
+log = logging.getLogger(__name__)
+STUDY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "study"
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    model: str = "smollm2-135m"
+    methods: list[str] = field(default_factory=lambda: ["ft-l", "ft-m"])
+    datasets: dict[str, int] = field(default_factory=lambda: {"zsre": 10, "counterfact": 10})  # records per single cell
+    portability_data: str = "zsre"
+    batch_data: str = "counterfact"
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 10])
+    sequential_data: str = "zsre"
+    sequential_ns: list[int] = field(default_factory=lambda: [1, 10])
+    sequential_offset: int = 0
+    editor_checkpoints: dict[str, str] = field(default_factory=dict)  # learnt methods: method → checkpoint dir
+    overrides: dict[str, dict] = field(default_factory=dict)  # method → hyperparameter overrides
+    fluency: bool = False
+
+    @classmethod
+    def load(cls, name_or_path: str, **replace) -> "StudyConfig":
+        path = Path(name_or_path)
+        if not path.exists():
+            path = STUDY_CONFIGS / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = sorted(p.stem for p in STUDY_CONFIGS.glob("*.yaml"))
+            raise ConfigError(f"study configuration {name_or_path!r} not found; known: {known} (or give a YAML path)")
+        values = yaml.safe_load(path.read_text()) or {}
+        values.update({k: v for k, v in replace.items() if v is not None})
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"{path}: {err}") from err
+
+
+def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: int, hparams: dict) -> str:
+    digest = hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}".replace("/", "_")
+
+
+class Study:
+    def __init__(self, config: StudyConfig, results_dir: Path, data_dir: Optional[str] = None, progress: bool = True,
+                 loaded: Optional[LoadedModel] = None):
+        self.config = config
+        self.results_dir = Path(results_dir)
+        self.cells_dir = self.results_dir / "cells"
+        self.cells_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.progress = progress
+        self.skipped: dict[str, str] = {}
+        self._loaded: Optional[LoadedModel] = loaded  # loaded lazily: a fully cached rerun never loads the model
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = load_model(self.config.model)
+        return self._loaded
+
+    def _overrides(self, method: str) -> dict:
+        out = dict(self.config.overrides.get(method, {}))
+        if method in self.config.editor_checkpoints:
+            out["editor_checkpoint"] = self.config.editor_checkpoints[method]
+        return out
+
+    def cell(self, method: str, data: str, protocol: str, n: int, batch: int = 1, offset: int = 0) -> Optional[dict]:
+        """Run (or read from cache) one cell; None if the method cannot run here (reason kept in ``skipped``)."""
+        try:
+            editor = build_editor(method, self.loaded, self._overrides(method))
+        except LightningEditError as err:
+            self.skipped[method] = str(err)
+            return None
+        key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.to_dict())
+        path = self.cells_dir / f"{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        requests = load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
+        start = time.perf_counter()
+        try:
+            report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,
+                                      fluency=self.config.fluency, progress=self.progress)
+        except LightningEditError as err:
+            self.skipped[method] = str(err)
+            return None
+        result = {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
+                  "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
+                  "hparams": editor.hparams.to_dict()}
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.rename(path)  # a cell is either complete on disk or absent
+        return result
+
+    def run(self) -> dict:
+        c = self.config
+        (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
+        (self.results_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        single = {(m, d): self.cell(m, d, "single", n) for m in c.methods for d, n in c.datasets.items()}
+        batch = {}
+        for m in c.methods:
+            try:
+                cls = get_editor_class(m)
+            except ConfigError as err:
+                self.skipped[m] = str(err)
+                continue
+            for b in c.batch_sizes:
+                if b > 1 and not cls.supports_batch:
+                    continue
+                batch[(m, b)] = self.cell(m, c.batch_data, "batch" if b > 1 else "single", n=b, batch=b)
+        sequential = {(m, n): self.cell(m, c.sequential_data, "sequential", n=n, offset=c.sequential_offset)
+                      for m in c.methods for n in c.sequential_ns}
+        tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped)
+        write_figures(self.results_dir, c, single, batch, sequential)
+        return tables
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def _markdown(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write(results_dir: Path, name: str, header: list[str], rows: list[list]) -> str:
+    with open(results_dir / f"{name}.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    md = _markdown(header, rows)
+    (results_dir / f"{name}.md").write_text(md + "\n")
+    return md
+
+
+def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict, skipped: dict) -> dict:
+    def get(cell: Optional[dict], key: str):
+        return None if cell is None else cell["summary"].get(key)
+
+    t2_header = ["method"] + [f"{d} {k}" for d in c.datasets for k in ("reliability", "generalization", "locality")]
+    t2 = [[m] + [get(single[(m, d)], k) for d in c.datasets for k in ("reliability", "generalization", "locality")] for m in c.methods]
+    port_sources = [d for d in c.datasets if d == c.portability_data]
+    t3 = [[m] + [get(single.get((m, d)), "portability") for d in port_sources] for m in c.methods]
+    t4 = [[m] + [get(single[(m, d)], "edit_seconds") for d in c.datasets] for m in c.methods]
+    f5 = [[m] + [get(single[(m, d)], "peak_memory_mb") for d in c.datasets] for m in c.methods]
+    f6 = [[m, b, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, b), cell in batch.items()]
+    f7 = [[m, n, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, n), cell in sequential.items()]
+    out = {
+        "table2_reliability_generalization_locality": _write(results_dir, "table2", t2_header, t2),
+        "table3_portability": _write(results_dir, "table3", ["method"] + [f"{d} portability" for d in port_sources], t3),
+        "table4_edit_seconds": _write(results_dir, "table4", ["method"] + [f"{d} seconds/edit" for d in c.datasets], t4),
+        "fig5_peak_memory_mb": _write(results_dir, "fig5_memory", ["method"] + [f"{d} peak MB" for d in c.datasets], f5),
+        "fig6_batch": _write(results_dir, "fig6_batch", ["method", "batch size", "reliability", "generalization", "locality"], f6),
+        "fig7_sequential": _write(results_dir, "fig7_sequential", ["method", "edits", "reliability", "generalization", "locality"], f7),
+    }
+    summary = {
+        "model": c.model, "skipped_methods": skipped,
+        "cells": {"single": {f"{m}|{d}": v for (m, d), v in single.items()},
+                  "batch": {f"{m}|{b}": v for (m, b), v in batch.items()},
+                  "sequential": {f"{m}|{n}": v for (m, n), v in sequential.items()}},
+    }
+    (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    report = [f"# Study `{c.name}` on {c.model}", ""]
+    titles = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
+              "table3_portability": "Table 3: portability", "table4_edit_seconds": "Table 4: seconds per edit (median)",
+              "fig5_peak_memory_mb": "Fig. 5: peak memory (MB)", "fig6_batch": "Fig. 6: batch editing",
+              "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit)"}
+    for k, md in out.items():
+        report += [f"## {titles[k]}", "", md, ""]
+    if skipped:
+        report += ["## Methods not run", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
+    (results_dir / "README.md").write_text("\n".join(report) + "\n")
+    return out
+
+
+def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def curve(cells: dict, fname: str, xlabel: str, title: str) -> None:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        for ax, key in zip(axes, ("reliability", "generalization", "locality")):
+            for m in c.methods:
+                pts = sorted((x, cell["summary"].get(key)) for (mm, x), cell in cells.items() if mm == m and cell)
+                pts = [(x, y) for x, y in pts if y is not None]
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_title(key)
+            ax.set_ylim(-0.05, 1.05)
+        axes[-1].legend(fontsize=7)
+        fig.suptitle(f"{title} ({c.model})")
+        fig.tight_layout()
+        fig.savefig(results_dir / fname, dpi=120)
+        plt.close(fig)
+
+    curve(batch, "fig6_batch.png", "batch size", "Batch editing")
+    curve(sequential, "fig7_sequential.png", "number of sequential edits", "Sequential editing")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    names, values = [], []
+    d0 = next(iter(c.datasets))
+    for m in c.methods:
+        cell = single.get((m, d0))
+        if cell:
+            names.append(m)
+            values.append(cell["summary"].get("peak_memory_mb", 0))
+    ax.bar(names, values)
+    ax.set_ylabel("peak memory (MB)")
+    ax.set_title(f"Fig. 5: peak memory per method ({c.model}, {d0})")
+    fig.tight_layout()
+    fig.savefig(results_dir / "fig5_memory.png", dpi=120)
+    plt.close(fig)

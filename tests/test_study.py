@@ -1,0 +1,51 @@
+import json
+
+import pytest
+
+from conftest import build_tiny
+from lightning_edit.errors import ConfigError
+from lightning_edit.evaluation import study as study_mod
+from lightning_edit.evaluation.study import Study, StudyConfig
+
+
+def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatch):
+    loaded = build_tiny("llama", tokenizer)
+    config = StudyConfig(name="t", model="tiny-llama", methods=["ft-m", "no-such-method"], datasets={"demo": 2},
+                         portability_data="demo", batch_data="demo", batch_sizes=[1, 2], sequential_data="demo",
+                         sequential_ns=[1, 2], overrides={"ft-m": {"layers": [1], "num_steps": 2}})
+    calls = []
+    real = study_mod.evaluate_editing
+
+    def counting(*a, **k):
+        calls.append(k.get("protocol"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(study_mod, "evaluate_editing", counting)
+    tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
+    assert calls == ["single", "single", "batch", "sequential", "sequential"]
+    for name in ("table2", "table3", "table4", "fig5_memory", "fig6_batch", "fig7_sequential"):
+        assert (tmp_path / f"{name}.md").exists() and (tmp_path / f"{name}.csv").exists()
+    for png in ("fig5_memory.png", "fig6_batch.png", "fig7_sequential.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert "ft-m" in tables["table2_reliability_generalization_locality"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert "no-such-method" in results["skipped_methods"]
+    assert results["cells"]["sequential"]["ft-m|2"]["summary"]["protocol"] == "sequential"
+    assert (tmp_path / "versions.json").exists() and (tmp_path / "config.yaml").exists()
+
+    calls.clear()  # a rerun reads every cell from disk
+    Study(config, tmp_path, progress=False, loaded=loaded).run()
+    assert calls == []
+    config.overrides["ft-m"]["num_steps"] = 3  # a changed hyperparameter recomputes its cells only
+    Study(config, tmp_path, progress=False, loaded=loaded).run()
+    assert len(calls) == 5
+
+
+def test_study_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        StudyConfig.load("no-such-study")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nunknown_key: 1\n")
+    with pytest.raises(ConfigError, match="unknown_key"):
+        StudyConfig.load(str(bad))
+    assert StudyConfig.load("quick").name == "quick"
