@@ -163,6 +163,10 @@ def subject_keys_and_outputs(
     key_names = {layer: layout.mlp_out.format(layer) for layer in key_layers}
     names = list(dict.fromkeys(list(key_names.values()) + list(output_modules)))
     deepest = max(names, key=lambda n: _module_order(model, n))
+    # a module finishes after its children: stop after the outermost listed ancestor of the last one
+    ancestors = [n for n in names if deepest.startswith(n + ".")]
+    if ancestors:
+        deepest = min(ancestors, key=len)
     rows, positions = encode_subject_texts(loaded.tokenizer, prefixes, requests)
     n_pref = len(prefixes)
     keys: dict[int, list[torch.Tensor]] = {layer: [] for layer in key_layers}

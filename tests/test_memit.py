@@ -1,0 +1,66 @@
+"""MEMIT and AlphaEdit on tiny models of every family."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_tiny
+from lightning_edit.editors import build_editor
+from lightning_edit.errors import ConfigError
+from lightning_edit.models.teacher_forcing import score_targets
+from lightning_edit.requests import EditRequest
+from test_rome import expressive, stats_cache, stats_text, tiny_overrides  # noqa: F401  (fixtures)
+
+# subject last in the prompt: see test_rome.TINY_REQUEST
+REQUESTS = [
+    EditRequest(prompt="The mother tongue of Danielle Darrieux", subject="Danielle Darrieux", target_new="English"),
+    EditRequest(prompt="The capital city of Paris", subject="Paris", target_new="Italy"),
+    EditRequest(prompt="The instrument of Toko Yasuda", subject="Toko Yasuda", target_new="piano"),
+]
+
+
+def logprobs(loaded, requests=REQUESTS) -> torch.Tensor:
+    return torch.tensor([s.mean_logprob for s in score_targets(loaded, [r.prompt for r in requests], [r.target_new for r in requests])])
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_batch_edit_touches_declared_layers_and_undoes(method, tiny_decoder, stats_text, stats_cache):  # noqa: F811
+    loaded = expressive(tiny_decoder)
+    extra = {"nullspace_threshold": 1e9} if method == "alphaedit" else {}  # tiny random keys: keep every direction free
+    editor = build_editor(method, loaded, tiny_overrides(stats_text, stats_cache, layers=[1, 2], mom2_update_weight=1.0, **extra))
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    lp = logprobs(loaded)
+    delta = editor.edit(loaded, REQUESTS)
+    changed = {n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in (1, 2)}
+    assert (logprobs(loaded) > lp).all()
+    delta.undo(loaded)
+    assert all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+
+
+def test_memit_refuses_t5(tokenizer, stats_text, stats_cache):  # noqa: F811
+    t5 = build_tiny("t5", tokenizer)
+    with pytest.raises(ConfigError, match="encoder"):
+        build_editor("memit", t5, tiny_overrides(stats_text, stats_cache, layers=[1, 2])).edit(t5, REQUESTS)
+
+
+def test_alphaedit_update_lies_in_null_space_and_memory_follows_undo(tokenizer, stats_text, stats_cache):  # noqa: F811
+    loaded = build_tiny("llama", tokenizer)
+    editor = build_editor("alphaedit", loaded, tiny_overrides(stats_text, stats_cache, layers=[1, 2], L2=1.0))
+    res = editor.resources(loaded)
+    threshold = float(torch.linalg.eigvalsh(res.mom2[1].double()).median())  # half the directions preserved
+    editor.hparams.nullspace_threshold = threshold
+    editor._resources.clear()
+    res = editor.resources(loaded)
+    proj = res.derived["projection"][1]
+    assert 0 < res.derived["null_dims"][1] < proj.shape[0]
+    deltas = [editor.edit(loaded, [r]) for r in REQUESTS]  # sequential edits
+    name = loaded.layout.weight_name(loaded.layout.mlp_out, 1)
+    total = sum(d.weight_deltas[name] for d in deltas).double()
+    preserved = torch.eye(proj.shape[0], dtype=torch.float64) - proj
+    assert (total @ preserved).abs().max() < 1e-4 * total.abs().max()  # ΔW k ≈ 0 for the preserved keys
+    memory = res.derived["memory"].by_layer[1]
+    assert memory.abs().sum() > 0
+    for d in reversed(deltas):
+        d.undo(loaded)
+    assert memory.abs().max() < 1e-9  # undoing removes the keys of the undone edits
