@@ -1,6 +1,8 @@
 """MEND: gradient factors, the editor network, the edit contract, a few training steps (tiny models)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,3 +111,22 @@ def test_a_few_training_steps_lower_the_edit_loss(tokenizer):
     assert not any(p.requires_grad for p in loaded.model.parameters())
     batch = build_target_batch(loaded, ["x"], ["y"])
     assert loaded.model(**batch.model_inputs()).logits.isfinite().all()
+
+
+TRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "editors" / "mend-smollm2-135m"
+
+
+@pytest.mark.slow
+def test_trained_mend_quality_on_zsre(smollm2):
+    """The issue's bar: reliability ≥ 0.8 and locality ≥ 0.9 on the first 200 ZsRE eval records (token protocol)."""
+    from conftest import require_data
+    from lightning_edit.data import load_requests
+    from lightning_edit.evaluation import evaluate_editing
+
+    require_data("zsre/zsre_mend_eval_portability_gpt4.json")
+    if not (TRAINED / "manifest.json").exists():
+        pytest.skip(f"no trained editor at {TRAINED}; run `python train.py mend smollm2-135m`")
+    editor = build_editor("mend", smollm2, {"editor_checkpoint": str(TRAINED)})
+    report = evaluate_editing(smollm2, editor, load_requests("zsre", n=200), fluency=False, progress=False)
+    assert report.post["reliability"] >= 0.8
+    assert report.post["locality"] >= 0.9

@@ -1,6 +1,8 @@
 """SERAC: memory patch routing (in scope → counterfactual, else base unchanged), causality, undo (tiny models)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -122,3 +124,25 @@ def test_training_step_trains_classifier_and_counterfactual(tokenizer):
     assert logs["cls_loss"].item() < first
     assert {"cf_loss", "cls_loss", "cf_loc_loss", "cls_pos_acc", "cls_neg_acc"} <= set(logs)
     assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+TRAINED = Path(__file__).resolve().parents[1] / "checkpoints" / "editors" / "serac-smollm2-135m"
+
+
+@pytest.mark.slow
+def test_trained_serac_quality_on_zsre(smollm2):
+    """The issue's bar: reliability ≥ 0.9, generalization ≥ 0.7, locality ≥ 0.95 on 200 ZsRE eval records."""
+    from conftest import require_data
+    from lightning_edit.data import load_requests
+    from lightning_edit.editors import build_editor
+    from lightning_edit.evaluation import evaluate_editing
+
+    require_data("zsre/zsre_mend_eval_portability_gpt4.json")
+    if not (TRAINED / "manifest.json").exists():
+        pytest.skip(f"no trained editor at {TRAINED}; run `python train.py serac smollm2-135m`")
+    editor = build_editor("serac", smollm2, {"editor_checkpoint": str(TRAINED)})
+    report = evaluate_editing(smollm2, editor, load_requests("zsre", n=200), fluency=False, progress=False)
+    assert report.post["reliability"] >= 0.9
+    assert report.post["generalization"] >= 0.7
+    assert report.post["locality"] >= 0.95
+    assert "forward" not in smollm2.model.__dict__  # every patch detached after the run
