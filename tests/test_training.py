@@ -72,7 +72,9 @@ def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
         resumed = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, "--max-steps", "4", "--ckpt-path",
                                                           str(run_dir / "checkpoints" / "last.ckpt"))))
         assert resumed["steps"] == 4
-        assert read_manifest(tmp_path / "editor")["training"]["resumed_from"].endswith("last.ckpt")
+        training = read_manifest(tmp_path / "editor")["training"]
+        assert training["resumed_from"].endswith("last.ckpt")
+        assert training["seconds_including_resumed_runs"] > training["seconds"] > 0  # earlier run's time carried over
 
 
 def test_ddp_two_processes_on_cpu(tiny_dir, tmp_path):

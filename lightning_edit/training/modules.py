@@ -7,6 +7,7 @@ exactly as ``evaluate_editing`` does, and logs torchmetrics means.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence, Type
 
 import lightning as L
@@ -51,6 +52,18 @@ class EditorModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self.base.model.to(self.device)
+        self._fit_started = time.perf_counter()
+
+    def train_seconds(self) -> float:
+        """Wall-clock training time over this fit and every run it resumed from."""
+        started = getattr(self, "_fit_started", None)
+        return getattr(self, "_seconds_before", 0.0) + (time.perf_counter() - started if started else 0.0)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["lightning_edit_train_seconds"] = self.train_seconds()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._seconds_before = float(checkpoint.get("lightning_edit_train_seconds", 0.0))
 
     def on_validation_start(self) -> None:
         self.base.model.to(self.device)
