@@ -23,7 +23,7 @@ class PeakMemoryMonitor:
     has no peak counter); on CUDA the allocator's own peak is read.
     """
 
-    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.002):
+    def __init__(self, device: torch.device | str = "cpu", interval: float = 0.01):
         self.device = torch.device(device)
         self.interval = interval
         self.peak_mb = 0.0
