@@ -4,6 +4,9 @@ from . import ft  # noqa: F401  (registers ft-l, ft-m)
 from . import kn  # noqa: F401  (registers kn)
 from . import ike  # noqa: F401  (registers ike)
 from . import calinet  # noqa: F401  (registers calinet)
+from . import grace  # noqa: F401  (registers grace)
+from . import tpatcher  # noqa: F401  (registers t-patcher)
+from . import wise  # noqa: F401  (registers wise)
 from . import mend  # noqa: F401
 from . import ke  # noqa: F401
 from . import serac  # noqa: F401

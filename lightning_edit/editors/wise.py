@@ -1,0 +1,306 @@
+"""WISE (Wang et al. 2024): a side memory for one FFN's output projection, a router, knowledge sharding.
+
+- Side memory: copies of block ``layer``'s FFN output projection W (``mlp_out``). The main W never changes.
+- Router: for an input, the activation score of a side memory W' is ``||a (W' - W)ᵀ||`` (a: the projection's
+  input, the FFN activation), averaged over the input's real tokens. A row of the batch is answered by the side
+  memory with the highest score if that score exceeds ``act_ratio`` × the lowest score any of its edits reached
+  when written; otherwise by the main memory, unchanged.
+- Training an edit (model frozen): the current shard W' is tuned with the target's NLL (side memory on), plus the
+  activation-margin losses that make the score large on the edit and small on unrelated prompts
+  (``relu(s_out - alpha) + relu(beta - s_in) + relu(gamma - (s_in - s_out))``), its gradient masked by the shard's
+  random mask (``mask_ratio`` of W's entries), every entry kept within ``norm_constraint`` of W.
+- Knowledge sharding: after ``shard_size`` edits the shard is closed and a new one starts from W with a fresh
+  random mask; closed shards stay routable, and every ``shards_per_merge`` closed shards are merged (TIES:
+  trim each task vector to its top ``merge_density`` entries, elect signs, average the agreeing entries) with
+  the merged memory so far into one side memory.
+
+The whole side memory lives in one ``SideMemory`` on the model; each edit's patch reverts only what it changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, EditFailedError
+from ..hooks import trace
+from ..models.loading import LoadedModel
+from ..models.teacher_forcing import build_target_batch
+from ..requests import EditRequest
+from .base import Editor, HyperParams, register_editor
+from .patching import (EditMemory, TailRunner, collect_inputs, editing_memory, load_memory_pool, resolve_block,
+                       target_hits, target_nll, valid_positions)
+
+
+@dataclass
+class WISEHyperParams(HyperParams):
+    layer: int = -3  # block whose FFN output projection gets a side memory
+    lr: float = 1.0  # SGD, as in the paper's code
+    num_steps: int = 70
+    early_stop_loss: float = 0.05
+    mask_ratio: float = 0.2  # fraction of W's entries one shard may change
+    norm_constraint: Optional[float] = 1.0  # L∞ bound on a side memory's change from W
+    alpha: float = 0.5  # the score must stay below alpha on unrelated prompts
+    beta: float = 2.0  # ... and exceed beta on the edit
+    gamma: float = 1.5  # ... by a gap of at least gamma
+    act_ratio: float = 0.88  # routing threshold: act_ratio × the lowest score of a memory's edits
+    shard_size: int = 25  # edits written into one shard before it closes
+    shards_per_merge: int = 2  # closed shards merged together (with the merged memory so far)
+    merge_density: float = 0.53  # TIES: fraction of each task vector's entries kept
+    pool_per_step: int = 8  # unrelated prompts scored at each training step
+    memory_pool: list[str] = field(default_factory=lambda: ["wikitext:200", "zsre-train:200", "counterfact-train:200"])
+    data_dir: Optional[str] = None
+
+    def validate(self) -> None:
+        if not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"field 'mask_ratio' must be in (0, 1], got {self.mask_ratio}")
+        if self.lr <= 0 or self.num_steps < 1:
+            raise ConfigError("fields 'lr' (>0) and 'num_steps' (≥1) must be positive")
+        if self.shard_size < 1 or self.shards_per_merge < 1:
+            raise ConfigError("fields 'shard_size' and 'shards_per_merge' must be ≥ 1")
+        if not 0 < self.merge_density <= 1:
+            raise ConfigError(f"field 'merge_density' must be in (0, 1], got {self.merge_density}")
+        if not 0 < self.act_ratio <= 1:
+            raise ConfigError(f"field 'act_ratio' must be in (0, 1], got {self.act_ratio}")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            raise ConfigError("field 'norm_constraint' must be positive or null")
+        if min(self.alpha, self.beta, self.gamma) < 0 or self.beta <= self.alpha:
+            raise ConfigError(f"fields 'alpha' < 'beta' (and 'gamma' ≥ 0) are activation margins; got {self.alpha}, {self.beta}, {self.gamma}")
+        if self.pool_per_step < 1:
+            raise ConfigError("field 'pool_per_step' must be ≥ 1")
+        if not isinstance(self.memory_pool, (list, tuple)):
+            raise ConfigError("field 'memory_pool' must be a list of 'source:count' strings")
+
+
+def ties_merge(base: torch.Tensor, weights: Sequence[torch.Tensor], density: float) -> torch.Tensor:
+    """TIES merging (Yadav et al. 2023) of ``weights`` around ``base``: trim, elect sign, disjoint mean."""
+    deltas = torch.stack([w - base for w in weights])  # (m, ...)
+    flat = deltas.reshape(len(weights), -1)
+    keep = max(1, int(round(density * flat.shape[1])))
+    threshold = flat.abs().kthvalue(flat.shape[1] - keep + 1, dim=1, keepdim=True).values
+    trimmed = torch.where(flat.abs() >= threshold, flat, torch.zeros_like(flat))
+    sign = torch.sign(trimmed.sum(dim=0))
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    merged = (trimmed * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
+    return base + merged.view(base.shape)
+
+
+class SideMemory(EditMemory):
+    """Side memories of one output projection: ``merged`` (or None), closed ``shards`` and the ``current``
+    shard, each with the lowest activation score of its edits (``*_min_act``)."""
+
+    key = "wise"
+
+    def __init__(self, signature: dict, module_name: str, main_weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 attend_decoder: bool):
+        super().__init__(signature)
+        self.module_name = module_name
+        self.main = main_weight.detach().clone(memory_format=torch.contiguous_format)  # (out, in), the frozen reference
+        self.bias = None if bias is None else bias.detach().clone()
+        self.attend_decoder = attend_decoder
+        self.values = {
+            "current": self.main, "current_edits": 0, "current_min_act": float("inf"), "current_mask": None,
+            "shards": (), "shard_min_acts": (), "merged": None, "merged_min_act": float("inf"),
+            "shard_count": 0, "edits": 0,
+        }
+        self.training_weight: Optional[torch.Tensor] = None
+        self.last_input: Optional[torch.Tensor] = None  # the projection's input in the last training pass
+        self._valid: Optional[torch.Tensor] = None  # real-token mask of the running forward, read by the router
+
+    def register_hooks(self, model: nn.Module) -> list:
+        return [
+            model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
+            model.register_forward_hook(self._release_mask),
+            model.get_submodule(self.module_name).register_forward_hook(self._hook),
+        ]
+
+    def _capture_mask(self, module, args, kwargs):
+        name = "decoder_attention_mask" if self.attend_decoder else "attention_mask"
+        self._valid = kwargs.get(name)
+
+    def _release_mask(self, module, args, output):
+        self._valid = None
+
+    def side_output(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def memories(self) -> list[tuple[torch.Tensor, float]]:
+        v = self.values
+        out = []
+        if v["merged"] is not None:
+            out.append((v["merged"], v["merged_min_act"]))
+        out.extend(zip(v["shards"], v["shard_min_acts"]))
+        if v["current_edits"]:
+            out.append((v["current"], v["current_min_act"]))
+        return out
+
+    def scores(self, x: torch.Tensor, weight: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+        """Activation score of each row: mean over its real tokens of ||x (W' - W)ᵀ||."""
+        per_token = F.linear(x, (weight - self.main).to(x.dtype)).norm(dim=-1)  # (B, T)
+        if valid is None:
+            return per_token.mean(dim=-1)
+        valid = valid.to(per_token.dtype)
+        return (per_token * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+
+    def _row_mask(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        mask = self._valid
+        if mask is None or mask.dim() != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] < x.shape[1]:
+            return None
+        return mask[:, -x.shape[1]:]  # with a cache, the mask covers past tokens too
+
+    def _hook(self, module, args, output):
+        x = args[0]
+        if self.training_weight is not None:
+            self.last_input = x
+            return self.side_output(x, self.training_weight)
+        memories = self.memories()
+        if not memories:
+            return output
+        valid = self._row_mask(x)
+        best_score = torch.full((x.shape[0],), -1.0, device=x.device)
+        best = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
+        with torch.no_grad():
+            for i, (weight, min_act) in enumerate(memories):
+                score = self.scores(x, weight, valid).float()
+                better = (score > min_act * self.signature["act_ratio"]) & (score > best_score)
+                best_score = torch.where(better, score, best_score)
+                best = torch.where(better, torch.full_like(best, i), best)
+        if not bool((best >= 0).any()):
+            return output
+        out = output
+        for i, (weight, _) in enumerate(memories):
+            rows = best == i
+            if bool(rows.any()):
+                out = torch.where(rows[:, None, None], self.side_output(x, weight).to(out.dtype), out)
+        return out
+
+
+@register_editor
+class WISEEditor(Editor):
+    name = "wise"
+    HParams = WISEHyperParams
+    supports_batch = False  # one shard update per request
+
+    def __init__(self, hparams: HyperParams):
+        super().__init__(hparams)
+        self._pool: Optional[list[torch.Tensor]] = None
+        self._pool_for: Optional[tuple[int, str]] = None
+
+    def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        return []  # the main memory never changes; the side memory is a patch
+
+    def _module_name(self, loaded: LoadedModel) -> tuple[int, str]:
+        layout = loaded.layout
+        block = resolve_block(self.hparams.layer, layout.num_layers(loaded.model))
+        return block, layout.name(layout.mlp_out, block)
+
+    def _signature(self, module_name: str) -> dict:
+        hp = self.hparams
+        return {"module": module_name, "act_ratio": hp.act_ratio, "mask_ratio": hp.mask_ratio, "seed": hp.seed}
+
+    def prepare(self, loaded: LoadedModel) -> None:
+        """The projection's inputs on the unrelated-prompt pool (the side memory cannot change them)."""
+        _, module_name = self._module_name(loaded)
+        if self._pool_for == (id(loaded.model), module_name):
+            return
+        pairs = load_memory_pool(self.hparams.memory_pool, self.hparams.data_dir)
+        self._pool = collect_inputs(loaded, module_name, pairs)
+        self._pool_for = (id(loaded.model), module_name)
+
+    def _new_mask(self, shape: torch.Size, shard: int, device: torch.device) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.hparams.seed * 100003 + shard)
+        return (torch.rand(shape, generator=generator) < self.hparams.mask_ratio).to(device)
+
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+        self.prepare(loaded)
+        hp = self.hparams
+        request = requests[0]
+        block, module_name = self._module_name(loaded)
+        module = loaded.model.get_submodule(module_name)
+        signature = self._signature(module_name)
+
+        def factory() -> SideMemory:
+            weight = loaded.layout.linear_weight(module)
+            return SideMemory(signature, module_name, weight, getattr(module, "bias", None), loaded.layout.is_encoder_decoder)
+
+        with editing_memory(loaded, SideMemory.key, factory, signature) as session:
+            memory: SideMemory = session.memory  # type: ignore[assignment]
+            v = memory.values
+            if v["current_edits"] >= hp.shard_size:
+                self._close_shard(memory)
+            if v["current_mask"] is None:
+                v["current_mask"] = self._new_mask(memory.main.shape, v["shard_count"], memory.main.device)
+                v["shard_count"] = v["shard_count"] + 1
+            batch = build_target_batch(loaded, [request.prompt], [request.target_new])
+            weight, score, steps = self._train(loaded, memory, batch, block)
+            v["current"] = weight
+            v["current_edits"] = v["current_edits"] + 1
+            v["current_min_act"] = min(v["current_min_act"], score)
+            v["edits"] = v["edits"] + 1
+        session.patch.summary = {"activation_score": score, "steps": steps, "shard": v["shard_count"]}
+        return [session.patch]
+
+    def _close_shard(self, memory: SideMemory) -> None:
+        hp, v = self.hparams, memory.values
+        v["shards"] = tuple(v["shards"]) + (v["current"],)
+        v["shard_min_acts"] = tuple(v["shard_min_acts"]) + (v["current_min_act"],)
+        v["current"], v["current_edits"], v["current_min_act"], v["current_mask"] = memory.main, 0, float("inf"), None
+        if len(v["shards"]) >= hp.shards_per_merge:
+            weights = list(v["shards"]) + ([v["merged"]] if v["merged"] is not None else [])
+            v["merged"] = ties_merge(memory.main, weights, hp.merge_density)
+            v["merged_min_act"] = min([v["merged_min_act"], *v["shard_min_acts"]])
+            v["shards"], v["shard_min_acts"] = (), ()
+
+    def _train(self, loaded: LoadedModel, memory: SideMemory, batch, block: int) -> tuple[torch.Tensor, float, int]:
+        hp = self.hparams
+        v = memory.values
+        main, mask = memory.main, v["current_mask"]
+        weight = nn.Parameter(v["current"].detach().clone())
+        valid = valid_positions(loaded, batch)
+        generator = torch.Generator().manual_seed(hp.seed * 7919 + int(v["edits"]))
+        memory.training_weight = weight
+        steps = 0
+        try:
+            tail = TailRunner(loaded, batch, block)
+            opt = torch.optim.SGD([weight], lr=hp.lr)  # no weight decay: it would move entries outside the mask
+            for steps in range(1, hp.num_steps + 1):
+                opt.zero_grad(set_to_none=True)
+                logits = tail.logits()
+                edit_loss = target_nll(logits, tail.labels)
+                in_score = memory.scores(memory.last_input, weight, valid)  # (1,)
+                out_score = self._pool_scores(memory, weight, generator)
+                act_loss = torch.relu(hp.beta - in_score).mean()
+                if out_score.numel():
+                    act_loss = act_loss + (torch.relu(out_score - hp.alpha).mean()
+                                           + torch.relu(hp.gamma - (in_score[:, None] - out_score[None, :])).mean())
+                loss = edit_loss + act_loss
+                if not torch.isfinite(loss):
+                    raise EditFailedError(f"wise: the loss became {loss.item()}")
+                if edit_loss.item() < hp.early_stop_loss and target_hits(logits, tail.labels) and act_loss.item() == 0:
+                    break
+                loss.backward()
+                weight.grad.mul_(mask)  # knowledge sharding: this shard writes only its own entries
+                opt.step()
+                if hp.norm_constraint is not None:
+                    with torch.no_grad():
+                        weight.copy_(torch.maximum(torch.minimum(weight, main + hp.norm_constraint), main - hp.norm_constraint))
+            with torch.no_grad():
+                tail.logits()
+                score = float(memory.scores(memory.last_input, weight, valid)[0])
+        finally:
+            memory.training_weight = None
+            memory.last_input = None
+        out = weight.detach().clone()
+        if not torch.isfinite(out).all():
+            raise EditFailedError("wise: the trained side memory is not finite")
+        return out, score, steps
+
+    def _pool_scores(self, memory: SideMemory, weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if not self._pool:
+            return weight.new_zeros(0)
+        picks = torch.randint(len(self._pool), (self.hparams.pool_per_step,), generator=generator).tolist()
+        delta = weight - memory.main
+        return torch.stack([F.linear(self._pool[i].to(weight.dtype), delta).norm(dim=-1).mean() for i in picks])
