@@ -12,7 +12,7 @@ import yaml
 
 from .errors import LightningEditError
 
-DEFAULT_METHOD = "ft-m"
+DEFAULT_METHOD = "rome"
 
 
 def _parse_override(text: str) -> tuple[str, object]:

@@ -64,3 +64,41 @@ def test_alphaedit_update_lies_in_null_space_and_memory_follows_undo(tokenizer, 
     for d in reversed(deltas):
         d.undo(loaded)
     assert memory.abs().max() < 1e-9  # undoing removes the keys of the undone edits
+
+
+@pytest.mark.slow
+def test_memit_counterfact_100_in_one_batch(smollm2):
+    from conftest import require_data
+    from lightning_edit.data import load_requests
+    from lightning_edit.evaluation import evaluate_editing
+
+    require_data("counterfact/counterfact-edit.json")
+    editor = build_editor("memit", smollm2, {"progress": False})
+    report = evaluate_editing(smollm2, editor, load_requests("counterfact", n=100), protocol="batch", batch_size=100,
+                              fluency=False, progress=False)
+    assert report.post["efficacy_score"] >= 0.9
+    assert report.post["neighborhood_score"] >= 0.7
+
+
+@pytest.mark.slow
+def test_alphaedit_first_edits_survive_100_sequential(smollm2):
+    """After 100 sequential AlphaEdit edits, the first 10 still have efficacy ≥ 0.8."""
+    from conftest import require_data
+    from lightning_edit.data import load_requests
+    from lightning_edit.models.teacher_forcing import score_targets
+
+    require_data("counterfact/counterfact-edit.json")
+    requests = load_requests("counterfact", n=100)
+    editor = build_editor("alphaedit", smollm2, {"progress": False})
+    deltas = []
+    try:
+        for r in requests:
+            deltas.append(editor.edit(smollm2, [r]))
+        first = requests[:10]
+        new = score_targets(smollm2, [r.prompt for r in first], [r.target_new for r in first])
+        true = score_targets(smollm2, [r.prompt for r in first], [r.target_true for r in first])
+        efficacy = sum(n.mean_logprob > t.mean_logprob for n, t in zip(new, true)) / len(first)
+        assert efficacy >= 0.8
+    finally:
+        for d in reversed(deltas):
+            d.undo(smollm2)

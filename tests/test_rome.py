@@ -142,3 +142,20 @@ def test_rome_real_smollm2_danielle_darrieux(smollm2, tmp_path_factory):
     finally:
         delta.undo(smollm2)
     assert torch.equal(weight, before)
+
+
+@pytest.mark.slow
+def test_rome_counterfact_quality(smollm2):
+    """Issue targets on the first 100 CounterFact records, single edits with configs/rome/smollm2-135m.yaml."""
+    from conftest import require_data
+    from lightning_edit.data import load_requests
+    from lightning_edit.evaluation import evaluate_editing
+
+    require_data("counterfact/counterfact-edit.json")
+    editor = build_editor("rome", smollm2, {"progress": False})
+    report = evaluate_editing(smollm2, editor, load_requests("counterfact", n=100), protocol="single", fluency=False, progress=False)
+    post = report.post
+    assert post["efficacy_score"] >= 0.95
+    assert post["paraphrase_score"] >= 0.6
+    assert post["neighborhood_score"] >= 0.7
+    assert post["reliability"] >= 0.9
