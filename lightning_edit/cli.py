@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable)")
     p.add_argument("--no-fluency", action="store_true", help="skip greedy generations for the fluency score")
+    p.add_argument("--fluency-tokens", type=int, default=40, help="tokens generated per prompt for the fluency score (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["editor_checkpoint"] = args.editor
     editor = build_editor(args.method, loaded, overrides)
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
-                              fluency=not args.no_fluency, progress=not args.quiet)
+                              fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet)
     result = report.to_json()
     result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
     print(format_table(report))

@@ -58,7 +58,7 @@ def test_easyedit_api_sequential_keeps_edits(smollm2):
 def test_cli_end_to_end_and_save(tmp_path, capsys):
     out = tmp_path / "r.json"
     code = main(["--method", "ft-m", "--data", "demo", "--n", "2", "--output", str(out), "--save", str(tmp_path / "edited"),
-                 "--quiet", "--set", "num_steps=10"])
+                 "--quiet", "--set", "num_steps=10", "--fluency-tokens", "12"])
     assert code == 0
     result = json.loads(out.read_text())
     s = result["summary"]
