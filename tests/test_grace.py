@@ -17,7 +17,7 @@ OTHER = EditRequest(prompt="Danielle Darrieux speaks", target_new="English")
 
 
 def test_grace_edits_and_detaches_exactly_on_every_family(tiny_model):
-    editor = build_editor("grace", tiny_model, {"num_steps": 60, "lr": 1.0})
+    editor = build_editor("grace", tiny_model, {"num_steps": 15, "lr": 1.0})
     run_sequential_checks(tiny_model, editor, [EDIT, OTHER], GraceCodebook.key, size_of=lambda m: m.size)
 
 

@@ -14,7 +14,7 @@ from patch_checks import logits_of, run_sequential_checks, target_accuracy
 
 EDIT = EditRequest(prompt="The capital of Freedonia is", target_new="Paris")
 OTHER = EditRequest(prompt="Danielle Darrieux speaks", target_new="English")
-NO_POOL = {"memory_pool": [], "num_steps": 40, "lr": 0.05}
+NO_POOL = {"memory_pool": [], "num_steps": 15, "lr": 0.05}
 
 
 def test_tpatcher_edits_and_detaches_exactly_on_every_family(tiny_model):

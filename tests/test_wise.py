@@ -15,7 +15,7 @@ from patch_checks import logits_of, run_sequential_checks, target_accuracy
 EDIT = EditRequest(prompt="The capital of Freedonia is", target_new="Paris")
 OTHER = EditRequest(prompt="Danielle Darrieux speaks", target_new="English")
 THIRD = EditRequest(prompt="The Eiffel Tower stands in", target_new="Rome")
-TINY = {"memory_pool": [], "layer": -2, "num_steps": 30}
+TINY = {"memory_pool": [], "layer": -2, "num_steps": 10}
 
 
 def test_wise_edits_and_detaches_exactly_on_every_family(tiny_model):

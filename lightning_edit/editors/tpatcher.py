@@ -1,8 +1,11 @@
 """T-Patcher (Huang et al. 2023, "Transformer-Patcher: One Mistake Worth One Neuron").
 
-Each edit appends ``neurons_per_edit`` trainable neurons to the FFN of block ``layer`` (the last one by
-default): a key k, a bias b and a value v, adding ``relu(q·k + b) · v`` to the FFN's output at every position
-whose FFN input is q. The neurons are trained, the model frozen, with the paper's three losses:
+Each edit appends trainable neurons to the FFN of block ``layer`` (the last one by default): a key k, a bias
+b and a value v, adding ``relu(q·k + b) · v`` to the FFN's output at every position whose FFN input is q. With
+``per_target_token`` (default) an edit gets ``neurons_per_edit`` neurons for each target token, each anchored
+on the position that predicts its token (one neuron per mistake, as in the paper, a multi-token answer being
+one mistake per token); otherwise ``neurons_per_edit`` neurons serve all positions. The neurons are trained,
+the model frozen, with the paper's three losses:
 
 - edit loss: the target's teacher-forced NLL with every patch active;
 - activation loss: the new neurons fire on the edit's queries (the FFN inputs at the positions that predict
@@ -40,7 +43,7 @@ class TPatcherHyperParams(HyperParams):
     layer: int = -1  # block whose FFN receives the patches (the paper: the last)
     neurons_per_edit: int = 1
     per_target_token: bool = True  # neurons_per_edit for each target token, each anchored on the position predicting it
-    lr: float = 0.01
+    lr: float = 0.05
     num_steps: int = 100
     early_stop_loss: float = 0.1  # stop once the target NLL is below this, every token hits and the margins hold
     activation_weight: float = 1.0

@@ -18,6 +18,7 @@ The whole side memory lives in one ``SideMemory`` on the model; each edit's patc
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -34,11 +35,14 @@ from .base import Editor, HyperParams, register_editor
 from .patching import (EditMemory, TailRunner, collect_inputs, editing_memory, load_memory_pool, resolve_block,
                        target_hits, target_nll, valid_positions)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class WISEHyperParams(HyperParams):
     layer: int = -3  # block whose FFN output projection gets a side memory
-    lr: float = 1.0  # SGD, as in the paper's code
+    optimizer: str = "sgd"  # sgd (the paper's code) or adam
+    lr: float = 1.0
     num_steps: int = 70
     early_stop_loss: float = 0.05
     mask_ratio: float = 0.2  # fraction of W's entries one shard may change
@@ -55,6 +59,8 @@ class WISEHyperParams(HyperParams):
     data_dir: Optional[str] = None
 
     def validate(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"field 'optimizer' must be 'sgd' or 'adam', got {self.optimizer!r}")
         if not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"field 'mask_ratio' must be in (0, 1], got {self.mask_ratio}")
         if self.lr <= 0 or self.num_steps < 1:
@@ -265,7 +271,8 @@ class WISEEditor(Editor):
         steps = 0
         try:
             tail = TailRunner(loaded, batch, block)
-            opt = torch.optim.SGD([weight], lr=hp.lr)  # no weight decay: it would move entries outside the mask
+            # No weight decay: it would move entries outside the shard's mask.
+            opt = torch.optim.SGD([weight], lr=hp.lr) if hp.optimizer == "sgd" else torch.optim.Adam([weight], lr=hp.lr)
             for steps in range(1, hp.num_steps + 1):
                 opt.zero_grad(set_to_none=True)
                 logits = tail.logits()
@@ -277,9 +284,13 @@ class WISEEditor(Editor):
                     act_loss = act_loss + (torch.relu(out_score - hp.alpha).mean()
                                            + torch.relu(hp.gamma - (in_score[:, None] - out_score[None, :])).mean())
                 loss = edit_loss + act_loss
+                log.debug("wise step %d: nll %.3f in-scope %.3f out-of-scope %.3f", steps, edit_loss.item(),
+                          in_score.item(), out_score.mean().item() if out_score.numel() else 0.0)
                 if not torch.isfinite(loss):
                     raise EditFailedError(f"wise: the loss became {loss.item()}")
-                if edit_loss.item() < hp.early_stop_loss and target_hits(logits, tail.labels) and act_loss.item() == 0:
+                # Done once the target is learnt and the router would tell the edit from the sampled prompts.
+                routable = in_score.item() >= hp.beta and (not out_score.numel() or out_score.max().item() < hp.act_ratio * in_score.item())
+                if edit_loss.item() < hp.early_stop_loss and target_hits(logits, tail.labels) and routable:
                     break
                 loss.backward()
                 weight.grad.mul_(mask)  # knowledge sharding: this shard writes only its own entries
