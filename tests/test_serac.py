@@ -20,7 +20,8 @@ OTHER = EditRequest(prompt="The sky is", target_new="green", case_id=1)
 
 
 def tiny_serac(loaded, scope_bias: float) -> SERACEditor:
-    hp = SERACHyperParams.for_model("serac", loaded.name, loaded.layout.family, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2})
+    hp = SERACHyperParams.for_model("serac", loaded.name, loaded.layout.family, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2,
+                                                                                      "lora_layers": [-2, -1]})
     editor = SERACEditor(hp)
     editor.network = editor.build_network(loaded).eval()
     with torch.no_grad():
@@ -112,7 +113,8 @@ def test_hparams_validation():
 
 def test_training_step_trains_classifier_and_counterfactual(tokenizer):
     loaded = build_tiny("llama", tokenizer)
-    module = SERACModule(loaded.name, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2}, {"c_cf_loc": 0.1}, loaded=loaded)
+    module = SERACModule(loaded.name, {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2, "lora_layers": [-2, -1]},
+                         {"c_cf_loc": 0.1}, loaded=loaded)
     opt = torch.optim.Adam(module.network.parameters(), lr=1e-2)
     first = None
     for _ in range(5):
