@@ -33,7 +33,7 @@ from ..models.loading import LoadedModel, default_cache_dir
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT = "text/wikitext-2/wiki.test.raw"  # relative to the data directory (default_data_dir())
-DEFAULT_TOKENS = 100_000  # chosen from the token-count study (README / bench report)
+DEFAULT_TOKENS = 20_000  # token-count study (bench_locate.py --token-study): see configs/rome/default.yaml
 STATS_VERSION = 1
 
 
