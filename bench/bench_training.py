@@ -98,7 +98,11 @@ def trained_editors(model_name: str) -> dict:
     out = {}
     for manifest_path in sorted((ROOT / "checkpoints" / "editors").glob(f"*-{model_name}/manifest.json")):
         m = json.loads(manifest_path.read_text())
+        # a run resumed from a Lightning checkpoint records its own seconds; older runs' time is in
+        # seconds_including_resumed_runs when the checkpoint carried it
         out[manifest_path.parent.name] = {"steps": m["training"].get("steps"), "train_seconds": m["training"].get("seconds"),
+                                          "seconds_including_resumed_runs": m["training"].get("seconds_including_resumed_runs"),
+                                          "resumed_from": m["training"].get("resumed_from"),
                                           "peak_rss_mb": m["training"].get("peak_rss_mb"),
                                           "validation": m.get("validation_metrics"),
                                           "weights_mb": round((manifest_path.parent / "editor.safetensors").stat().st_size / 2**20, 2)}
