@@ -12,7 +12,6 @@ against the one the editor was trained on, and raises ``CheckpointError`` on any
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -24,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .hashing import sha256_file
 from .models.loading import LoadedModel
 
 WEIGHTS_FILE = "editor.safetensors"
@@ -32,12 +32,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
 
 
 def package_versions() -> dict[str, str]:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelNotAvailableError
+from ..hashing import sha256_file
 from .layout import ModelLayout, layout_for
 from .registry import MODELS, ModelSpec, resolve_callable, resolve_model_name
 
@@ -65,12 +66,7 @@ def _package_dir(package: str, spec: ModelSpec) -> Path:
     return Path(list(found.submodule_search_locations)[0])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
 
 
 def _gguf_path(spec: ModelSpec, cache_dir: Path) -> Path:
@@ -101,7 +97,7 @@ def _load_gguf_cached(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype):
         log.info("loaded %s from cache %s (gguf sha256 %s)", spec.name, cached, manifest["gguf_sha256"][:12])
         return model, tokenizer
     gguf = _gguf_path(spec, cache_dir)
-    sha = _sha256(gguf)
+    sha = sha256_file(gguf)
     if spec.gguf_sha256 and sha != spec.gguf_sha256:
         raise ModelNotAvailableError(f"{spec.name}: {gguf} has sha256 {sha}, expected {spec.gguf_sha256}; reinstall the package")
     start = time.perf_counter()

@@ -14,7 +14,6 @@ Partial sums are saved every ``checkpoint_every`` tokens, so an interrupted comp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..hashing import sha256_file
 from ..hooks import run_until, trace
 from ..models.loading import LoadedModel, default_cache_dir
 
@@ -43,12 +43,7 @@ def default_text_path() -> Path:
     return default_data_dir() / DEFAULT_TEXT
 
 
-def file_sha256(path: Union[str, Path]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ class StatsSource:
             )
         if seq_len < 8 or batch_size < 1:
             raise ConfigError("statistics: 'seq_len' must be ≥ 8 and 'batch_size' ≥ 1")
-        return cls(path.resolve(), file_sha256(path), seq_len, batch_size)
+        return cls(path.resolve(), sha256_file(path), seq_len, batch_size)
 
     @property
     def tag(self) -> str:
@@ -112,7 +107,7 @@ def _token_chunks(loaded: LoadedModel, source: StatsSource, n_tokens: int) -> to
 def _write_atomic(tensors: dict[str, torch.Tensor], manifest: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
-    manifest = dict(manifest, stats_sha256=file_sha256(tmp))
+    manifest = dict(manifest, stats_sha256=sha256_file(tmp))
     json_tmp = path.with_suffix(".json.tmp")
     json_tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, path)
@@ -135,7 +130,7 @@ def _verify(path: Path, expected: dict) -> dict:
                 f"{key}={expected[key]!r} (model {expected['model']!r}); it belongs to another model or text. "
                 f"Delete it (or the folder {path.parent}) to recompute, or copy the right model's files there."
             )
-    actual = file_sha256(path)
+    actual = sha256_file(path)
     if actual != manifest.get("stats_sha256"):
         raise CheckpointError(
             f"statistics file {path} is corrupted: sha256 {actual[:16]}… differs from its manifest's "
