@@ -21,6 +21,25 @@ def target_accuracy(loaded: LoadedModel, request: EditRequest) -> float:
     return score_targets(loaded, [request.prompt], [request.target_new])[0].token_accuracy
 
 
+def check_real_model_edit_and_locality(loaded: LoadedModel, method: str) -> None:
+    """Danielle Darrieux → English on the real model: the edit holds, a neighbour's prediction does not move,
+    and undo restores the neighbour's logits exactly."""
+    from lightning_edit.editors import build_editor
+
+    request = EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English")
+    probe = ["Michel Rocard is a native speaker of"]
+    before = logits_of(loaded, probe, ["French"])
+    editor = build_editor(method, loaded, {"memory_pool": ["wikitext:40", "counterfact-train:40"]})
+    delta = editor.edit(loaded, [request])
+    try:
+        assert target_accuracy(loaded, request) == 1.0
+        after = logits_of(loaded, probe, ["French"])
+        assert torch.equal(after.argmax(-1), before.argmax(-1))
+    finally:
+        delta.undo(loaded)
+    assert torch.equal(logits_of(loaded, probe, ["French"]), before)
+
+
 def hook_count(loaded: LoadedModel) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in loaded.model.modules())
 

@@ -10,7 +10,7 @@ from lightning_edit.editors.wise import SideMemory, ties_merge
 from lightning_edit.errors import ConfigError
 from lightning_edit.requests import EditRequest
 
-from patch_checks import logits_of, run_sequential_checks, target_accuracy
+from patch_checks import check_real_model_edit_and_locality, logits_of, run_sequential_checks
 
 EDIT = EditRequest(prompt="The capital of Freedonia is", target_new="Paris")
 OTHER = EditRequest(prompt="Danielle Darrieux speaks", target_new="English")
@@ -84,18 +84,7 @@ def test_wise_bad_config_names_the_field(tiny_decoder, overrides, field):
 
 
 def test_wise_real_model_edit_and_locality(smollm2):
-    request = EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English")
-    probe = ["Michel Rocard is a native speaker of"]
-    before = logits_of(smollm2, probe, ["French"])
-    editor = build_editor("wise", smollm2, {"memory_pool": ["wikitext:40", "counterfact-train:40"]})
-    delta = editor.edit(smollm2, [request])
-    try:
-        assert target_accuracy(smollm2, request) == 1.0
-        after = logits_of(smollm2, probe, ["French"])
-        assert torch.equal(after.argmax(-1), before.argmax(-1))
-    finally:
-        delta.undo(smollm2)
-    assert torch.equal(logits_of(smollm2, probe, ["French"]), before)
+    check_real_model_edit_and_locality(smollm2, "wise")
 
 
 @pytest.mark.slow
