@@ -14,6 +14,7 @@ T5 (encoder-decoder) is refused by ``check_supported``: see its docstring for wh
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
@@ -239,12 +240,70 @@ def _final_hidden_and_logits(loaded: LoadedModel):
     @contextlib.contextmanager
     def hidden_of() -> Iterator:
         with trace(model, [final_norm], detach=False, stop_after=final_norm) as tr:
-            def run(ids, mask):
-                run_until(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False))
+            def run(**inputs):
+                run_until(lambda: model(**inputs))
                 return tr[final_norm].output
             yield run
 
     return hidden_of, to_logits
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name of the forward's key/value-cache argument (``cache`` from transformers 5.x, ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+class PrefixCache:
+    """Each row's tokens before its edit position, run once (no grad) into a key/value cache.
+
+    A vector added at a row's subject position changes nothing before it (causal attention), so every
+    optimisation step needs to run only the tokens from that position on, against this cache: with a
+    10-token context prefix and the subject early in the prompt, most tokens of a row are never rerun.
+    The cached parts are left-padded, so each row's cached tokens end right before its suffix (sliding-window
+    layers see the same distances as in a full pass); positions are passed explicitly.
+    """
+
+    def __init__(self, loaded: LoadedModel, rows: Sequence[Sequence[int]], split: Sequence[int]):
+        from transformers import DynamicCache
+
+        self._cache_cls = DynamicCache
+        self.model, self.device = loaded.model, loaded.device
+        self.cache_arg = _cache_argument(loaded.model)
+        pad = _pad_id(loaded.tokenizer)
+        split_t = torch.tensor(list(split), dtype=torch.long)
+        self.suffix_ids, self.suffix_mask = pad_right([list(r)[s:] for r, s in zip(rows, split)], pad, self.device)
+        width = self.suffix_ids.shape[1]
+        self.suffix_pos = (split_t[:, None] + torch.arange(width)[None]).to(self.device)
+        self.past_width = int(split_t.max())
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.past_width == 0:
+            return
+        n_pad = self.past_width - split_t
+        past_ids = torch.full((len(rows), self.past_width), pad, dtype=torch.long)
+        for i, (r, s) in enumerate(zip(rows, split)):
+            past_ids[i, self.past_width - s:] = torch.tensor(list(r)[:s], dtype=torch.long)
+        cols = torch.arange(self.past_width)[None]
+        self.past_mask = (cols >= n_pad[:, None]).long().to(self.device)
+        past_pos = (cols - n_pad[:, None]).clamp_min(0).to(self.device)
+        cache = DynamicCache()  # every layer keeps every cached token (a sliding-window layer would crop them)
+        final_norm = loaded.layout.final_norm
+        with torch.no_grad(), trace(loaded.model, [final_norm], stop_after=final_norm):
+            run_until(lambda: loaded.model(input_ids=past_ids.to(self.device), attention_mask=self.past_mask,
+                                           position_ids=past_pos, use_cache=True, **{self.cache_arg: cache}))
+        self.layers = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def inputs(self, rows: torch.Tensor) -> dict:
+        """Forward arguments running the suffixes of ``rows`` (indices into the rows given at construction)."""
+        mask = self.suffix_mask[rows]
+        width = int(mask.sum(1).max())
+        args = {"input_ids": self.suffix_ids[rows, :width], "position_ids": self.suffix_pos[rows, :width]}
+        if not self.layers:
+            return {**args, "attention_mask": mask[:, :width], "use_cache": False}
+        cache = self._cache_cls()
+        for i, (keys, values) in enumerate(self.layers):
+            cache.update(keys[rows], values[rows], i)
+        full_mask = torch.cat([self.past_mask[rows], mask[:, :width]], dim=1)
+        return {**args, "attention_mask": full_mask, "use_cache": True, self.cache_arg: cache}
 
 
 def optimise_values(
@@ -287,28 +346,27 @@ def optimise_values(
         rows.append(kl_ids[i])
         sub_pos.append(kl_pos[i])
         owner.append(i)
-    ids_all, mask_all = pad_right(rows, _pad_id(tok), device)
-    sub_pos_t = torch.tensor(sub_pos, device=device)
+    # Tokens before each row's subject position are run once into a cache; steps run only the rest.
+    prefix = PrefixCache(loaded, rows, sub_pos)
     owner_t = torch.tensor(owner, device=device)
     score_rows_t = torch.tensor(score_rows, device=device)
-    score_pos_t = torch.tensor(score_pos, device=device)
+    score_pos_t = torch.tensor(score_pos, device=device) - torch.tensor(sub_pos, device=device)[score_rows_t]
     score_tok_t = torch.tensor(score_tok, device=device)
     # weight of each scored token: mean over the target's tokens, then mean over prefixes (ROME)
     score_w = torch.tensor([1.0 / (n_tok * n_pref) for (_, _, n_tok) in score_owner], device=device)
     score_req = torch.tensor([i for (i, _, _) in score_owner], device=device)
     kl_rows_t = torch.tensor(kl_rows, device=device)
+    kl_last = prefix.suffix_mask.sum(1) - 1  # per row: its last real suffix token
 
     hidden_of, to_logits = _final_hidden_and_logits(loaded)
 
-    # initial outputs at the site (plain prompt = prefix 0) and the KL reference distribution
+    # initial outputs at the site (plain prompt = prefix 0; the subject is each suffix's first token) and the
+    # KL reference distribution
     with torch.no_grad(), trace(model, [site]) as tr, hidden_of() as run:
-        plain = [i * (n_pref + 1) for i in range(n_req)]
-        ids, mask = ids_all[plain + kl_rows], mask_all[plain + kl_rows]
-        hidden = run(ids, mask)
-        site_out = tr[site].output
-        initial = site_out[torch.arange(n_req, device=device), sub_pos_t[plain]].float().clone()
-        kl_last = (mask[n_req:].sum(1) - 1)
-        kl_ref = torch.log_softmax(to_logits(hidden[torch.arange(n_req, 2 * n_req, device=device), kl_last]), -1)
+        plain = torch.tensor([i * (n_pref + 1) for i in range(n_req)] + kl_rows, device=device)
+        hidden = run(**prefix.inputs(plain))
+        initial = tr[site].output[:n_req, 0].float().clone()
+        kl_ref = torch.log_softmax(to_logits(hidden[torch.arange(n_req, 2 * n_req, device=device), kl_last[kl_rows_t]]), -1)
 
     delta = torch.zeros_like(initial, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
@@ -326,27 +384,22 @@ def optimise_values(
         # map original row index → position in the active batch
         row_map = torch.full((len(rows),), -1, dtype=torch.long, device=device)
         row_map[row_sel] = torch.arange(row_sel.numel(), device=device)
-        ids, mask = ids_all[row_sel], mask_all[row_sel]
-        width = int(mask.sum(1).max())
-        ids, mask = ids[:, :width], mask[:, :width]
         batch_owner = owner_t[row_sel]
-        batch_pos = sub_pos_t[row_sel]
 
         def add_delta(out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
-            rows_ar = torch.arange(out.shape[0], device=device)
-            out[rows_ar, batch_pos] = out[rows_ar, batch_pos] + delta[batch_owner].to(out.dtype)
+            out[:, 0] = out[:, 0] + delta[batch_owner].to(out.dtype)
             return out
 
         opt.zero_grad(set_to_none=True)
         with edit_output(module, add_delta), hidden_of() as run:
-            hidden = run(ids, mask)
+            hidden = run(**prefix.inputs(row_sel))
         s_sel = torch.isin(score_req, act_idx).nonzero().flatten()
         h = hidden[row_map[score_rows_t[s_sel]], score_pos_t[s_sel]]
         logp = torch.log_softmax(to_logits(h), -1)
         tok_logp = logp.gather(-1, score_tok_t[s_sel, None]).squeeze(-1)
         nll = torch.zeros(n_req, device=device).index_add(0, score_req[s_sel], -tok_logp * score_w[s_sel])
-        kl_h = hidden[row_map[kl_rows_t[act_idx]], mask[row_map[kl_rows_t[act_idx]]].sum(1) - 1]
+        kl_h = hidden[row_map[kl_rows_t[act_idx]], kl_last[kl_rows_t[act_idx]]]
         kl_logp = torch.log_softmax(to_logits(kl_h), -1)
         kl = torch.nn.functional.kl_div(kl_logp, kl_ref[act_idx], log_target=True, reduction="none").sum(-1)
         wd = hp.weight_decay * delta[act_idx].norm(dim=-1) / init_norm_sq[act_idx]
