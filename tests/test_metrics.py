@@ -76,17 +76,32 @@ def test_efficiency_metrics():
     assert mem.compute().item() == 30.0
 
 
-def test_peak_memory_monitor_sees_a_fresh_allocation():
+@pytest.mark.parametrize("kernel_peak", [True, False], ids=["kernel-peak", "sampled"])
+def test_peak_memory_monitor_sees_a_fresh_allocation(kernel_peak):
     # In a fresh process: a long test session's allocator reuses freed memory, which RSS does not show.
     import subprocess
     import sys
 
-    code = ("import torch\nfrom lightning_edit.metrics import PeakMemoryMonitor\n"
-            "with PeakMemoryMonitor() as m:\n    block = torch.ones(128, 2**20 // 4)\n    block.add_(1)\n"
+    code = ("import time, torch\nimport lightning_edit.metrics.memory as mm\nfrom lightning_edit.metrics import PeakMemoryMonitor\n"
+            + ("" if kernel_peak else "mm._reset_peak_rss = lambda: False\n")
+            + "with PeakMemoryMonitor() as m:\n    block = torch.ones(128, 2**20 // 4)\n    block.add_(1)\n    time.sleep(0.2)\n"
             "print(m.added_mb, m.peak_mb)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     added, peak = float(out[-2]), float(out[-1])
     assert 100 < added < 400 and peak >= added
+
+
+def test_kernel_peak_catches_memory_freed_inside_the_block():
+    """A sampler can miss a short-lived allocation; the kernel's peak counter cannot."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nimport lightning_edit.metrics.memory as mm\nfrom lightning_edit.metrics import PeakMemoryMonitor\n"
+            "assert mm._reset_peak_rss()\n"
+            "with PeakMemoryMonitor() as m:\n    block = torch.ones(128, 2**20 // 4)\n    block.add_(1)\n    del block\n"
+            "print(m.added_mb)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert 100 < float(out[-1]) < 400
 
 
 def test_exact_match_equals_greedy_generation(smollm2):

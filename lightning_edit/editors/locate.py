@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
@@ -27,6 +28,8 @@ from ..models.teacher_forcing import target_ids
 from ..requests import EditRequest
 from ..stats import DEFAULT_TOKENS
 from .base import Editor, HyperParams
+
+log = logging.getLogger(__name__)
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You")
 KL_TEMPLATE = "{} is a"
@@ -306,6 +309,15 @@ class PrefixCache:
         return {**args, "attention_mask": full_mask, "use_cache": True, self.cache_arg: cache}
 
 
+def _output_width(model: torch.nn.Module, name: str) -> int:
+    """Width of the output of module ``name`` (a linear layer's out_features, else the model's hidden size)."""
+    module = model.get_submodule(name)
+    for attr in ("out_features", "nf"):  # nn.Linear, GPT-2's Conv1D
+        if hasattr(module, attr):
+            return int(getattr(module, attr))
+    return int(model.config.get_text_config().hidden_size)
+
+
 def optimise_values(
     loaded: LoadedModel,
     requests: Sequence[EditRequest],
@@ -357,21 +369,16 @@ def optimise_values(
     score_req = torch.tensor([i for (i, _, _) in score_owner], device=device)
     kl_rows_t = torch.tensor(kl_rows, device=device)
     kl_last = prefix.suffix_mask.sum(1) - 1  # per row: its last real suffix token
+    plain_rows_t = torch.tensor([i * (n_pref + 1) for i in range(n_req)], device=device)
 
     hidden_of, to_logits = _final_hidden_and_logits(loaded)
 
-    # initial outputs at the site (plain prompt = prefix 0; the subject is each suffix's first token) and the
-    # KL reference distribution
-    with torch.no_grad(), trace(model, [site]) as tr, hidden_of() as run:
-        plain = torch.tensor([i * (n_pref + 1) for i in range(n_req)] + kl_rows, device=device)
-        hidden = run(**prefix.inputs(plain))
-        initial = tr[site].output[:n_req, 0].float().clone()
-        kl_ref = torch.log_softmax(to_logits(hidden[torch.arange(n_req, 2 * n_req, device=device), kl_last[kl_rows_t]]), -1)
-
-    delta = torch.zeros_like(initial, requires_grad=True)
+    d_site = _output_width(model, site)
+    delta = torch.zeros(n_req, d_site, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
-    max_norm = hp.clamp_norm_factor * initial.norm(dim=-1)  # (n,)
-    init_norm_sq = initial.norm(dim=-1) ** 2
+    # Step 0 runs with delta = 0: it gives the site's initial output (plain prompt = prefix 0, the subject being
+    # each suffix's first token) and the KL reference, so no separate pass is needed.
+    initial = kl_ref = max_norm = init_norm_sq = None
     active = torch.ones(n_req, dtype=torch.bool, device=device)
     steps_run = [0] * n_req
     final_loss = [float("nan")] * n_req
@@ -392,21 +399,30 @@ def optimise_values(
             return out
 
         opt.zero_grad(set_to_none=True)
-        with edit_output(module, add_delta), hidden_of() as run:
+        record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
+        with edit_output(module, add_delta), record_site as site_trace, hidden_of() as run:
             hidden = run(**prefix.inputs(row_sel))
         s_sel = torch.isin(score_req, act_idx).nonzero().flatten()
         h = hidden[row_map[score_rows_t[s_sel]], score_pos_t[s_sel]]
-        logp = torch.log_softmax(to_logits(h), -1)
+        kl_h = hidden[row_map[kl_rows_t[act_idx]], kl_last[kl_rows_t[act_idx]]]
+        # one vocabulary projection per step: the LM head is the largest matrix read
+        logp = torch.log_softmax(to_logits(torch.cat([h, kl_h])), -1)
+        logp, kl_logp = logp[: h.shape[0]], logp[h.shape[0]:]
+        if step == 0:  # every request is active, delta is 0
+            initial = site_trace[site].output[row_map[plain_rows_t], 0].float().clone()
+            kl_ref = kl_logp.detach().clone()
+            max_norm = hp.clamp_norm_factor * initial.norm(dim=-1)  # (n,)
+            init_norm_sq = initial.norm(dim=-1) ** 2
         tok_logp = logp.gather(-1, score_tok_t[s_sel, None]).squeeze(-1)
         nll = torch.zeros(n_req, device=device).index_add(0, score_req[s_sel], -tok_logp * score_w[s_sel])
-        kl_h = hidden[row_map[kl_rows_t[act_idx]], kl_last[kl_rows_t[act_idx]]]
-        kl_logp = torch.log_softmax(to_logits(kl_h), -1)
         kl = torch.nn.functional.kl_div(kl_logp, kl_ref[act_idx], log_target=True, reduction="none").sum(-1)
         wd = hp.weight_decay * delta[act_idx].norm(dim=-1) / init_norm_sq[act_idx]
         loss_each = nll[act_idx] + hp.kl_factor * kl + wd
         for a, li in zip(act_idx.tolist(), loss_each.detach().tolist()):
             steps_run[a] = step + 1
             final_loss[a] = li
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("value step %d: nll %s", step, [round(x, 3) for x in nll[act_idx].tolist()])
         # ROME's early stop: the NLL (averaged over prefixes) is small enough.
         done = nll[act_idx].detach() < hp.early_stop_loss
         if hp.early_stop_prob is not None:
