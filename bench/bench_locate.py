@@ -1,4 +1,4 @@
-"""Speed and memory of ROME, MEMIT and AlphaEdit on smollm2-135m; prints JSON.
+"""Speed and memory of ROME, MEMIT, AlphaEdit and KN on smollm2-135m; prints JSON.
 
     python bench/bench_locate.py [--n 10] [--memit-batch 100] [--threads 2] [--output bench_locate.json]
 
@@ -25,7 +25,7 @@ from lightning_edit.data import load_requests  # noqa: E402
 from lightning_edit.editors import build_editor  # noqa: E402
 from lightning_edit.metrics import PeakMemoryMonitor  # noqa: E402
 from lightning_edit.models import load_model  # noqa: E402
-from lightning_edit.models.teacher_forcing import build_target_batch, target_logits  # noqa: E402
+from lightning_edit.models.teacher_forcing import build_target_batch  # noqa: E402
 from lightning_edit.stats import layer_second_moments  # noqa: E402
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n", type=int, default=10, help="single edits timed for ROME / sequential edits for AlphaEdit")
     p.add_argument("--memit-batch", type=int, default=100)
-    p.add_argument("--methods", default="rome,memit,alphaedit")
+    p.add_argument("--methods", default="rome,memit,alphaedit,kn")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stats-cache", default=None, help="reuse statistics from here (default: a fresh temporary cache, so their cost is measured)")
     p.add_argument("--output", default=None)
@@ -123,19 +123,28 @@ def main() -> None:
         return
     methods = args.methods.split(",")
     cache = args.stats_cache or tempfile.mkdtemp(prefix="bench_stats_")
-    editors = {m: build_editor(m, loaded, {"stats_dir": cache, "progress": False}) for m in methods}
+    from lightning_edit.editors import get_editor_class
+    from lightning_edit.editors.locate import LocateEditor
+
+    def make(method: str):
+        uses_stats = issubclass(get_editor_class(method), LocateEditor)
+        return build_editor(method, loaded, {"stats_dir": cache, "progress": False} if uses_stats else None)
+
+    editors = {m: make(m) for m in methods}
+    stats_editors = {m: e for m, e in editors.items() if isinstance(e, LocateEditor)}
     requests = load_requests("counterfact", n=max(args.n, args.memit_batch if "memit" in methods else 0))
     out: dict = {"model": loaded.name, "threads": args.threads, "torch": torch.__version__, "stats_cache": cache,
                  "fresh_stats": args.stats_cache is None}
 
     # one-off: statistics of every edited layer in one pass, at each method's token count
-    layers = sorted({layer for e in editors.values() for layer in e.layers(loaded)})
-    n_tokens = max(e.hparams.mom2_n_tokens for e in editors.values())
-    start = time.perf_counter()
-    with PeakMemoryMonitor() as mem:
-        layer_second_moments(loaded, layers, n_tokens=n_tokens, cache_dir=cache, progress=False)
-    out["statistics"] = {"layers": layers, "n_tokens": n_tokens, "seconds": round(time.perf_counter() - start, 2),
-                         "peak_memory_mb": round(mem.peak_mb, 1)}
+    if stats_editors:
+        layers = sorted({layer for e in stats_editors.values() for layer in e.layers(loaded)})
+        n_tokens = max(e.hparams.mom2_n_tokens for e in stats_editors.values())
+        start = time.perf_counter()
+        with PeakMemoryMonitor() as mem:
+            layer_second_moments(loaded, layers, n_tokens=n_tokens, cache_dir=cache, progress=False)
+        out["statistics"] = {"layers": layers, "n_tokens": n_tokens, "seconds": round(time.perf_counter() - start, 2),
+                             "peak_memory_mb": round(mem.peak_mb, 1)}
     for name, editor in editors.items():
         start = time.perf_counter()
         editor.prepare(loaded)  # prefixes (+ cached statistics, derived inverse / projection)
@@ -144,17 +153,19 @@ def main() -> None:
     base = forward_backward_seconds(loaded, requests[: args.n])
     out["forward_backward_seconds"] = round(base, 4)
 
-    if "rome" in editors:
+    for name in ("rome", "kn"):  # single edits, each undone
+        if name not in editors:
+            continue
         times, peaks = [], []
         for r in requests[: args.n]:
             with PeakMemoryMonitor() as mem:
-                delta = editors["rome"].edit(loaded, [r])
+                delta = editors[name].edit(loaded, [r])
             times.append(delta.seconds)
             peaks.append(mem.peak_mb)
             delta.undo(loaded)
         med = statistics.median(times)
-        out["rome"] = {"n": len(times), "seconds_per_edit_median": round(med, 3), "seconds_max": round(max(times), 3),
-                       "ratio_to_forward_backward": round(med / base, 1), "peak_memory_mb": round(max(peaks), 1)}
+        out[name] = {"n": len(times), "seconds_per_edit_median": round(med, 3), "seconds_max": round(max(times), 3),
+                     "ratio_to_forward_backward": round(med / base, 1), "peak_memory_mb": round(max(peaks), 1)}
     if "memit" in editors:
         batch = requests[: args.memit_batch]
         with PeakMemoryMonitor() as mem:

@@ -52,3 +52,27 @@ def test_prefix_cache_with_nothing_to_cache(tokenizer):
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     assert args["input_ids"].tolist() == [[5, 6, 7], [8, 9, pad]]
     assert args["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_value_optimisation_in_length_buckets_matches_one_pass(tokenizer):
+    """Rows split over several passes (gradients accumulated) find the same vectors as one pass."""
+    from lightning_edit.editors.locate import ValueHParams, _length_buckets, optimise_values
+    from lightning_edit.requests import EditRequest
+
+    loaded = build_tiny("llama", tokenizer)
+    requests = [
+        EditRequest(prompt="The mother tongue of Danielle Darrieux is", subject="Danielle Darrieux", target_new="English"),
+        EditRequest(prompt="Paris is the capital of", subject="Paris", target_new="Italy"),
+        EditRequest(prompt="Toko Yasuda plays the", subject="Toko Yasuda", target_new="piano and violin"),
+    ]
+    prefixes = ["", "It was a sunny day. ", "Yes. "]
+    site = loaded.layout.mlp_out.format(1)
+    common = dict(steps=4, lr=0.5, early_stop_loss=0.0)  # no early stop: every request runs every step
+    one = optimise_values(loaded, requests, site, prefixes, ValueHParams(tokens_per_pass=10_000, **common))
+    many = optimise_values(loaded, requests, site, prefixes, ValueHParams(tokens_per_pass=8, **common))
+    torch.testing.assert_close(many.initial, one.initial, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(many.targets, one.targets, atol=1e-4, rtol=1e-3)
+    assert many.steps_run == one.steps_run == [4, 4, 4]
+    lengths = torch.tensor([3, 1, 2, 5, 2])
+    chunks = _length_buckets(torch.arange(5), lengths, tokens_per_pass=4)
+    assert [c.tolist() for c in chunks] == [[1, 2], [4], [0], [3]]  # sorted by length; a long row alone

@@ -216,6 +216,7 @@ class ValueHParams:
     kl_factor: float = 0.0625
     early_stop_loss: float = 0.05
     early_stop_prob: Optional[float] = None  # also stop once mean P(target token) on the edit prompt exceeds this
+    tokens_per_pass: int = 1024  # rows are run in length-sorted passes of at most this many padded tokens
 
 
 @dataclass
@@ -318,6 +319,20 @@ def _output_width(model: torch.nn.Module, name: str) -> int:
     return int(model.config.get_text_config().hidden_size)
 
 
+def _length_buckets(rows: torch.Tensor, lengths: torch.Tensor, tokens_per_pass: int) -> list[torch.Tensor]:
+    """``rows`` sorted by length and cut into passes of at most ``tokens_per_pass`` padded tokens (at least one row
+    each): rows of similar length share a pass, so little is spent on padding."""
+    order = rows[torch.argsort(lengths[rows], stable=True)]
+    chunks, start = [], 0
+    for end in range(1, order.numel() + 1):
+        width = int(lengths[order[end - 1]])
+        if end - start > 1 and (end - start) * width > tokens_per_pass:
+            chunks.append(order[start: end - 1])
+            start = end - 1
+    chunks.append(order[start:])
+    return chunks
+
+
 def optimise_values(
     loaded: LoadedModel,
     requests: Sequence[EditRequest],
@@ -378,7 +393,17 @@ def optimise_values(
     opt = torch.optim.Adam([delta], lr=hp.lr)
     # Step 0 runs with delta = 0: it gives the site's initial output (plain prompt = prefix 0, the subject being
     # each suffix's first token) and the KL reference, so no separate pass is needed.
-    initial = kl_ref = max_norm = init_norm_sq = None
+    initial = torch.zeros(n_req, d_site, device=device)
+    kl_ref: Optional[torch.Tensor] = None
+    max_norm = init_norm_sq = None
+    suffix_len = prefix.suffix_mask.sum(1)
+    score_of_row = [[] for _ in rows]  # indices into the flattened scored tokens, per row
+    for e, r in enumerate(score_rows):
+        score_of_row[r].append(e)
+    is_plain = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    is_plain[plain_rows_t] = True
+    kl_slot = torch.full((len(rows),), -1, dtype=torch.long, device=device)
+    kl_slot[kl_rows_t] = torch.arange(n_req, device=device)
     active = torch.ones(n_req, dtype=torch.bool, device=device)
     steps_run = [0] * n_req
     final_loss = [float("nan")] * n_req
@@ -388,49 +413,75 @@ def optimise_values(
         if act_idx.numel() == 0:
             break
         row_sel = torch.isin(owner_t, act_idx).nonzero().flatten()
-        # map original row index → position in the active batch
-        row_map = torch.full((len(rows),), -1, dtype=torch.long, device=device)
-        row_map[row_sel] = torch.arange(row_sel.numel(), device=device)
-        batch_owner = owner_t[row_sel]
-
-        def add_delta(out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[:, 0] = out[:, 0] + delta[batch_owner].to(out.dtype)
-            return out
-
+        chunks = _length_buckets(row_sel, suffix_len, hp.tokens_per_pass)
+        last_step = step == hp.steps - 1
         opt.zero_grad(set_to_none=True)
-        record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
-        with edit_output(module, add_delta), record_site as site_trace, hidden_of() as run:
-            hidden = run(**prefix.inputs(row_sel))
-        s_sel = torch.isin(score_req, act_idx).nonzero().flatten()
-        h = hidden[row_map[score_rows_t[s_sel]], score_pos_t[s_sel]]
-        kl_h = hidden[row_map[kl_rows_t[act_idx]], kl_last[kl_rows_t[act_idx]]]
-        # one vocabulary projection per step: the LM head is the largest matrix read
-        logp = torch.log_softmax(to_logits(torch.cat([h, kl_h])), -1)
-        logp, kl_logp = logp[: h.shape[0]], logp[h.shape[0]:]
-        if step == 0:  # every request is active, delta is 0
-            initial = site_trace[site].output[row_map[plain_rows_t], 0].float().clone()
-            kl_ref = kl_logp.detach().clone()
+        nll = torch.zeros(n_req, device=device)
+        kl = torch.zeros(n_req, device=device)
+        pending = []  # a single chunk's loss waits for the early-stop decision (no wasted backward)
+        for chunk in chunks:
+            chunk_owner = owner_t[chunk]
+
+            def add_delta(out: torch.Tensor, chunk_owner=chunk_owner) -> torch.Tensor:
+                out = out.clone()
+                out[:, 0] = out[:, 0] + delta[chunk_owner].to(out.dtype)
+                return out
+
+            record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
+            with edit_output(module, add_delta), record_site as site_trace, hidden_of() as run:
+                hidden = run(**prefix.inputs(chunk))
+            pos_in_chunk = {int(r): i for i, r in enumerate(chunk.tolist())}
+            entries = [e for r in chunk.tolist() for e in score_of_row[r]]
+            entries_t = torch.tensor(entries, dtype=torch.long, device=device)
+            h = hidden[torch.tensor([pos_in_chunk[score_rows[e]] for e in entries], dtype=torch.long, device=device),
+                       score_pos_t[entries_t]]
+            chunk_kl_rows = chunk[kl_slot[chunk] >= 0]
+            kl_req = kl_slot[chunk_kl_rows]
+            kl_h = hidden[torch.tensor([pos_in_chunk[int(r)] for r in chunk_kl_rows.tolist()], dtype=torch.long, device=device),
+                          kl_last[chunk_kl_rows]]
+            # one vocabulary projection per chunk: the LM head is the largest matrix read
+            logp = torch.log_softmax(to_logits(torch.cat([h, kl_h])), -1)
+            logp, kl_logp = logp[: h.shape[0]], logp[h.shape[0]:]
+            if step == 0:  # delta is 0: record the initial output and the KL reference
+                plain_in_chunk = chunk[is_plain[chunk]]
+                site_out = site_trace[site].output
+                at = torch.tensor([pos_in_chunk[int(r)] for r in plain_in_chunk.tolist()], dtype=torch.long, device=device)
+                initial[owner_t[plain_in_chunk]] = site_out[at, 0].float()
+                if kl_ref is None:
+                    kl_ref = torch.zeros(n_req, kl_logp.shape[-1], device=device)
+                kl_ref[kl_req] = kl_logp.detach()
+            tok_logp = logp.gather(-1, score_tok_t[entries_t, None]).squeeze(-1)
+            chunk_nll = torch.zeros(n_req, device=device).index_add(0, score_req[entries_t], -tok_logp * score_w[entries_t])
+            chunk_kl = torch.zeros(n_req, device=device).index_add(
+                0, kl_req, torch.nn.functional.kl_div(kl_logp, kl_ref[kl_req], log_target=True, reduction="none").sum(-1))
+            nll = nll + chunk_nll.detach()
+            kl = kl + chunk_kl.detach()
+            chunk_loss = chunk_nll + hp.kl_factor * chunk_kl
+            if len(chunks) == 1:
+                pending.append(chunk_loss)
+            elif not last_step:
+                chunk_loss.sum().backward()  # frees this chunk's graph; rows of one request add up in delta.grad
+        if step == 0:
             max_norm = hp.clamp_norm_factor * initial.norm(dim=-1)  # (n,)
             init_norm_sq = initial.norm(dim=-1) ** 2
-        tok_logp = logp.gather(-1, score_tok_t[s_sel, None]).squeeze(-1)
-        nll = torch.zeros(n_req, device=device).index_add(0, score_req[s_sel], -tok_logp * score_w[s_sel])
-        kl = torch.nn.functional.kl_div(kl_logp, kl_ref[act_idx], log_target=True, reduction="none").sum(-1)
-        wd = hp.weight_decay * delta[act_idx].norm(dim=-1) / init_norm_sq[act_idx]
-        loss_each = nll[act_idx] + hp.kl_factor * kl + wd
-        for a, li in zip(act_idx.tolist(), loss_each.detach().tolist()):
+        wd = hp.weight_decay * delta.norm(dim=-1) / init_norm_sq
+        loss_each = (nll + hp.kl_factor * kl + wd.detach())[act_idx]
+        for a, li in zip(act_idx.tolist(), loss_each.tolist()):
             steps_run[a] = step + 1
             final_loss[a] = li
         if log.isEnabledFor(logging.DEBUG):
             log.debug("value step %d: nll %s", step, [round(x, 3) for x in nll[act_idx].tolist()])
         # ROME's early stop: the NLL (averaged over prefixes) is small enough.
-        done = nll[act_idx].detach() < hp.early_stop_loss
+        done = nll[act_idx] < hp.early_stop_loss
         if hp.early_stop_prob is not None:
-            done |= torch.exp(-nll[act_idx].detach()) > hp.early_stop_prob
+            done |= torch.exp(-nll[act_idx]) > hp.early_stop_prob
         active[act_idx[done]] = False
-        if step == hp.steps - 1 or not active.any():
+        if last_step or not active.any():
             break
-        (loss_each * (~done)).sum().backward()
+        keep = active.float()
+        if pending:
+            (pending[0] * keep).sum().backward()
+        (wd * keep).sum().backward()
         frozen = delta.detach()[~active].clone()
         opt.step()
         with torch.no_grad():
