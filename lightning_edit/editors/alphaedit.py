@@ -48,18 +48,20 @@ class KeyMemory:
 
 @dataclass
 class KeyMemoryPatch:
-    """One edit's contribution to the key memory (attach adds it, detach removes it)."""
+    """One edit's contribution K Kᵀ to the key memory (attach adds it, detach removes it).
+
+    Keeps the keys K (d_in, n), not K Kᵀ (d_in, d_in): a sequence of 100 edits kept 9 GB of outer products."""
 
     memory: KeyMemory
-    contributions: dict[int, torch.Tensor]
+    keys: dict[int, torch.Tensor]
 
     def attach(self, loaded: LoadedModel) -> None:
-        for layer, kk in self.contributions.items():
-            self.memory.get(layer, kk.shape[0], kk.device).add_(kk)
+        for layer, k in self.keys.items():
+            self.memory.get(layer, k.shape[0], k.device).add_(k @ k.T)
 
     def detach(self, loaded: LoadedModel) -> None:
-        for layer, kk in self.contributions.items():
-            self.memory.get(layer, kk.shape[0], kk.device).sub_(kk)
+        for layer, k in self.keys.items():
+            self.memory.get(layer, k.shape[0], k.device).sub_(k @ k.T)
 
 
 @register_editor
@@ -87,6 +89,6 @@ class AlphaEditEditor(MEMITEditor):
         return upd_in_out.T
 
     def _after_edit(self, loaded: LoadedModel, keys: dict[int, torch.Tensor]) -> list:
-        patch = KeyMemoryPatch(self.resources(loaded).derived["memory"], {layer: k @ k.T for layer, k in keys.items()})
+        patch = KeyMemoryPatch(self.resources(loaded).derived["memory"], {layer: k.clone() for layer, k in keys.items()})
         patch.attach(loaded)
         return [patch]
