@@ -418,7 +418,7 @@ def optimise_values(
         opt.zero_grad(set_to_none=True)
         nll = torch.zeros(n_req, device=device)
         kl = torch.zeros(n_req, device=device)
-        pending = []  # a single chunk's loss waits for the early-stop decision (no wasted backward)
+        single_loss: Optional[torch.Tensor] = None  # one chunk: its backward waits for the early-stop decision
         for chunk in chunks:
             chunk_owner = owner_t[chunk]
 
@@ -458,7 +458,7 @@ def optimise_values(
             kl = kl + chunk_kl.detach()
             chunk_loss = chunk_nll + hp.kl_factor * chunk_kl
             if len(chunks) == 1:
-                pending.append(chunk_loss)
+                single_loss = chunk_loss
             elif not last_step:
                 chunk_loss.sum().backward()  # frees this chunk's graph; rows of one request add up in delta.grad
         if step == 0:
@@ -479,8 +479,8 @@ def optimise_values(
         if last_step or not active.any():
             break
         keep = active.float()
-        if pending:
-            (pending[0] * keep).sum().backward()
+        if single_loss is not None:
+            (single_loss * keep).sum().backward()
         (wd * keep).sum().backward()
         frozen = delta.detach()[~active].clone()
         opt.step()

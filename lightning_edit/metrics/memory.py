@@ -41,6 +41,7 @@ class PeakMemoryMonitor:
     peak resident set size is reset at entry and read at exit (Linux ``/proc/self/clear_refs``): exact and free.
     Where that is unavailable, the resident set size is sampled every ``interval`` seconds in a thread; the
     sampling thread contends for the GIL and slowed timed edits by a third at 10 ms, hence the coarse default.
+    The kernel counter is per process: an inner monitor's reset hides what an enclosing one saw before it.
     """
 
     def __init__(self, device: torch.device | str = "cpu", interval: float = 0.05):

@@ -111,13 +111,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
 
 
-def _loggers(run_dir: Path, csv_logger: type, tensorboard_logger: type) -> list:
+def _loggers(run_dir: Path) -> list:
     """CSV always; TensorBoard too when it is installed (a dependency, but a trimmed environment may lack it)."""
     import importlib.util
 
-    loggers = [csv_logger(str(run_dir), name="csv")]
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(str(run_dir), name="csv")]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(tensorboard_logger(str(run_dir), name="tensorboard"))
+        loggers.append(TensorBoardLogger(str(run_dir), name="tensorboard"))
     else:
         warnings.warn("tensorboard is not installed: logging to CSV only (pip install tensorboard)", stacklevel=2)
     return loggers
@@ -127,8 +129,6 @@ def run(args: argparse.Namespace) -> dict:
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     from ..checkpoints import save_editor_checkpoint
     from ..data import EditDataModule
     from ..metrics import PeakMemoryMonitor
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> dict:
     trainer = L.Trainer(
         max_steps=max_steps, accelerator=args.accelerator, devices=args.devices, strategy=strategy,
         precision=training.get("precision", "32-true"), default_root_dir=str(run_dir),
-        logger=_loggers(run_dir, CSVLogger, TensorBoardLogger),
+        logger=_loggers(run_dir),
         callbacks=callbacks, val_check_interval=val_every, check_val_every_n_epoch=None,
         limit_val_batches=training.get("limit_val_batches", 1.0), num_sanity_val_steps=0,
         gradient_clip_val=training.get("gradient_clip_val"), accumulate_grad_batches=int(training.get("accumulate_grad_batches", 1)),
