@@ -14,7 +14,6 @@ T5 (encoder-decoder) is refused by ``check_supported``: see its docstring for wh
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
@@ -24,7 +23,7 @@ import torch
 from ..errors import ConfigError, RequestError
 from ..hooks import edit_output, run_until, trace
 from ..models.loading import LoadedModel
-from ..models.teacher_forcing import target_ids
+from ..models.teacher_forcing import cache_argument, target_ids
 from ..requests import EditRequest
 from ..stats import DEFAULT_TOKENS
 from .base import Editor, HyperParams
@@ -252,11 +251,6 @@ def _final_hidden_and_logits(loaded: LoadedModel):
     return hidden_of, to_logits
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """The name of the forward's key/value-cache argument (``cache`` from transformers 5.x, ``past_key_values`` before)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 class PrefixCache:
     """Each row's tokens before its edit position, run once (no grad) into a key/value cache.
 
@@ -272,7 +266,7 @@ class PrefixCache:
 
         self._cache_cls = DynamicCache
         self.model, self.device = loaded.model, loaded.device
-        self.cache_arg = _cache_argument(loaded.model)
+        self.cache_arg = cache_argument(loaded.model)
         pad = _pad_id(loaded.tokenizer)
         split_t = torch.tensor(list(split), dtype=torch.long)
         self.suffix_ids, self.suffix_mask = pad_right([list(r)[s:] for r, s in zip(rows, split)], pad, self.device)

@@ -5,6 +5,7 @@ target tokens are the same whatever the prompt (EasyEdit's and ROME's convention
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -112,17 +113,76 @@ def target_logits(loaded: LoadedModel, batch: TargetBatch) -> torch.Tensor:
     return loaded.model(**batch.model_inputs()).logits
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name of the forward's key/value-cache argument (``cache`` from transformers 5.x, ``past_key_values`` before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+# Rows sharing at least this many leading tokens run them once (an in-context editor's demonstrations are
+# hundreds of tokens ahead of every prompt); below it one ordinary pass is cheaper than two.
+MIN_SHARED_TOKENS = 64
+
+
+def shared_prefix_length(batch: TargetBatch) -> int:
+    """Leading tokens common to every row that can be run once for all: they end before the first target
+    token is predicted in any row, so every scored position lies after them. (Exact for the model itself; an
+    editor hook that pools over a row's tokens, like WISE's router, would see the two parts apart, so
+    ``score_targets`` takes this route only for an in-context editor's prompts.)"""
+    if batch.decoder_input_ids is not None or batch.prompt_lengths is None or batch.input_ids.shape[0] < 2:
+        return 0
+    limit = min(batch.prompt_lengths) - 1
+    same = (batch.input_ids[:, :limit] == batch.input_ids[:1, :limit]).all(0)
+    differs = (~same).nonzero()
+    return int(differs[0]) if differs.numel() else limit
+
+
+def _logits_after_shared_prefix(loaded: LoadedModel, batch: TargetBatch, shared: int,
+                                prefix_caches: dict[tuple[int, ...], list]) -> tuple[torch.Tensor, int]:
+    """Logits of the positions after the shared tokens, and how many tokens that is. The shared tokens run once
+    (batch of one) into a key/value cache that every row reuses, and so do later batches: a cached prefix that
+    this batch also starts with is taken as it is (prompts that happen to begin alike add no new pass)."""
+    from transformers import DynamicCache
+
+    model, arg = loaded.model, cache_argument(loaded.model)
+    first_row = batch.input_ids[0, :shared].tolist()
+    key = next((k for k in prefix_caches if len(k) <= shared and list(k) == first_row[: len(k)]), tuple(first_row))
+    shared = len(key)
+    if key not in prefix_caches:
+        cache = DynamicCache()  # keeps every token in every layer; sliding-window layers mask by position
+        model(input_ids=batch.input_ids[:1, :shared], attention_mask=batch.attention_mask[:1, :shared],
+              use_cache=True, **{arg: cache})
+        prefix_caches[key] = [(layer.keys, layer.values) for layer in cache.layers]
+    rows = batch.input_ids.shape[0]
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(prefix_caches[key]):
+        cache.update(keys.expand(rows, *keys.shape[1:]), values.expand(rows, *values.shape[1:]), i)
+    suffix = batch.input_ids[:, shared:]
+    positions = torch.arange(shared, batch.input_ids.shape[1], device=suffix.device).expand_as(suffix)
+    logits = model(input_ids=suffix, attention_mask=batch.attention_mask, position_ids=positions,
+                   use_cache=True, **{arg: cache}).logits
+    return logits, shared
+
+
 @torch.no_grad()
 def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[TargetScore]:
-    """Teacher-forced scores of each target after its prompt."""
+    """Teacher-forced scores of each target after its prompt.
+
+    Rows of a batch that start with the same long run of tokens (an in-context editor's demonstrations)
+    run it once; the scores are those of a full pass."""
     out: list[TargetScore] = []
+    prefix_caches: dict[tuple[int, ...], list] = {}  # this call's shared prefixes, dropped on return
     for i in range(0, len(prompts), batch_size):
         batch = build_target_batch(loaded, prompts[i: i + batch_size], targets[i: i + batch_size])
-        logits = target_logits(loaded, batch).float()
+        shared = shared_prefix_length(batch) if getattr(loaded, "prompt_context", None) is not None else 0
+        if shared >= MIN_SHARED_TOKENS:
+            logits, shared = _logits_after_shared_prefix(loaded, batch, shared, prefix_caches)
+            logits, labels = logits.float(), batch.labels[:, shared:]
+        else:
+            logits, labels = target_logits(loaded, batch).float(), batch.labels
         logp = torch.log_softmax(logits, dim=-1)
         for row in range(logits.shape[0]):
-            mask = batch.labels[row] != -100
-            tgt = batch.labels[row][mask]
+            mask = labels[row] != -100
+            tgt = labels[row][mask]
             out.append(TargetScore(
                 target_ids=tgt.cpu(),
                 predicted_ids=logits[row][mask].argmax(-1).cpu(),

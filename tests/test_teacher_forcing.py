@@ -1,0 +1,94 @@
+"""Teacher-forced scoring: rows sharing a long prefix (an in-context editor's demonstrations) run it once,
+and must score exactly as a full pass does."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_edit.models import LoadedModel
+from lightning_edit.models import teacher_forcing
+from lightning_edit.models.teacher_forcing import build_target_batch, score_targets, shared_prefix_length
+
+from conftest import build_tiny
+
+# the second batch's prompts both begin with "The": it shares more than the first, and still reuses its prefix
+PROMPTS = ["The capital of France is", "Paris is the capital of", "The Eiffel Tower stands in the city of", "The Tiber is in"]
+TARGETS = ["Paris", "France", "Paris and nowhere else", "Italy"]
+MIN_SHARED = teacher_forcing.MIN_SHARED_TOKENS
+DEMONSTRATIONS = "".join(f"New Fact: fact number {i} is true\nPrompt: fact number {i} is true\n\n" for i in range(6))
+
+
+def _scores_with_and_without_sharing(loaded: LoadedModel, monkeypatch) -> tuple[list, list, list[int]]:
+    loaded.prompt_context = lambda prompts: [DEMONSTRATIONS + p for p in prompts]
+    shared_lengths: list[int] = []
+    prefix_passes: list[int] = []
+    real = teacher_forcing._logits_after_shared_prefix
+
+    def spy(loaded_, batch, shared, caches):
+        cached_before = len(caches)
+        logits, used = real(loaded_, batch, shared, caches)
+        shared_lengths.append(used)
+        prefix_passes.append(len(caches) - cached_before)
+        return logits, used
+
+    monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", spy)
+    shared = score_targets(loaded, PROMPTS, TARGETS, batch_size=2)  # two batches: the second reuses the prefix
+    monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
+    full = score_targets(loaded, PROMPTS, TARGETS, batch_size=2)
+    assert sum(prefix_passes) == 1  # the demonstrations ran once for the whole call
+    return shared, full, shared_lengths
+
+
+def _assert_same(shared, full) -> None:
+    assert len(shared) == len(full)
+    for a, b in zip(shared, full):
+        assert a.target_ids.tolist() == b.target_ids.tolist()
+        assert a.predicted_ids.tolist() == b.predicted_ids.tolist()
+        torch.testing.assert_close(a.token_logprobs, b.token_logprobs, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_scores_equal_a_full_pass(tiny_decoder, monkeypatch):
+    shared, full, lengths = _scores_with_and_without_sharing(tiny_decoder, monkeypatch)
+    assert len(lengths) == 2 and min(lengths) >= MIN_SHARED  # both batches took the shortcut, the second from the cache
+    _assert_same(shared, full)
+
+
+def test_shared_prefix_with_a_sliding_window_shorter_than_the_prefix(tokenizer, monkeypatch):
+    loaded = build_tiny("gemma3_text", tokenizer)
+    loaded.model.config.sliding_window = 8
+    for layer in loaded.model.model.layers:
+        layer.self_attn.sliding_window = 8 if layer.self_attn.sliding_window else None
+    shared, full, lengths = _scores_with_and_without_sharing(loaded, monkeypatch)
+    assert lengths
+    _assert_same(shared, full)
+
+
+def test_shared_prefix_stops_before_the_first_scored_position(tokenizer):
+    loaded = build_tiny("llama", tokenizer)
+    batch = build_target_batch(loaded, ["same words here", "same words here"], ["a", "b"])
+    # identical prompts: everything up to the token that predicts the target is shared, nothing after
+    assert shared_prefix_length(batch) == min(batch.prompt_lengths) - 1
+    one = build_target_batch(loaded, ["same words here"], ["a"])
+    assert shared_prefix_length(one) == 0  # a single row has nothing to share
+
+
+def test_encoder_decoder_is_scored_without_sharing(tokenizer):
+    loaded = build_tiny("t5", tokenizer)
+    batch = build_target_batch(loaded, [DEMONSTRATIONS + p for p in PROMPTS], TARGETS)
+    assert shared_prefix_length(batch) == 0
+
+
+@pytest.mark.slow
+def test_ike_context_scores_equal_a_full_pass_on_smollm2(smollm2, monkeypatch):
+    shared, full, lengths = _scores_with_and_without_sharing(smollm2, monkeypatch)
+    del smollm2.prompt_context
+    assert lengths
+    _assert_same(shared, full)
+
+
+def test_without_an_in_context_editor_every_row_runs_whole(tokenizer, monkeypatch):
+    """Hooks that pool over a row (WISE's router) must see whole rows, so plain prompts are never split."""
+    loaded = build_tiny("llama", tokenizer)
+    monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", lambda *a: pytest.fail("prompt was split"))
+    scores = score_targets(loaded, [DEMONSTRATIONS + p for p in PROMPTS], TARGETS)
+    assert len(scores) == len(PROMPTS)
