@@ -20,9 +20,18 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
         calls.append(k.get("protocol"))
         return real(*a, **k)
 
+    built = []
+    real_build = study_mod.build_editor
+
+    def counting_builds(method, *a, **k):
+        built.append(method)
+        return real_build(method, *a, **k)
+
     monkeypatch.setattr(study_mod, "evaluate_editing", counting)
+    monkeypatch.setattr(study_mod, "build_editor", counting_builds)
     tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
     assert calls == ["single", "single", "batch", "sequential", "sequential"]
+    assert built.count("ft-m") == 1  # one editor serves all five cells (what it prepared is reused)
     for name in ("table2", "table3", "table4", "fig5_memory", "fig6_batch", "fig7_sequential"):
         assert (tmp_path / f"{name}.md").exists() and (tmp_path / f"{name}.csv").exists()
     for png in ("fig5_memory.png", "fig6_batch.png", "fig7_sequential.png"):

@@ -43,7 +43,7 @@ KEY_PROTOCOLS = {
     "neighborhood_magnitude": "P(true answer) - P(target_new) on locality prompts",
     "fluency": "weighted bigram/trigram entropy (bits) of greedy generations from the edit prompt and rephrases",
     "edit_seconds": "median wall-clock seconds per request of the editor's edit call",
-    "peak_memory_mb": "peak process memory during edits (CPU: sampled resident set size; CUDA: allocator peak)",
+    "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM; CUDA: allocator peak)",
 }
 
 

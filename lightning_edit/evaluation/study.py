@@ -18,7 +18,7 @@ from typing import Optional
 import yaml
 
 from ..data import load_requests
-from ..editors import build_editor, get_editor_class
+from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
 from ..models import LoadedModel, load_model
 from .protocols import evaluate_editing, versions
@@ -74,6 +74,9 @@ class Study:
         self.data_dir = data_dir
         self.progress = progress
         self.skipped: dict[str, str] = {}
+        # One editor per method for the whole study: what it prepares once (statistics, context prefixes, memory
+        # pools, sentence encoders, trained checkpoints) serves every cell instead of being rebuilt per cell.
+        self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded lazily: a fully cached rerun never loads the model
 
     @property
@@ -88,10 +91,15 @@ class Study:
             out["editor_checkpoint"] = self.config.editor_checkpoints[method]
         return out
 
+    def _editor(self, method: str) -> Editor:
+        if method not in self._editors:
+            self._editors[method] = build_editor(method, self.loaded, self._overrides(method))
+        return self._editors[method]
+
     def cell(self, method: str, data: str, protocol: str, n: int, batch: int = 1, offset: int = 0) -> Optional[dict]:
         """Run (or read from cache) one cell; None if the method cannot run here (reason kept in ``skipped``)."""
         try:
-            editor = build_editor(method, self.loaded, self._overrides(method))
+            editor = self._editor(method)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None

@@ -1,4 +1,4 @@
-"""Peak memory of a block of code: CUDA's allocator peak on GPU, sampled resident set size on CPU."""
+"""Peak memory of a block of code: CUDA's allocator peak on GPU; on CPU the kernel's peak resident set size (VmHWM, reset at the start), or a sampled RSS where it cannot be reset."""
 from __future__ import annotations
 
 import os
