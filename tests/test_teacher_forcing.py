@@ -92,3 +92,24 @@ def test_without_an_in_context_editor_every_row_runs_whole(tokenizer, monkeypatc
     monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", lambda *a: pytest.fail("prompt was split"))
     scores = score_targets(loaded, [DEMONSTRATIONS + p for p in PROMPTS], TARGETS)
     assert len(scores) == len(PROMPTS)
+
+
+def test_prompts_routed_to_different_contexts_are_grouped_and_scored_as_given(tokenizer, monkeypatch):
+    """Several in-context edits: each prompt gets its own edit's demonstrations. Rows are grouped by context
+    (each batch shares one) and the scores come back in the caller's order."""
+    loaded = build_tiny("llama", tokenizer)
+    other = DEMONSTRATIONS.replace("true", "false")
+    loaded.prompt_context = lambda prompts: [(DEMONSTRATIONS if i % 2 == 0 else other) + p for i, p in enumerate(prompts)]
+    taken: list[int] = []
+    real = teacher_forcing._logits_after_shared_prefix
+
+    def spy(*a):
+        logits, used = real(*a)
+        taken.append(used)
+        return logits, used
+
+    monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", spy)
+    grouped = score_targets(loaded, PROMPTS, TARGETS, batch_size=2)
+    assert len(taken) == 2  # prompts 0, 2 share one context and 1, 3 the other: both batches take the shortcut
+    monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
+    _assert_same(grouped, score_targets(loaded, PROMPTS, TARGETS, batch_size=2))

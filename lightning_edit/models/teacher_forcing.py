@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -49,8 +49,11 @@ class TargetBatch:
         return d
 
 
-def build_target_batch(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> TargetBatch:
-    prompts = contextualize(loaded, prompts)
+def build_target_batch(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str],
+                       read_in_context: bool = True) -> TargetBatch:
+    """``read_in_context=False``: the prompts already went through ``contextualize``."""
+    if read_in_context:
+        prompts = contextualize(loaded, prompts)
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = loaded.device
@@ -167,25 +170,34 @@ def _logits_after_shared_prefix(loaded: LoadedModel, batch: TargetBatch, shared:
 def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[TargetScore]:
     """Teacher-forced scores of each target after its prompt.
 
-    Rows of a batch that start with the same long run of tokens (an in-context editor's demonstrations)
-    run it once; the scores are those of a full pass."""
-    out: list[TargetScore] = []
+    Under an in-context editor, rows that start with the same long run of tokens (its demonstrations) run it
+    once; the scores are those of a full pass."""
+    in_context = getattr(loaded, "prompt_context", None) is not None
+    if in_context:
+        # Rows reading the same demonstrations side by side (sorted by their text), so that batches share them
+        # even when several in-context edits route prompts to different contexts.
+        prompts = contextualize(loaded, prompts)
+        order = sorted(range(len(prompts)), key=lambda k: prompts[k])
+    else:
+        order = list(range(len(prompts)))
+    out: list[Optional[TargetScore]] = [None] * len(prompts)
     prefix_caches: dict[tuple[int, ...], list] = {}  # this call's shared prefixes, dropped on return
-    for i in range(0, len(prompts), batch_size):
-        batch = build_target_batch(loaded, prompts[i: i + batch_size], targets[i: i + batch_size])
-        shared = shared_prefix_length(batch) if getattr(loaded, "prompt_context", None) is not None else 0
+    for i in range(0, len(order), batch_size):
+        rows = order[i: i + batch_size]
+        batch = build_target_batch(loaded, [prompts[k] for k in rows], [targets[k] for k in rows], read_in_context=False)
+        shared = shared_prefix_length(batch) if in_context else 0
         if shared >= MIN_SHARED_TOKENS:
             logits, shared = _logits_after_shared_prefix(loaded, batch, shared, prefix_caches)
             logits, labels = logits.float(), batch.labels[:, shared:]
         else:
             logits, labels = target_logits(loaded, batch).float(), batch.labels
         logp = torch.log_softmax(logits, dim=-1)
-        for row in range(logits.shape[0]):
+        for row, k in enumerate(rows):
             mask = labels[row] != -100
             tgt = labels[row][mask]
-            out.append(TargetScore(
+            out[k] = TargetScore(
                 target_ids=tgt.cpu(),
                 predicted_ids=logits[row][mask].argmax(-1).cpu(),
                 token_logprobs=logp[row][mask].gather(-1, tgt[:, None]).squeeze(-1).cpu(),
-            ))
-    return out
+            )
+    return out  # type: ignore[return-value]  # every slot filled
