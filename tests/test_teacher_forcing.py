@@ -50,6 +50,7 @@ def _assert_same(shared, full) -> None:
 def test_shared_prefix_scores_equal_a_full_pass(tiny_decoder, monkeypatch):
     shared, full, lengths = _scores_with_and_without_sharing(tiny_decoder, monkeypatch)
     assert len(lengths) == 2 and min(lengths) >= MIN_SHARED  # both batches took the shortcut, the second from the cache
+    assert lengths[0] > lengths[1]  # the first batch's rows share one more token ("The"): its cache was cut for the second
     _assert_same(shared, full)
 
 
@@ -109,7 +110,7 @@ def test_prompts_routed_to_different_contexts_are_grouped_and_scored_as_given(to
         return logits, used
 
     monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", spy)
-    grouped = score_targets(loaded, PROMPTS, TARGETS, batch_size=2)
-    assert len(taken) == 2  # prompts 0, 2 share one context and 1, 3 the other: both batches take the shortcut
+    grouped = score_targets(loaded, PROMPTS, TARGETS, batch_size=32)
+    assert len(taken) == 2  # prompts 0, 2 share one context and 1, 3 the other: a batch each, both take the shortcut
     monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
     _assert_same(grouped, score_targets(loaded, PROMPTS, TARGETS, batch_size=2))

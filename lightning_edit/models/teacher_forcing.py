@@ -139,31 +139,62 @@ def shared_prefix_length(batch: TargetBatch) -> int:
     return int(differs[0]) if differs.numel() else limit
 
 
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def _logits_after_shared_prefix(loaded: LoadedModel, batch: TargetBatch, shared: int,
                                 prefix_caches: dict[tuple[int, ...], list]) -> tuple[torch.Tensor, int]:
     """Logits of the positions after the shared tokens, and how many tokens that is. The shared tokens run once
-    (batch of one) into a key/value cache that every row reuses, and so do later batches: a cached prefix that
-    this batch also starts with is taken as it is (prompts that happen to begin alike add no new pass)."""
+    (batch of one) into a key/value cache that every row reuses, and so do later batches: a cached prefix whose
+    first ``MIN_SHARED_TOKENS`` or more tokens this batch also starts with serves it, cut to what they share."""
     from transformers import DynamicCache
 
     model, arg = loaded.model, cache_argument(loaded.model)
     first_row = batch.input_ids[0, :shared].tolist()
-    key = next((k for k in prefix_caches if len(k) <= shared and list(k) == first_row[: len(k)]), tuple(first_row))
-    shared = len(key)
-    if key not in prefix_caches:
+    cached = None
+    for key, layers in prefix_caches.items():
+        common = _common_length(key, first_row)
+        if common >= MIN_SHARED_TOKENS:  # keys/values of a token depend only on the tokens up to it: crop
+            shared, cached = common, [(k[:, :, :common], v[:, :, :common]) for k, v in layers]
+            break
+    if cached is None:
         cache = DynamicCache()  # keeps every token in every layer; sliding-window layers mask by position
         model(input_ids=batch.input_ids[:1, :shared], attention_mask=batch.attention_mask[:1, :shared],
               use_cache=True, **{arg: cache})
-        prefix_caches[key] = [(layer.keys, layer.values) for layer in cache.layers]
+        cached = prefix_caches[tuple(first_row)] = [(layer.keys, layer.values) for layer in cache.layers]
     rows = batch.input_ids.shape[0]
     cache = DynamicCache()
-    for i, (keys, values) in enumerate(prefix_caches[key]):
+    for i, (keys, values) in enumerate(cached):
         cache.update(keys.expand(rows, *keys.shape[1:]), values.expand(rows, *values.shape[1:]), i)
     suffix = batch.input_ids[:, shared:]
     positions = torch.arange(shared, batch.input_ids.shape[1], device=suffix.device).expand_as(suffix)
     logits = model(input_ids=suffix, attention_mask=batch.attention_mask, position_ids=positions,
                    use_cache=True, **{arg: cache}).logits
     return logits, shared
+
+
+def _consecutive(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def _batches_by_shared_prefix(loaded: LoadedModel, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Row indices in batches whose rows start with the same demonstrations: sorted by their tokens, a row joins
+    the open batch only if it shares at least ``MIN_SHARED_TOKENS`` leading tokens with it (several in-context
+    edits route prompts to different contexts; a batch mixing them would share nothing)."""
+    if loaded.layout.is_encoder_decoder:
+        return _consecutive(len(prompts), batch_size)
+    ids = [prompt_ids(loaded.tokenizer, p) for p in prompts]
+    batches: list[list[int]] = []
+    for k in sorted(range(len(prompts)), key=lambda k: ids[k]):
+        if batches and len(batches[-1]) < batch_size:
+            first = ids[batches[-1][0]][:MIN_SHARED_TOKENS]
+            if len(first) == MIN_SHARED_TOKENS and ids[k][:MIN_SHARED_TOKENS] == first:
+                batches[-1].append(k)
+                continue
+        batches.append([k])
+    return batches
 
 
 @torch.no_grad()
@@ -174,16 +205,13 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
     once; the scores are those of a full pass."""
     in_context = getattr(loaded, "prompt_context", None) is not None
     if in_context:
-        # Rows reading the same demonstrations side by side (sorted by their text), so that batches share them
-        # even when several in-context edits route prompts to different contexts.
         prompts = contextualize(loaded, prompts)
-        order = sorted(range(len(prompts)), key=lambda k: prompts[k])
+        batches = _batches_by_shared_prefix(loaded, prompts, batch_size)
     else:
-        order = list(range(len(prompts)))
+        batches = _consecutive(len(prompts), batch_size)
     out: list[Optional[TargetScore]] = [None] * len(prompts)
     prefix_caches: dict[tuple[int, ...], list] = {}  # this call's shared prefixes, dropped on return
-    for i in range(0, len(order), batch_size):
-        rows = order[i: i + batch_size]
+    for rows in batches:
         batch = build_target_batch(loaded, [prompts[k] for k in rows], [targets[k] for k in rows], read_in_context=False)
         shared = shared_prefix_length(batch) if in_context else 0
         if shared >= MIN_SHARED_TOKENS:
