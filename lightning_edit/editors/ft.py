@@ -14,9 +14,10 @@ import torch
 
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
-from ..models.teacher_forcing import build_target_batch, target_logits
+from ..models.teacher_forcing import build_target_batch
 from ..requests import EditRequest
 from .base import Editor, HyperParams, register_editor
+from .patching import TailRunner
 
 OBJECTIVES = ("target_tokens", "prompt_last")
 
@@ -70,21 +71,17 @@ class FineTuneEditor(Editor):
         n = loaded.layout.num_layers(loaded.model)
         return [loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in resolve_layers(self.hparams.layers, n)]
 
-    def _loss(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> torch.Tensor:
-        batch = build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
-        logits = target_logits(loaded, batch)
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, first_of_request: torch.Tensor) -> torch.Tensor:
+        """``logits``/``labels``: the positions that predict target tokens, flattened request by request
+        (``TailRunner``); ``first_of_request``: the index of each request's first such position."""
         logp = torch.log_softmax(logits.float(), dim=-1)
-        mask = batch.labels != -100
         if self.hparams.objective == "target_tokens":
-            token_logp = logp.gather(-1, batch.labels.clamp(min=0)[..., None]).squeeze(-1)
-            return -(token_logp * mask).sum() / mask.sum()
-        # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline);
-        # for an encoder-decoder that position is the decoder's first (start-token) position.
-        rows = []
-        for i in range(logp.shape[0]):
-            position = 0 if loaded.layout.is_encoder_decoder else batch.prompt_lengths[i] - 1
-            tgt = batch.labels[i][mask[i]]
-            rows.append(-logp[i, position, tgt].mean())
+            return -logp.gather(-1, labels[:, None]).squeeze(-1).mean()
+        # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline). That
+        # position predicts the first target token, so it is each request's first target-predicting row (for an
+        # encoder-decoder, the decoder's start position).
+        ends = torch.cat([first_of_request[1:], first_of_request.new_tensor([labels.numel()])])
+        rows = [-logp[start, labels[start:end]].mean() for start, end in zip(first_of_request.tolist(), ends.tolist())]
         return torch.stack(rows).mean()
 
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
@@ -92,12 +89,19 @@ class FineTuneEditor(Editor):
         params = dict(loaded.model.named_parameters())
         tuned = {n: params[n] for n in self.touched_parameters(loaded, requests)}
         originals = {n: p.detach().clone() for n, p in tuned.items()}
+        batch = build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
+        # Blocks below the lowest tuned one see the same inputs at every step: each step runs only the blocks
+        # from there on and the head at the target positions.
+        lowest = min(resolve_layers(hp.layers, loaded.layout.num_layers(loaded.model)))
+        tail = TailRunner(loaded, batch, lowest)
+        per_request = tail.at_targets.sum(1)
+        first_of_request = torch.cumsum(per_request, 0) - per_request
         for p in tuned.values():
             p.requires_grad_(True)
         opt = torch.optim.Adam(tuned.values(), lr=hp.lr, weight_decay=hp.weight_decay)
         for _ in range(hp.num_steps):
             opt.zero_grad(set_to_none=True)
-            loss = self._loss(loaded, requests)
+            loss = self._loss(tail.logits(), tail.labels, first_of_request)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()}")
             if loss.item() < hp.early_stop_loss:
