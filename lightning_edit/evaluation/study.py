@@ -77,7 +77,7 @@ class Study:
         # One editor per method for the whole study: what it prepares once (statistics, context prefixes, memory
         # pools, sentence encoders, trained checkpoints) serves every cell instead of being rebuilt per cell.
         self._editors: dict[str, Editor] = {}
-        self._loaded: Optional[LoadedModel] = loaded  # loaded lazily: a fully cached rerun never loads the model
+        self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
 
     @property
     def loaded(self) -> LoadedModel:
@@ -210,22 +210,30 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # 14 methods outnumber a colour cycle: colours from tab20 and alternating markers/line styles keep each apart.
+    palette = plt.get_cmap("tab20").colors
+    styles = {m: dict(color=palette[i % len(palette)], marker="osD^v<>"[i % 7], linestyle=("-", "--")[i % 2])
+              for i, m in enumerate(c.methods)}
+
     def curve(cells: dict, fname: str, xlabel: str, title: str) -> None:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        xs = sorted({x for (_, x), cell in cells.items() if cell})
         for ax, key in zip(axes, ("reliability", "generalization", "locality")):
             for m in c.methods:
                 pts = sorted((x, cell["summary"].get(key)) for (mm, x), cell in cells.items() if mm == m and cell)
                 pts = [(x, y) for x, y in pts if y is not None]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **styles[m])
             ax.set_xscale("log")
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.minorticks_off()
             ax.set_xlabel(xlabel)
             ax.set_title(key)
             ax.set_ylim(-0.05, 1.05)
-        axes[-1].legend(fontsize=7)
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.suptitle(f"{title} ({c.model})")
         fig.tight_layout()
-        fig.savefig(results_dir / fname, dpi=120)
+        fig.savefig(results_dir / fname, dpi=120, bbox_inches="tight")
         plt.close(fig)
 
     curve(batch, "fig6_batch.png", "batch size", "Batch editing")
@@ -239,6 +247,7 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
             names.append(m)
             values.append(cell["summary"].get("peak_memory_mb", 0))
     ax.bar(names, values)
+    ax.tick_params(axis="x", labelrotation=45)
     ax.set_ylabel("peak memory (MB)")
     ax.set_title(f"Fig. 5: peak memory per method ({c.model}, {d0})")
     fig.tight_layout()
