@@ -5,7 +5,8 @@
 IKE leaves the weights alone and prepends a few hundred tokens of demonstrations to every prompt the model
 reads, so what costs is scoring, not editing. Per request: the seconds of ``measure`` (every teacher-forced
 score of the request) with the edit attached, once with the shared demonstrations run once into a key/value
-cache (the default) and once with every row run whole (the baseline), in the same process, alternating.
+cache (the default) and once with every row run whole in consecutive batches (the baseline), in the same process,
+alternating.
 The largest gap between the two runs' log-probabilities is reported too (they must agree).
 """
 from __future__ import annotations
@@ -28,14 +29,17 @@ from lightning_edit.models import load_model, teacher_forcing  # noqa: E402
 
 
 def timed_measure(loaded, request, share: bool) -> tuple[float, list[float]]:
-    saved = teacher_forcing.MIN_SHARED_TOKENS
-    teacher_forcing.MIN_SHARED_TOKENS = saved if share else 10**9
+    """``share=False``: the baseline, every row run whole in consecutive batches (scoring as it was before)."""
+    saved = teacher_forcing.shared_prefix_length, teacher_forcing._batches_by_shared_prefix
+    if not share:
+        teacher_forcing.shared_prefix_length = lambda batch: 0
+        teacher_forcing._batches_by_shared_prefix = lambda loaded_, prompts, size: teacher_forcing._consecutive(len(prompts), size)
     try:
         start = time.perf_counter()
         scores = measure(loaded, [request])[0]
         seconds = time.perf_counter() - start
     finally:
-        teacher_forcing.MIN_SHARED_TOKENS = saved
+        teacher_forcing.shared_prefix_length, teacher_forcing._batches_by_shared_prefix = saved
     logprobs = [float(v) for slot in vars(scores).values() for s in slot for v in s.token_logprobs]
     return seconds, logprobs
 

@@ -131,8 +131,8 @@ def shared_prefix_length(batch: TargetBatch) -> int:
     token is predicted in any row, so every scored position lies after them. (Exact for the model itself; an
     editor hook that pools over a row's tokens, like WISE's router, would see the two parts apart, so
     ``score_targets`` takes this route only for an in-context editor's prompts.)"""
-    if batch.decoder_input_ids is not None or batch.prompt_lengths is None or batch.input_ids.shape[0] < 2:
-        return 0
+    if batch.decoder_input_ids is not None or batch.prompt_lengths is None:
+        return 0  # a single row counts too: later batches may reuse its cached prefix
     limit = min(batch.prompt_lengths) - 1
     same = (batch.input_ids[:, :limit] == batch.input_ids[:1, :limit]).all(0)
     differs = (~same).nonzero()
@@ -163,6 +163,7 @@ def _logits_after_shared_prefix(loaded: LoadedModel, batch: TargetBatch, shared:
         cache = DynamicCache()  # keeps every token in every layer; sliding-window layers mask by position
         model(input_ids=batch.input_ids[:1, :shared], attention_mask=batch.attention_mask[:1, :shared],
               use_cache=True, **{arg: cache})
+        prefix_caches.clear()  # batches come sorted by their tokens: a context left behind does not come back
         cached = prefix_caches[tuple(first_row)] = [(layer.keys, layer.values) for layer in cache.layers]
     rows = batch.input_ids.shape[0]
     cache = DynamicCache()
@@ -210,7 +211,7 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
     else:
         batches = _consecutive(len(prompts), batch_size)
     out: list[Optional[TargetScore]] = [None] * len(prompts)
-    prefix_caches: dict[tuple[int, ...], list] = {}  # this call's shared prefixes, dropped on return
+    prefix_caches: dict[tuple[int, ...], list] = {}  # the latest shared prefix's keys/values, dropped on return
     for rows in batches:
         batch = build_target_batch(loaded, [prompts[k] for k in rows], [targets[k] for k in rows], read_in_context=False)
         shared = shared_prefix_length(batch) if in_context else 0
