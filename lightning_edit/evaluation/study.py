@@ -7,6 +7,7 @@ includes a hash of the method's hyperparameters) and an interrupted study resume
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import json
 import logging
@@ -74,8 +75,8 @@ class Study:
         self.data_dir = data_dir
         self.progress = progress
         self.skipped: dict[str, str] = {}
-        # One editor per method for the whole study: what it prepares once (statistics, context prefixes, memory
-        # pools, sentence encoders, trained checkpoints) serves every cell instead of being rebuilt per cell.
+        # One editor per method, kept while that method's cells run: what it prepares once (statistics, context
+        # prefixes, memory pools, sentence encoders, trained checkpoints) serves them all instead of being rebuilt.
         self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
 
@@ -127,20 +128,25 @@ class Study:
         c = self.config
         (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
         (self.results_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
-        single = {(m, d): self.cell(m, d, "single", n) for m in c.methods for d, n in c.datasets.items()}
-        batch = {}
+        single, batch, sequential = {}, {}, {}
+        # Method by method: its editor serves all its cells, then goes, so what one method prepared (pools,
+        # statistics, checkpoints) neither stays resident nor counts in the next method's peak memory.
         for m in c.methods:
+            for d, n in c.datasets.items():
+                single[(m, d)] = self.cell(m, d, "single", n)
             try:
                 cls = get_editor_class(m)
             except ConfigError as err:
                 self.skipped[m] = str(err)
-                continue
-            for b in c.batch_sizes:
+                cls = None
+            for b in c.batch_sizes if cls is not None else ():
                 if b > 1 and not cls.supports_batch:
                     continue
                 batch[(m, b)] = self.cell(m, c.batch_data, "batch" if b > 1 else "single", n=b, batch=b)
-        sequential = {(m, n): self.cell(m, c.sequential_data, "sequential", n=n, offset=c.sequential_offset)
-                      for m in c.methods for n in c.sequential_ns}
+            for n in c.sequential_ns:
+                sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, offset=c.sequential_offset)
+            self._editors.pop(m, None)
+            gc.collect()
         tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped)
         write_figures(self.results_dir, c, single, batch, sequential)
         return tables
