@@ -71,17 +71,16 @@ class FineTuneEditor(Editor):
         n = loaded.layout.num_layers(loaded.model)
         return [loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in resolve_layers(self.hparams.layers, n)]
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, first_of_request: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, per_request: list[int]) -> torch.Tensor:
         """``logits``/``labels``: the positions that predict target tokens, flattened request by request
-        (``TailRunner``); ``first_of_request``: the index of each request's first such position."""
+        (``TailRunner``); ``per_request``: how many of them each request has."""
         logp = torch.log_softmax(logits.float(), dim=-1)
         if self.hparams.objective == "target_tokens":
             return -logp.gather(-1, labels[:, None]).squeeze(-1).mean()
         # prompt_last: every target token scored at the prompt's last position (ROME's FT baseline). That
-        # position predicts the first target token, so it is each request's first target-predicting row (for an
+        # position predicts the first target token, so it is each request's first row here (for an
         # encoder-decoder, the decoder's start position).
-        ends = torch.cat([first_of_request[1:], first_of_request.new_tensor([labels.numel()])])
-        rows = [-logp[start, labels[start:end]].mean() for start, end in zip(first_of_request.tolist(), ends.tolist())]
+        rows = [-lp[0, tgt].mean() for lp, tgt in zip(logp.split(per_request), labels.split(per_request))]
         return torch.stack(rows).mean()
 
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
@@ -94,14 +93,13 @@ class FineTuneEditor(Editor):
         # from there on and the head at the target positions.
         lowest = min(resolve_layers(hp.layers, loaded.layout.num_layers(loaded.model)))
         tail = TailRunner(loaded, batch, lowest)
-        per_request = tail.at_targets.sum(1)
-        first_of_request = torch.cumsum(per_request, 0) - per_request
+        per_request = tail.at_targets.sum(1).tolist()
         for p in tuned.values():
             p.requires_grad_(True)
         opt = torch.optim.Adam(tuned.values(), lr=hp.lr, weight_decay=hp.weight_decay)
         for _ in range(hp.num_steps):
             opt.zero_grad(set_to_none=True)
-            loss = self._loss(tail.logits(), tail.labels, first_of_request)
+            loss = self._loss(tail.logits(), tail.labels, per_request)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()}")
             if loss.item() < hp.early_stop_loss:

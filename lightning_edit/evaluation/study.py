@@ -135,13 +135,10 @@ class Study:
             for d, n in c.datasets.items():
                 single[(m, d)] = self.cell(m, d, "single", n)
             try:
-                cls = get_editor_class(m)
+                sizes = [b for b in c.batch_sizes if b == 1 or get_editor_class(m).supports_batch]
             except ConfigError as err:
-                self.skipped[m] = str(err)
-                cls = None
-            for b in c.batch_sizes if cls is not None else ():
-                if b > 1 and not cls.supports_batch:
-                    continue
+                self.skipped[m], sizes = str(err), []
+            for b in sizes:
                 batch[(m, b)] = self.cell(m, c.batch_data, "batch" if b > 1 else "single", n=b, batch=b)
             for n in c.sequential_ns:
                 sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, offset=c.sequential_offset)
