@@ -1,50 +1,110 @@
-"""`python edit.py`: apply edits to a model and report metrics."""
+"""`python edit.py` / `lightning-edit`: apply edits to a model and report metrics; `study`, `data` and `ask`
+are subcommands. Everything a run needs is checked before the model is loaded."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import yaml
 
-from .errors import LightningEditError
+from .errors import ConfigError, DataError, LightningEditError
 
 DEFAULT_METHOD = "rome"
+SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
+  edit     (the default) apply edits and report: the options above
+  study    run a study configuration (configs/study/) and write its tables and figures
+  data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
+  ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
+
+request files (--data FILE.json): a JSON list of records, each
+  {"prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English", "target_true": "French",
+   "subject": "Danielle Darrieux", "rephrase_prompts": ["Danielle Darrieux grew up speaking"],
+   "locality": [{"prompt": "The capital of Italy is", "answer": "Rome", "kind": "neighborhood"}],
+   "portability": [{"prompt": "...", "answer": "...", "kind": "one_hop"}]}
+  (prompt and target_new required; subject for ROME/MEMIT/AlphaEdit/KN; ZsRE, CounterFact, KnowEdit and MQuAKE
+  files are read as they are).
+"""
 
 
 def _parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"--set {key}: {value!r} is not a valid value ({type(err).__name__}); "
+                                         "write numbers, true/false, text, or lists like [4, 5]") from err
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {value}")
+    return value
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default: the physical cores). With other work on the cores, 1 is faster")
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .editors import EDITORS
 
-    p = argparse.ArgumentParser(prog="edit.py", description="Edit facts in a language model and measure the edit.")
+    p = argparse.ArgumentParser(prog="edit.py", description="Edit facts in a language model and measure the edit.",
+                                epilog=SUBCOMMANDS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"editing method: {', '.join(sorted(EDITORS))} (default %(default)s)")
-    p.add_argument("--model", default="smollm2-135m", help="registered model name, hub id or local HF directory (default %(default)s)")
-    p.add_argument("--data", default="demo", help="dataset name (demo, zsre, counterfact, knowedit-*, mquake, ...) or JSON file (default %(default)s)")
-    p.add_argument("--data-dir", default=None, help="folder of benchmark data (default $LIGHTNING_EDIT_DATA or ../shared/data)")
-    p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
-    p.add_argument("--offset", type=int, default=0, help="skip this many records first")
-    p.add_argument("--batch-size", type=int, default=1, help="requests per edit call (batch protocol when > 1)")
+    p.add_argument("--model", default="smollm2-135m", help="registered model name, hub id, local HF directory or a --save directory (default %(default)s)")
+    p.add_argument("--data", default="demo", help="dataset name (demo, zsre, counterfact, knowedit-*, mquake, ...) or request JSON file (default %(default)s)")
+    p.add_argument("--data-dir", default=None, help="folder of benchmark data (default $LIGHTNING_EDIT_DATA or ../shared/data); fill it with 'data get'")
+    p.add_argument("--n", type=_positive_int, default=None, help="number of requests (default: all)")
+    p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many records first")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1)")
     p.add_argument("--sequential", action="store_true", help="keep every edit and score all after the last (sequential protocol)")
-    p.add_argument("--output", default=None, help="write the JSON report here")
-    p.add_argument("--save", default=None, help="save the edited model (safetensors HF directory) and a record of the edits here")
+    p.add_argument("--output", default=None, help="write the JSON report here (its folder must exist)")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory + edits.json); "
+                                                "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_threads_option(p)
     p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods)")
     p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[], metavar="KEY=VALUE",
-                   help="override a hyperparameter of configs/<method>/ (repeatable)")
-    p.add_argument("--no-fluency", action="store_true", help="skip greedy generations for the fluency score")
-    p.add_argument("--fluency-tokens", type=int, default=40, help="tokens generated per prompt for the fluency score (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML: 2.0, true, [4, 5])")
+    p.add_argument("--no-fluency", action="store_true", help="skip greedy generations for the fluency score (and the answers shown)")
+    p.add_argument("--fluency-tokens", type=_positive_int, default=40, help="tokens generated per prompt for the fluency score (default %(default)s)")
+    p.add_argument("--generate", type=_non_negative_int, default=0, metavar="N",
+                   help="show the greedy continuation (N tokens) of each edit prompt and rephrase, before and after")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
 
 
@@ -56,13 +116,17 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the configuration's methods")
     p.add_argument("--results-dir", default=None, help="output folder (default results/<config>-<model>)")
     p.add_argument("--data-dir", default=None)
+    add_threads_option(p)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
 
 
-def run_study(args: argparse.Namespace) -> int:
+def run_study(argv: Sequence[str]) -> int:
     from .evaluation.study import Study, StudyConfig
 
+    args = build_study_parser().parse_args(argv)
+    apply_threads(args.threads)
     config = StudyConfig.load(args.config, model=args.model)
     if args.methods:
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -74,16 +138,104 @@ def run_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_data(argv: Sequence[str]) -> int:
+    from .data.fetch import main as data_main
+
+    return data_main(list(argv))
+
+
+def _run_ask(argv: Sequence[str]) -> int:
+    from .ask import main as ask_main
+
+    return ask_main(list(argv))
+
+
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "data": _run_data, "ask": _run_ask}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
-        if argv and argv[0] == "study":
-            return run_study(build_study_parser().parse_args(argv[1:]))
+        if argv and argv[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        if argv and argv[0] == "edit":
+            argv = argv[1:]
         return run(build_parser().parse_args(argv))
     except LightningEditError as err:
+        if debug:
+            traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; every edit made so far was undone in memory, nothing was saved", file=sys.stderr)
+        return 130
+
+
+def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
+    """Refuse an output path before any work: its folder must exist, and it must not clash with what is there."""
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
+    if directory:
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{flag} {path} is an existing file; give a new folder name")
+        if target.is_dir() and any(target.iterdir()):
+            raise ConfigError(f"{flag} {path} is a folder that is not empty; give a new folder name or remove it")
+    elif target.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'report.json'}")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+                          "or install a CUDA build of torch on a machine with a GPU")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
+
+
+def preflight(args: argparse.Namespace, n_requests: int):
+    """Everything that can be checked without the model: the method and its merged hyperparameters (types
+    included), files it will read, the protocol and what --save can honestly save. Returns the editor class."""
+    from .editors import get_editor_class
+    from .models.registry import family_of, resolve_model_name
+
+    check_device(args.device)
+    check_output_path("--output", args.output, directory=False)
+    check_output_path("--save", args.save, directory=True)
+    if args.sequential and args.batch_size > 1:
+        raise ConfigError("--sequential and --batch-size > 1 are different protocols; choose one")
+    cls = get_editor_class(args.method)
+    overrides = dict(args.overrides)
+    if args.editor:
+        if not Path(args.editor).exists():
+            raise ConfigError(f"--editor {args.editor}: no such checkpoint folder; train one with "
+                              f"'python train.py {args.method} {args.model}' or give its path")
+        overrides["editor_checkpoint"] = args.editor
+    hparams = cls.HParams.for_model(args.method, resolve_model_name(args.model), family_of(args.model), overrides)
+    stats_text = getattr(hparams, "stats_text", None)
+    if stats_text and not Path(stats_text).is_file():
+        raise DataError(f"field 'stats_text' names {stats_text}, which is not a file; leave it unset for the text shipped "
+                        "with the package, or fetch WikiText-2 with 'python edit.py data get wikitext'")
+    if args.save:
+        if not cls.edits_weights_only:
+            raise ConfigError(f"--save: {args.method}'s edits are patches (modules, memories or prompts) beside the weights, "
+                              "which a saved transformers directory would silently lose; --save supports methods that "
+                              "change weights only (ft-l, ft-m, rome, memit, alphaedit, kn, mend, ke)")
+        calls = n_requests if not args.sequential and args.batch_size == 1 else -(-n_requests // args.batch_size)
+        if not args.sequential and calls > 1:
+            raise ConfigError(f"--save: this run edits {n_requests} requests as {calls} separate edits, each scored alone and "
+                              "undone, so there is no one edited model to save. Add --sequential (keep every edit, score "
+                              f"all after the last) or --batch-size {n_requests} (one batch), or --n 1")
+    return cls, overrides
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,43 +243,62 @@ def run(args: argparse.Namespace) -> int:
 
     from .data import load_requests
     from .editors import build_editor
-    from .evaluation import evaluate_editing, format_table
+    from .evaluation import evaluate_editing, format_table, verdict
     from .models import load_model
 
+    apply_threads(args.threads)
     L.seed_everything(args.seed, verbose=False)
-    if args.sequential and args.batch_size > 1:
-        raise LightningEditError("--sequential and --batch-size > 1 are different protocols; choose one")
     protocol = "sequential" if args.sequential else ("batch" if args.batch_size > 1 else "single")
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
+    _, overrides = preflight(args, len(requests))
+    if args.quiet:
+        overrides.setdefault("progress", False)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device)
-    overrides = dict(args.overrides)
-    if args.editor:
-        overrides["editor_checkpoint"] = args.editor
-    editor = build_editor(args.method, loaded, overrides)
+    editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
-                              fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet)
-    result = report.to_json()
-    result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
-    print(format_table(report))
-    print(json.dumps(result["summary"], indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2, default=str))
-        print(f"report written to {args.output}")
-    if args.save:
-        save_edited(loaded, editor, requests, Path(args.save), batch=args.batch_size > 1)
-        print(f"edited model saved to {args.save}")
+                              fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,
+                              keep_edits=bool(args.save), generate_tokens=args.generate)
+    try:
+        result = report.to_json()
+        result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
+        print(format_table(report, answers=not args.no_fluency or args.generate > 0))
+        print(f"\n{report.method} on {report.model}, {report.n} requests, {report.protocol} protocol: {verdict(report)}")
+        if args.json:
+            print(json.dumps(result["summary"], indent=2))
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2, default=str))
+            print(f"report written to {args.output}")
+        if args.save:
+            save_edited(loaded, editor, report, Path(args.save))
+            print(f"edited model saved to {args.save} (the model scored above: {result['config']['scored']})")
+    finally:
+        for delta in reversed(report.kept_deltas):
+            delta.undo(loaded)
     return 0
 
 
-def save_edited(loaded, editor, requests, directory: Path, batch: bool) -> None:
-    """Apply every request (one batch, or one after another) and save the edited model with a record."""
-    deltas = [editor.edit(loaded, requests)] if batch else editor.edit_sequential(loaded, requests)
+def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> dict:
+    """Settings of the run that map onto hyperparameters the method has (progress bars, the statistics cache)."""
+    import dataclasses
+
+    from .editors import get_editor_class
+
+    fields = {f.name for f in dataclasses.fields(get_editor_class(method).HParams)}
+    out = {k: v for k, v in overrides.items() if k in fields or k not in ("progress",)}
+    if args.cache_dir and "stats_dir" in fields:
+        out.setdefault("stats_dir", args.cache_dir)
+    return out
+
+
+def save_edited(loaded, editor, report, directory: Path) -> None:
+    """Save the model exactly as scored (its edits are still applied) with a record of edits and scores."""
     directory.mkdir(parents=True, exist_ok=True)
     loaded.model.save_pretrained(directory, safe_serialization=True)
     loaded.tokenizer.save_pretrained(directory)
     (directory / "edits.json").write_text(json.dumps({
         "method": editor.name, "base_model": loaded.name, "hparams": editor.hparams.to_dict(),
-        "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in deltas],
+        "protocol": report.protocol, "scored": report.config.get("scored"), "summary": report.post,
+        "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in report.kept_deltas],
     }, indent=2, default=str))
-    for d in reversed(deltas):
-        d.undo(loaded)
+    for path in [directory, *directory.rglob("*")]:  # readable by the user's group and others, like any output
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)

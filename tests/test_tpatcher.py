@@ -39,9 +39,6 @@ def test_tpatcher_neurons_accumulate_and_remember_edit_queries(tiny_decoder):
 
 
 def test_tpatcher_memory_pool_keeps_patch_silent(tiny_decoder):
-    from conftest import require_data
-
-    require_data("text/wikitext-2/wiki.test.raw")
     editor = build_editor("t-patcher", tiny_decoder, {"memory_pool": ["wikitext:30"], "num_steps": 60, "lr": 0.05})
     delta = editor.edit(tiny_decoder, [EDIT])
     patch = find_memory(tiny_decoder.model, PatchNeurons.key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -33,6 +34,21 @@ DATASETS: dict[str, str] = {
 }
 DEMO_PATH = PROJECT_ROOT / "data" / "demo.json"
 
+# name → download group of `lightning-edit data get` (lightning_edit/data/fetch.py holds the pinned files)
+DATASET_GROUPS: dict[str, str] = {
+    "zsre": "zsre", "zsre-train": "zsre",
+    "counterfact": "counterfact", "counterfact-train": "counterfact", "counterfact-rome": "counterfact",
+    "knowedit-counterfact": "knowedit", "knowedit-recent": "knowedit", "knowedit-wikibio": "knowedit",
+    "mquake": "mquake",
+    "known_1000": "known_1000",
+}
+
+
+def get_command(group: str, data_dir: Optional[Union[str, Path]] = None) -> str:
+    """The command that downloads ``group`` into ``data_dir`` (quoted so it can be pasted into a shell)."""
+    where = f" --data-dir {shlex.quote(str(data_dir))}" if data_dir else ""
+    return f"lightning-edit data get {group}{where} (or: python edit.py data get {group}{where})"
+
 
 def default_data_dir(data_dir: Optional[Union[str, Path]] = None) -> Path:
     if data_dir:
@@ -50,15 +66,18 @@ def resolve_dataset_path(name_or_path: str, data_dir: Optional[Union[str, Path]]
         path = root / DATASETS[name_or_path]
         if not path.exists():
             raise DataError(
-                f"dataset {name_or_path!r}: looked for {path} and it is not there. Point --data-dir (or ${DATA_ENV}) "
-                f"at the folder holding {DATASETS[name_or_path]} (default: ../shared/data beside the project)."
+                f"dataset {name_or_path!r}: looked for {path} and it is not there. "
+                f"Get it with: {get_command(DATASET_GROUPS[name_or_path], root)}; "
+                f"or point --data-dir (or ${DATA_ENV}) at the folder holding {DATASETS[name_or_path]} "
+                f"(default: ../shared/data beside the project)."
             )
         return path
     path = Path(name_or_path)
     if path.exists():
         return path
     raise DataError(
-        f"dataset {name_or_path!r} is neither a known name ({', '.join(['demo', *DATASETS])}) nor an existing file"
+        f"dataset {name_or_path!r} is neither a known name ({', '.join(['demo', *DATASETS])}) nor an existing file "
+        f"(`lightning-edit data list` shows what can be downloaded)"
     )
 
 

@@ -113,6 +113,8 @@ class CalibrationPatch:
 
 @register_editor
 class CaliNETEditor(Editor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "calinet"
     HParams = CaliNETHyperParams
     needs_subject = False

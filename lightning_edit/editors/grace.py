@@ -113,6 +113,8 @@ class GraceCodebook(EditMemory):
 
 @register_editor
 class GraceEditor(Editor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "grace"
     HParams = GraceHyperParams
     supports_batch = False  # one codebook update per request

@@ -171,6 +171,8 @@ class IKEPatch:
 
 @register_editor
 class IKEEditor(Editor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "ike"
     HParams = IKEHyperParams
     needs_subject = False

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError
 from ..hooks import hooks, run_until, trace
 from ..models.loading import LoadedModel
 from ..models.teacher_forcing import TargetBatch, build_target_batch
@@ -319,16 +319,13 @@ def valid_positions(loaded: LoadedModel, batch: TargetBatch) -> torch.Tensor:
 # ---- unrelated prompts ----------------------------------------------------------------------------
 
 POOL_SOURCES = ("wikitext", "zsre-train", "counterfact-train")
-WIKITEXT_FILE = "text/wikitext-2/wiki.test.raw"
 
 
-def _wikitext_pairs(n: int, data_dir: Optional[str]) -> list[tuple[str, str]]:
-    from ..data.loaders import default_data_dir
+def _wikitext_pairs(n: int) -> list[tuple[str, str]]:
+    """Sentences of the WikiText-2 excerpt shipped with the package, cut into (prompt, next three words)."""
+    from ..data import STATS_TEXT_PATH
 
-    path = default_data_dir(data_dir) / WIKITEXT_FILE
-    if not path.exists():
-        raise DataError(f"memory pool source 'wikitext' needs {path}; point $LIGHTNING_EDIT_DATA at the shared data folder "
-                        "or drop 'wikitext' from the field 'memory_pool'")
+    path = STATS_TEXT_PATH
     pairs: list[tuple[str, str]] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         line = line.strip()
@@ -366,7 +363,7 @@ def load_memory_pool(spec: Sequence[str], data_dir: Optional[str] = None) -> lis
         if source not in POOL_SOURCES or not count.isdigit():
             raise ConfigError(f"field 'memory_pool' holds {entry!r}; write 'source:count' with source one of {POOL_SOURCES}")
         if source == "wikitext":
-            pairs.extend(_wikitext_pairs(int(count), data_dir))
+            pairs.extend(_wikitext_pairs(int(count)))
         else:
             pairs.extend(_dataset_pairs(source, int(count), data_dir))
     return pairs

@@ -295,6 +295,8 @@ class SERACPatch:
 
 @register_editor
 class SERACEditor(LearnedEditor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "serac"
     HParams = SERACHyperParams
     supports_batch = True  # a batch is several memory entries

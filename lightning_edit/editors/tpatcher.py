@@ -117,6 +117,8 @@ class PatchNeurons(EditMemory):
 
 @register_editor
 class TPatcherEditor(Editor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "t-patcher"
     HParams = TPatcherHyperParams
     supports_batch = False  # one set of neurons per request

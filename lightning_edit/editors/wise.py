@@ -186,6 +186,8 @@ class SideMemory(EditMemory):
 
 @register_editor
 class WISEEditor(Editor):
+    edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
+
     name = "wise"
     HParams = WISEHyperParams
     supports_batch = False  # one shard update per request

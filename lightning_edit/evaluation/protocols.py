@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -43,6 +44,10 @@ KEY_PROTOCOLS = {
     "neighborhood_magnitude": "P(true answer) - P(target_new) on locality prompts",
     "fluency": "weighted bigram/trigram entropy (bits) of greedy generations from the edit prompt and rephrases",
     "edit_seconds": "median wall-clock seconds per request of the editor's edit call",
+    "edit_seconds_mean": "mean wall-clock seconds per request of the editor's edit calls",
+    "scoring_seconds_per_request": "mean seconds per request spent scoring (pre and post) and generating",
+    "seconds_per_request": "mean seconds per request: edit + scoring + generation (not the one-off prepare)",
+    "time_split_seconds": "total seconds per phase: prepare (statistics, caches), edit, scoring, generation",
     "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM; CUDA: allocator peak)",
 }
 
@@ -135,13 +140,15 @@ def evaluate_editing(
     fluency_tokens: int = 40,
     progress: bool = True,
     keep_edits: bool = False,
+    generate_tokens: int = 0,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
-    ``keep_edits`` (sequential only): leave the edits in the model; ``Report.kept_deltas`` undoes them.
+    ``keep_edits``: leave the edits in the model (sequential, or any protocol that makes a single edit call);
+    ``Report.kept_deltas`` undoes them. Otherwise every edit is undone before this returns, even on error or
+    Ctrl-C. ``generate_tokens``: greedy continuations of each edit prompt and rephrase, before and after, kept in
+    the per-request rows (``pre_generations``/``post_generations``); the fluency score reuses them.
     """
-    if keep_edits and protocol != "sequential":
-        raise ValueError("keep_edits needs protocol='sequential' (single and batch edits are undone after scoring)")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     requests = editor.validate(requests)
@@ -149,73 +156,122 @@ def evaluate_editing(
         batch_size = 1
     if batch_size < 1:
         raise ValueError("batch_size must be ≥ 1")
+    chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
+    if keep_edits and protocol != "sequential" and len(chunks) > 1:
+        raise ValueError("keep_edits needs protocol='sequential' or a single edit call (single and batch edits are "
+                         "undone after scoring each)")
+    # One set of generations serves both the fluency score and the printed answers.
+    gen_tokens = max(fluency_tokens if fluency else 0, generate_tokens)
+    timer = _Timer()
 
-    prepare_start = time.perf_counter()
-    editor.prepare(loaded)
-    prepare_seconds = time.perf_counter() - prepare_start
+    with timer("prepare"):
+        editor.prepare(loaded)
 
-    pre_scores = measure(loaded, requests)
-    pre_gen = generate_greedy(loaded, [p for r in requests for p in _fluency_prompts(r)], fluency_tokens) if fluency else []
+    with timer("scoring"):
+        pre_scores = measure(loaded, requests)
+    with timer("generation"):
+        pre_gen = generate_greedy(loaded, [p for r in requests for p in _fluency_prompts(r)], gen_tokens) if gen_tokens else []
     pre_metrics, post_metrics = MetricSet(), MetricSet()
     rows: list[dict] = [{"case_id": r.case_id, "prompt": r.prompt, "target_new": r.target_new, "target_true": r.target_true} for r in requests]
     gen_offsets = [0]
     for r in requests:
         gen_offsets.append(gen_offsets[-1] + len(_fluency_prompts(r)))
     for i, s in enumerate(pre_scores):
-        rows[i]["pre"] = pre_metrics.add(s, s, pre_gen[gen_offsets[i]: gen_offsets[i + 1]] if fluency else None)
+        gens = pre_gen[gen_offsets[i]: gen_offsets[i + 1]] if gen_tokens else None
+        rows[i]["pre"] = pre_metrics.add(s, s, gens if fluency else None)
+        if gens is not None:
+            rows[i]["pre_generations"] = gens
 
     seconds_metric, memory_metric = EditSeconds(), PeakMemory()
-    deltas: list[EditDelta] = []
+    applied: list[EditDelta] = []  # edits currently in the model, undone in `finally` unless kept
     kept: list[EditDelta] = []
     bar = tqdm(total=len(requests), desc=f"{editor.name} ({protocol})", disable=not progress, unit="req")
 
     def score_post(idx: list[int]) -> None:
-        post = measure(loaded, [requests[i] for i in idx])
+        start = time.perf_counter()
+        with timer("scoring"):
+            post = measure(loaded, [requests[i] for i in idx])
         gens: list[str] = []
-        if fluency:
-            gens = generate_greedy(loaded, [p for i in idx for p in _fluency_prompts(requests[i])], fluency_tokens)
+        if gen_tokens:
+            with timer("generation"):
+                gens = generate_greedy(loaded, [p for i in idx for p in _fluency_prompts(requests[i])], gen_tokens)
+        per_request = (time.perf_counter() - start) / len(idx)
         pos = 0
         for i, s in zip(idx, post):
             k = len(_fluency_prompts(requests[i]))
             rows[i]["post"] = post_metrics.add(s, pre_scores[i], gens[pos: pos + k] if fluency else None)
+            if gen_tokens:
+                rows[i]["post_generations"] = gens[pos: pos + k]
+            rows[i]["score_seconds"] = round(per_request, 4)
             pos += k
 
-    chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
     try:
         for chunk in chunks:
-            with PeakMemoryMonitor(loaded.device) as mem:
+            with PeakMemoryMonitor(loaded.device) as mem, timer("edit"):
                 delta = editor.edit(loaded, [requests[i] for i in chunk])
+            applied.append(delta)
             memory_metric.update(mem.peak_mb)
             for i in chunk:
                 seconds_metric.update(delta.seconds / len(chunk))
                 rows[i]["edit_seconds"] = round(delta.seconds / len(chunk), 4)
-            if protocol == "sequential":
-                deltas.append(delta)
-            else:
+            if protocol != "sequential":
                 score_post(chunk)
-                delta.undo(loaded)
+                if not keep_edits:
+                    applied.pop().undo(loaded)
             bar.update(len(chunk))
         if protocol == "sequential":
             score_post(list(range(len(requests))))
         if keep_edits:
-            kept, deltas = deltas, []
+            kept, applied = applied, []
     finally:
-        for delta in reversed(deltas):  # on error, always restore the model
+        for delta in reversed(applied):  # on error or Ctrl-C, always restore the model
             delta.undo(loaded)
         bar.close()
 
+    n = len(requests)
     efficiency = {
         "edit_seconds": round(float(seconds_metric.compute()), 4),
+        "edit_seconds_mean": round(timer.total["edit"] / n, 4),
+        "scoring_seconds_per_request": round((timer.total["scoring"] + timer.total["generation"]) / n, 4),
+        "seconds_per_request": round((timer.total["edit"] + timer.total["scoring"] + timer.total["generation"]) / n, 4),
         "peak_memory_mb": round(float(memory_metric.compute()), 1),
-        "prepare_seconds": round(prepare_seconds, 3),
+        "prepare_seconds": round(timer.total["prepare"], 3),
+        "time_split_seconds": {k: round(v, 3) for k, v in timer.total.items()},
     }
     return Report(
-        method=editor.name, model=loaded.name, protocol=protocol, n=len(requests), batch_size=batch_size,
+        method=editor.name, model=loaded.name, protocol=protocol, n=n, batch_size=batch_size,
         requests=rows, pre=pre_metrics.summary(), post=post_metrics.summary(), efficiency=efficiency,
-        config={"hparams": editor.hparams.to_dict(), "fluency_tokens": fluency_tokens if fluency else 0,
-                "versions": versions(), "device": str(loaded.device)},
+        config={"hparams": editor.hparams.to_dict(), "fluency_tokens": gen_tokens if fluency else 0,
+                "generate_tokens": gen_tokens, "versions": versions(), "device": str(loaded.device),
+                "threads": torch.get_num_threads(), "batch_size": batch_size,
+                "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks))},
         kept_deltas=kept,
     )
+
+
+def _scored_statement(protocol: str, calls: int) -> str:
+    """What the post-edit scores describe, in words (written into the report)."""
+    if protocol == "sequential":
+        return "every edit applied one after another and kept; all requests scored after the last edit"
+    if calls == 1:
+        return "one edit call; its requests scored on the edited model"
+    unit = "request" if protocol == "single" else "batch"
+    return f"each {unit} edited from the unedited model, scored, then undone ({calls} edit calls)"
+
+
+class _Timer:
+    """Wall-clock seconds summed per phase (edit, scoring, generation, prepare)."""
+
+    def __init__(self) -> None:
+        self.total: dict[str, float] = {"prepare": 0.0, "edit": 0.0, "scoring": 0.0, "generation": 0.0}
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.total[phase] += time.perf_counter() - start
 
 
 def versions() -> dict[str, str]:
@@ -229,24 +285,70 @@ def versions() -> dict[str, str]:
             "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version()}
 
 
-def format_table(report: Report, keys: Sequence[str] = ("reliability", "generalization", "locality", "portability", "efficacy_score")) -> str:
-    """A plain-text table: one row per request with pre → post values, then the summary."""
-    lines = []
-    header = f"{'case':>6}  {'target_new':<18}" + "".join(f"{k[:13]:>16}" for k in keys) + f"{'sec':>8}"
-    lines.append(header)
-    lines.append("-" * len(header))
+TABLE_KEYS = ("reliability", "generalization", "locality", "portability", "efficacy_score")
 
-    def cell(pre: Optional[float], post: Optional[float]) -> str:
+
+def format_table(report: Report, keys: Sequence[str] = TABLE_KEYS, answers: bool = True) -> str:
+    """A plain-text table: one row per request with pre → post values, its edit and scoring seconds, and (when
+    generations ran) what the model answered before and after; then a row of means over the requests."""
+    keys = [k for k in keys if k in report.post or k in report.pre]
+    widths = [max(len(k), 12) for k in keys]
+    header = (f"{'case':>6}  {'target_new':<18}" + "".join(f"  {k:>{w}}" for k, w in zip(keys, widths))
+              + f"  {'edit s':>7}  {'score s':>7}")
+    lines = [header, "-" * len(header)]
+
+    def cell(pre: Optional[float], post: Optional[float], width: int) -> str:
         if post is None or (isinstance(post, float) and math.isnan(post)):
-            return f"{'-':>16}"
+            return f"  {'-':>{width}}"
         pre_s = "  -" if pre is None else f"{pre:.2f}"
-        return f"{pre_s + ' → ' + format(post, '.2f'):>16}"
+        return f"  {pre_s + ' → ' + format(post, '.2f'):>{width}}"
+
+    def seconds(value: Optional[float]) -> str:
+        return f"  {'-':>7}" if value is None else f"  {value:>7.2f}"
 
     for row in report.requests:
         pre, post = row.get("pre", {}), row.get("post", {})
-        lines.append(f"{str(row['case_id']):>6}  {row['target_new'][:18]:<18}" + "".join(cell(pre.get(k), post.get(k)) for k in keys)
-                     + f"{row.get('edit_seconds', float('nan')):>8.2f}")
+        lines.append(f"{str(row['case_id']):>6}  {_clip(row['target_new'], 18):<18}"
+                     + "".join(cell(pre.get(k), post.get(k), w) for k, w in zip(keys, widths))
+                     + seconds(row.get("edit_seconds")) + seconds(row.get("score_seconds")))
+        if answers and row.get("post_generations"):
+            before = row.get("pre_generations", [""])[0]
+            lines.append(f"{'':>8}{_clip(row['prompt'], 60)!s} … before: {_first_words(before)!r}  after: "
+                         f"{_first_words(row['post_generations'][0])!r}")
     lines.append("-" * len(header))
-    lines.append(f"{'mean':>6}  {'':<18}" + "".join(cell(report.pre.get(k), report.post.get(k)) for k in keys)
-                 + f"{report.efficiency['edit_seconds']:>8.2f}")
+    eff = report.efficiency
+    lines.append(f"{'mean':>6}  {'':<18}" + "".join(cell(report.pre.get(k), report.post.get(k), w) for k, w in zip(keys, widths))
+                 + seconds(eff.get("edit_seconds_mean")) + seconds(_mean_score_seconds(report)))
     return "\n".join(lines)
+
+
+def _mean_score_seconds(report: Report) -> Optional[float]:
+    values = [row["score_seconds"] for row in report.requests if "score_seconds" in row]
+    return sum(values) / len(values) if values else None
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _first_words(text: str, n: int = 8) -> str:
+    """The start of a generation, on one line: enough to see what the model now says."""
+    return " ".join(text.split()[:n])
+
+
+def verdict(report: Report) -> str:
+    """One line in words: did the edits take, are neighbours unchanged, what did it cost."""
+    rows = [r for r in report.requests if "post" in r]
+    took = sum(1 for r in rows if r["post"].get("reliability_exact", r["post"].get("reliability", 0.0)) >= 1.0)
+    parts = [f"{took}/{len(rows)} edits took (the model now completes the edit prompt with target_new)"]
+    if "generalization" in report.post:
+        parts.append(f"rephrases {report.post['generalization']:.0%}")
+    if "locality" in report.post:
+        parts.append(f"neighbours unchanged {report.post['locality']:.0%}")
+    if "portability" in report.post:
+        parts.append(f"portability {report.post['portability']:.0%}")
+    eff = report.efficiency
+    cost = f"{eff['edit_seconds_mean']:.1f} s per edit, {eff['seconds_per_request']:.1f} s per request with scoring"
+    if eff.get("prepare_seconds", 0) >= 1:
+        cost += f" (+{eff['prepare_seconds']:.0f} s one-off preparation)"
+    return "; ".join(parts + [cost])

