@@ -160,17 +160,24 @@ def read_saved(directory: Path) -> dict:
     return record
 
 
-def _check_model_name(name: str) -> None:
+def unavailable_reason(name: str) -> Optional[str]:
+    """Why ``name`` cannot be a model here, when that is known without trying (None: try to load it)."""
     from .models import MODELS, resolve_model_name
 
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            return f"{name!r} is a file, not a model directory"
+        if not (path / "config.json").exists():
+            return f"{name!r} is a directory without config.json (a transformers model directory)"
+        return None
     if resolve_model_name(name) in MODELS:
-        return
+        return None
     if name.startswith(("/", "./", "../", "~")) or name.endswith("/"):
-        raise ModelNotAvailableError(f"MODEL_OR_DIR {name!r}: no such directory")
+        return f"{name!r}: no such directory"
     if "/" not in name:
-        raise ModelNotAvailableError(
-            f"MODEL_OR_DIR {name!r} is not a registered model ({', '.join(sorted(MODELS))}), an existing directory, "
-            f"or a hub id (owner/name)")
+        return f"{name!r} is not a registered model ({', '.join(sorted(MODELS))}), an existing directory, or a hub id (owner/name)"
+    return None  # a hub id: load_model tries the Hugging Face cache, then the hub
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -211,7 +218,9 @@ def plan(args: argparse.Namespace) -> Plan:
                 f"MODEL_OR_DIR {args.model!r} is a directory without {EDITS_FILE} (from `python edit.py --save`) "
                 f"or config.json (a transformers model directory)")
     else:
-        _check_model_name(args.model)
+        reason = unavailable_reason(args.model)
+        if reason:
+            raise ModelNotAvailableError(f"MODEL_OR_DIR {reason}")
 
     if editing:
         from .data import load_requests
@@ -314,17 +323,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved edit: {p.model}  (method {record.get('method', '?')}, {n_edits} request{'s' * (n_edits != 1)}, "
               f"base model {base or '?'})\n")
         before: Optional[list[str]] = None
-        if not base:
-            print(f"note: {EDITS_FILE} names no base_model; showing the saved model's answers only\n")
-        else:
+        reason = unavailable_reason(str(base)) if base else f"{EDITS_FILE} names no base_model"
+        if reason is None:
             try:
                 base_loaded = load(str(base))
             except (LightningEditError, OSError, ValueError) as err:
-                print(f"note: the base model {base!r} cannot be loaded here ({err}); showing the saved model's answers only\n")
+                reason = str(err)
             else:
                 before = answers(base_loaded)
                 del base_loaded  # one model in memory at a time
                 gc.collect()
+        if reason is not None:
+            print(f"note: no answers before the edit: the base model cannot be loaded here ({reason}); "
+                  f"showing the saved model's answers only\n")
         after = answers(load(p.model))
         for i, prompt in enumerate(p.prompts):
             print(format_block(prompt, before[i] if before is not None else None, after[i], p.targets.get(prompt)) + "\n")

@@ -57,8 +57,8 @@ def test_easyedit_api_sequential_keeps_edits(smollm2):
 
 def test_cli_end_to_end_and_save(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = main(["--method", "ft-m", "--data", "demo", "--n", "2", "--output", str(out), "--save", str(tmp_path / "edited"),
-                 "--quiet", "--set", "num_steps=10", "--fluency-tokens", "12"])
+    code = main(["--method", "ft-m", "--data", "demo", "--n", "2", "--sequential", "--output", str(out),
+                 "--save", str(tmp_path / "edited"), "--quiet", "--set", "num_steps=10", "--fluency-tokens", "12"])
     assert code == 0
     result = json.loads(out.read_text())
     s = result["summary"]
@@ -66,16 +66,24 @@ def test_cli_end_to_end_and_save(tmp_path, capsys):
                 "neighborhood_score", "fluency", "edit_seconds", "peak_memory_mb", "method", "model", "n"):
         assert key in s, key
     assert s["n"] == 2 and s["method"] == "ft-m" and len(result["requests"]) == 2
-    assert result["config"]["hparams"]["num_steps"] == 10
+    assert result["config"]["hparams"]["num_steps"] == 10 and result["config"]["threads"] == torch.get_num_threads()
+    split = s["time_split_seconds"]
+    assert split["edit"] > 0 and split["scoring"] > 0 and split["generation"] > 0
     assert "reliability" in result["metric_protocols"]
     printed = capsys.readouterr().out
-    assert "→" in printed and "mean" in printed
-    # the saved edited model is an ordinary HF directory in safetensors, plus a record of the edits
+    assert "→" in printed and "mean" in printed and "edits took" in printed and "after:" in printed
+    assert "{" not in printed  # the JSON goes to --output, not to the screen (unless --json)
+    # the saved edited model is the one scored (both edits kept), an ordinary HF directory in safetensors,
+    # with a record of the edits and the scores it got; readable by others
     saved = tmp_path / "edited"
-    assert (saved / "model.safetensors").exists() and json.loads((saved / "edits.json").read_text())["method"] == "ft-m"
+    record = json.loads((saved / "edits.json").read_text())
+    assert (saved / "model.safetensors").exists() and record["method"] == "ft-m" and record["protocol"] == "sequential"
+    assert record["summary"]["reliability"] == s["reliability"] and len(record["edits"]) == 2
+    assert (saved / "model.safetensors").stat().st_mode & 0o044 == 0o044
     reloaded = load_model(str(saved))
-    prompt = result["requests"][0]["prompt"]
-    assert score_targets(reloaded, [prompt], [result["requests"][0]["target_new"]])[0].exact_match == 1.0
+    for row in result["requests"]:
+        scored = score_targets(reloaded, [row["prompt"]], [row["target_new"]])[0].token_accuracy
+        assert scored == row["post"]["reliability"]
 
 
 def test_cli_bad_input_is_one_clear_line(capsys):

@@ -1,10 +1,22 @@
 """Distributed strategies for train.py: DDP (runs on CPU with gloo) and DeepSpeed ZeRO stage 2/3 (CUDA only).
 
-DeepSpeed configs live in ``configs/deepspeed/*.json``; ``validate_deepspeed_config`` checks the keys this
-project relies on before Lightning ever sees them.
+DeepSpeed configs live in ``configs/deepspeed/*.json``; ``validate_deepspeed_config`` checks them before
+Lightning sees them and refuses what Lightning's ``DeepSpeedStrategy`` refuses or sets itself:
+
+* ``gradient_accumulation_steps``: Lightning raises a MisconfigurationException when the config holds it and
+  fills it from ``Trainer(accumulate_grad_batches=...)`` (``training.accumulate_grad_batches``);
+* ``train_batch_size``: DeepSpeed derives it (micro batch × accumulation × world size); a fixed value breaks
+  as soon as the number of GPUs changes;
+* ``bf16`` / ``fp16`` blocks: Lightning adds them from the Trainer's precision (``training.precision``; ``auto``
+  is bf16-mixed on a GPU with bf16), and a block in the file (even ``enabled: false``) would silently win over it.
+
+``train_micro_batch_size_per_gpu`` (throughput logging only; Lightning takes the data loader's batch size when
+absent) and ``gradient_clipping`` (Lightning takes ``Trainer(gradient_clip_val)`` when absent) are accepted but
+not shipped, so the training YAML stays the one place for them. See docs/gpu.md.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -45,16 +57,22 @@ def validate_deepspeed_config(config: Union[str, Path, dict], stage: int) -> dic
         raise ConfigError(f"{source}: key 'zero_optimization' (an object with 'stage') is missing")
     if zero.get("stage") != stage:
         raise ConfigError(f"{source}: zero_optimization.stage is {zero.get('stage')!r}, this strategy needs {stage}")
-    _positive_int_or_auto(config, "train_micro_batch_size_per_gpu", source)
-    _positive_int_or_auto(config, "gradient_accumulation_steps", source)
+    if "gradient_accumulation_steps" in config:
+        raise ConfigError(f"{source}: remove 'gradient_accumulation_steps': Lightning's DeepSpeedStrategy refuses it and sets "
+                          f"it from the Trainer (training.accumulate_grad_batches, --set training.accumulate_grad_batches=N)")
+    if "train_batch_size" in config:
+        raise ConfigError(f"{source}: remove 'train_batch_size': DeepSpeed derives it from the micro batch, "
+                          f"training.accumulate_grad_batches and the number of GPUs")
+    if "train_micro_batch_size_per_gpu" in config:
+        _positive_int_or_auto(config, "train_micro_batch_size_per_gpu", source)
     clip = config.get("gradient_clipping", 0.0)
-    if not isinstance(clip, (int, float)) or clip < 0:
+    if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
         raise ConfigError(f"{source}: 'gradient_clipping' must be a number ≥ 0, got {clip!r}")
     for block in ("bf16", "fp16"):
-        if block in config and not isinstance(config[block].get("enabled"), bool):
-            raise ConfigError(f"{source}: '{block}.enabled' must be true or false")
-    if config.get("bf16", {}).get("enabled") and config.get("fp16", {}).get("enabled"):
-        raise ConfigError(f"{source}: enable at most one of bf16 and fp16")
+        if block in config:
+            raise ConfigError(f"{source}: remove the '{block}' block: the precision comes from the Trainer "
+                              f"(training.precision: auto, bf16-mixed, 16-mixed or 32-true; --set training.precision=...) "
+                              f"and Lightning writes the block itself; a block in the file would silently override it")
     if "optimizer" in config:
         raise ConfigError(f"{source}: remove 'optimizer'; the LightningModule's configure_optimizers defines it")
     for key in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
@@ -66,8 +84,32 @@ def validate_deepspeed_config(config: Union[str, Path, dict], stage: int) -> dic
     return config
 
 
-def build_strategy(name: Optional[str], accelerator: str = "auto", cuda_available: Optional[bool] = None) -> Any:
-    """The Lightning strategy for ``--strategy``: a name or a configured Strategy object."""
+def deepspeed_available() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def resolve_precision(requested: Optional[str], strategy: Optional[str], accelerator: str = "auto",
+                      cuda_available: Optional[bool] = None, bf16_supported: Optional[bool] = None) -> str:
+    """Lightning's ``precision`` for the editor network: ``auto`` (the training YAML's default) is ``bf16-mixed``
+    under DeepSpeed on a GPU that supports bf16 (DeepSpeed keeps fp32 master weights), else ``32-true``.
+    Any other value is passed through. The frozen base model's dtype is ``--dtype``, independent of this."""
+    if requested not in (None, "auto"):
+        return str(requested)
+    if not str(strategy or "auto").startswith("deepspeed") or accelerator == "cpu":
+        return "32-true"
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if not cuda:
+        return "32-true"
+    bf16 = (torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported)
+    return "bf16-mixed" if bf16 else "32-true"
+
+
+def build_strategy(name: Optional[str], accelerator: str = "auto", cuda_available: Optional[bool] = None,
+                   deepspeed_installed: Optional[bool] = None) -> Any:
+    """The Lightning strategy for ``--strategy``: a name or a configured Strategy object.
+
+    Called by train.py before any model is loaded, so a DeepSpeed run on a machine without CUDA or without the
+    ``deepspeed`` package fails at once with a message naming the flag."""
     name = name or "auto"
     if name not in STRATEGIES:
         raise ConfigError(f"--strategy {name!r} is not supported; choose one of {', '.join(STRATEGIES)}")
@@ -82,14 +124,27 @@ def build_strategy(name: Optional[str], accelerator: str = "auto", cuda_availabl
         return DDPStrategy(process_group_backend="nccl" if on_gpu else "gloo", find_unused_parameters=False)
     stage = 2 if name == "deepspeed_stage_2" else 3
     config = validate_deepspeed_config(DEEPSPEED_CONFIGS[name], stage)
+    installed = deepspeed_available() if deepspeed_installed is None else deepspeed_installed
     if accelerator == "cpu" or not cuda:
+        missing = " (the 'deepspeed' package is not installed here either)" if not installed else ""
         raise ConfigError(f"--strategy {name} needs CUDA GPUs: Lightning's DeepSpeed strategy does not run on a CPU-only "
-                          f"machine (this one has no CUDA device). Use --strategy ddp (runs on CPU with gloo) or auto, "
+                          f"machine (this one has no CUDA device){missing}. Use --strategy ddp (runs on CPU with gloo) or auto, "
                           f"or run on a GPU machine with `pip install deepspeed`.")
+    if not installed:
+        raise ConfigError(f"--strategy {name} needs the 'deepspeed' package, which is not installed: "
+                          f"pip install deepspeed (offline: see bench/README-gpu.md), or use --strategy ddp / auto")
     try:
         import deepspeed  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(f"--strategy {name} needs the 'deepspeed' package: pip install deepspeed ({err})") from err
+    except Exception as err:  # installed but broken (e.g. a CUDA mismatch of its compiled ops)
+        raise ConfigError(f"--strategy {name}: the 'deepspeed' package does not import ({type(err).__name__}: {err})") from err
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return DeepSpeedStrategy(config=config)
+
+
+def is_deepspeed(strategy: Any) -> bool:
+    return type(strategy).__name__ == "DeepSpeedStrategy"
+
+
+def zero_stage_3(strategy: Any) -> bool:
+    return is_deepspeed(strategy) and bool(getattr(strategy, "zero_stage_3", False))
