@@ -23,22 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import yaml
-
+from .cli import add_threads_option, parse_override  # one override parser and thread option for every command
 from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"
 EDIT_SYNTAX = "PROMPT|TARGET[|SUBJECT]"
 EDITS_FILE = "edits.json"
-
-
-def _parse_override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    if not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r} (empty KEY)")
-    return key.strip(), yaml.safe_load(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,14 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=None, help="use the first N records of --requests")
     p.add_argument("--data-dir", default=None, help="folder of benchmark data for a dataset name in --requests")
     p.add_argument("--batch", action="store_true", help="apply all edits in one call (default: one after another, keeping each)")
-    p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML)")
     p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods: mend, ke, serac)")
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (torch.set_num_threads)")
+    add_threads_option(p)
     return p
 
 
@@ -186,8 +176,6 @@ def plan(args: argparse.Namespace) -> Plan:
 
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
     if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     if args.n is not None and not args.requests:

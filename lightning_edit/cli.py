@@ -32,10 +32,14 @@ request files (--data FILE.json): a JSON list of records, each
 """
 
 
-def _parse_override(text: str) -> tuple[str, object]:
+def parse_override(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--set``, the value read as YAML (numbers, true/false, lists); the hyperparameter
+    classes then check it against the field's declared type."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    if not key.strip():
+        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r} (empty KEY)")
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError as err:
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_threads_option(p)
     p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods)")
-    p.add_argument("--set", dest="overrides", action="append", type=_parse_override, default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML: 2.0, true, [4, 5])")
     p.add_argument("--no-fluency", action="store_true", help="skip greedy generations for the fluency score (and the answers shown)")
     p.add_argument("--fluency-tokens", type=_positive_int, default=40, help="tokens generated per prompt for the fluency score (default %(default)s)")

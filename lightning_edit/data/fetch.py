@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 from ..errors import DataError, LightningEditError
-from .loaders import DATA_ENV, DATASET_GROUPS, DATASETS, default_data_dir, get_command
+from .loaders import DATA_ENV, DATASETS, default_data_dir, get_command
 
 WIKITEXT_PATH = "text/wikitext-2/wiki.test.raw"  # full WikiText-2 raw test split, relative to the data directory
 TIMEOUT_S = 60.0
