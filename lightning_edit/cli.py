@@ -21,6 +21,7 @@ SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightnin
   study    run a study configuration (configs/study/) and write its tables and figures
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
+  stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2
 
 request files (--data FILE.json): a JSON list of records, each
   {"prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English", "target_true": "French",
@@ -92,13 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many records first")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1)")
     p.add_argument("--sequential", action="store_true", help="keep every edit and score all after the last (sequential protocol)")
-    p.add_argument("--output", default=None, help="write the JSON report here (its folder must exist)")
+    p.add_argument("--output", default=None, help="write the JSON report here (its folder is created if missing)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory + edits.json); "
                                                 "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", help="dtype the model is loaded in: float32, bfloat16 or float16 "
+                                                      "(default %(default)s; float16 is slow on a CPU)")
     add_threads_option(p)
     p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
@@ -148,13 +151,19 @@ def _run_data(argv: Sequence[str]) -> int:
     return data_main(list(argv))
 
 
+def _run_stats(argv: Sequence[str]) -> int:
+    from .stats.cli import main as stats_main
+
+    return stats_main(list(argv))
+
+
 def _run_ask(argv: Sequence[str]) -> int:
     from .ask import main as ask_main
 
     return ask_main(list(argv))
 
 
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "data": _run_data, "ask": _run_ask}
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "data": _run_data, "ask": _run_ask, "stats": _run_stats}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -178,15 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
-    """Refuse an output path before any work: its folder must exist, and it must not clash with what is there."""
+    """Check an output path before any work (a missing folder is created now, not after the run): it must not
+    clash with what is there, and its folder must be writable."""
     if path is None:
         return
     target = Path(path)
-    parent = target.resolve().parent
-    if not parent.is_dir():
-        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist; create it first (mkdir -p {parent})")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
     if directory:
         if target.exists() and not target.is_dir():
             raise ConfigError(f"{flag} {path} is an existing file; give a new folder name")
@@ -194,6 +199,13 @@ def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
             raise ConfigError(f"{flag} {path} is a folder that is not empty; give a new folder name or remove it")
     elif target.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'report.json'}")
+    parent = target.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot create the folder {parent} ({err.strerror or err})") from err
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
 
 
 def check_device(device: str) -> None:
@@ -213,6 +225,9 @@ def preflight(args: argparse.Namespace, n_requests: int):
     from .models.registry import family_of, resolve_model_name
 
     check_device(args.device)
+    from .models.loading import resolve_dtype
+
+    resolve_dtype(getattr(args, "dtype", None))  # an unknown --dtype is a ConfigError before anything loads
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
     if args.sequential and args.batch_size > 1:
@@ -257,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     _, overrides = preflight(args, len(requests))
     if args.quiet:
         overrides.setdefault("progress", False)
-    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device)
+    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=getattr(args, "dtype", None) or "float32")
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
                               fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,

@@ -36,7 +36,8 @@ def test_argument_errors_name_the_flag(argv, message, capsys):
     (["--set", "v_num_grad_steps=abc"], "field 'v_num_grad_steps' must be a whole number"),
     (["--set", "mom2_adjustment='no'"], "field 'mom2_adjustment' must be true or false"),
     (["--set", "stats_text=/no/such/text.txt"], "field 'stats_text'"),
-    (["--output", "/no/such/folder/r.json"], "--output /no/such/folder/r.json: the folder"),
+    (["--output", "/proc/no/such/r.json"], "--output /proc/no/such/r.json: cannot create the folder"),
+    (["--output", "EMPTY"], "is a folder"),
     (["--method", "grace", "--save", "SAVE"], "--save: grace's edits are patches"),
     (["--save", "SAVE"], "--sequential"),  # 20 demo requests edited one at a time: no single model to save
     (["--sequential", "--batch-size", "2"], "different protocols"),
@@ -54,6 +55,13 @@ def test_bad_input_refused_before_the_model_loads(argv, message, tmp_path, capsy
 def test_cuda_on_a_cpu_machine_is_refused(capsys, no_model_load):
     assert main(["--device", "cuda", "--quiet"]) == 2
     assert "--device cuda" in capsys.readouterr().err
+
+
+def test_output_folder_is_created_before_the_run(tmp_path, capsys, no_model_load):
+    # the run then stops at the model load (refused here): the folder was made before any work
+    with pytest.raises(AssertionError, match="model was loaded"):
+        main(["--n", "1", "--output", str(tmp_path / "new" / "r.json"), "--quiet"])
+    assert (tmp_path / "new").is_dir()
 
 
 def test_save_onto_an_existing_file_is_refused(tmp_path, capsys, no_model_load):
