@@ -166,14 +166,12 @@ def layer_second_moments(
         if not 0 <= layer < n_layers:
             raise ConfigError(f"statistics: layer {layer} is outside the model's {n_layers} blocks")
     source = StatsSource.from_path(text_path, seq_len, batch_size)
-    fingerprint = loaded.weights_fingerprint()
-    folder = stats_dir(loaded, cache_dir, fingerprint)
-    base = {"model": loaded.name, "weights_fingerprint": fingerprint, "text_sha256": source.text_sha256, "n_tokens": n_tokens}
+    folder, base, paths = cache_plan(loaded, layers, n_tokens, source, cache_dir)
 
     result: dict[int, torch.Tensor] = {}
     missing = []
     for layer in layers:
-        path = folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors"
+        path = paths[layer]
         if path.exists():
             _verify(path, dict(base, module=loaded.layout.mlp_out.format(layer)))
             result[layer] = load_file(str(path))["mom2"]
@@ -186,12 +184,35 @@ def layer_second_moments(
     if computed is None:
         raise KeyboardInterrupt("statistics stopped after max_batches; partial sums saved for resuming")
     for layer, (mom2, count) in computed.items():
-        module = loaded.layout.mlp_out.format(layer)
-        manifest = dict(base, module=module, layer=layer, token_count=count, dtype="float32", kind="E[k k^T] of mlp_out input",
-                        text_source=str(source.text_path), seq_len=source.seq_len, version=STATS_VERSION)
-        _write_atomic({"mom2": mom2.contiguous()}, manifest, folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors")
-        result[layer] = mom2
+        result[layer] = write_layer_moment(loaded, layer, mom2, count, source, n_tokens, folder, base)
     return result
+
+
+def cache_plan(loaded: LoadedModel, layers: Sequence[int], n_tokens: int, source: StatsSource,
+               cache_dir: Optional[Union[str, Path]] = None) -> tuple[Path, dict, dict[int, Path]]:
+    """The cache folder, the manifest fields every file of this run shares, and each layer's file path."""
+    fingerprint = loaded.weights_fingerprint()
+    folder = stats_dir(loaded, cache_dir, fingerprint)
+    base = {"model": loaded.name, "weights_fingerprint": fingerprint, "text_sha256": source.text_sha256, "n_tokens": n_tokens}
+    return folder, base, {layer: folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors" for layer in layers}
+
+
+def write_layer_moment(loaded: LoadedModel, layer: int, mom2: torch.Tensor, count: int, source: StatsSource, n_tokens: int,
+                       folder: Path, base: dict, **extra) -> torch.Tensor:
+    """Write one layer's E[k kᵀ] (moved to the CPU, float32) with its manifest and sha256; what ``layer_second_moments``
+    reads back and verifies. ``extra`` adds informational manifest fields (e.g. the number of processes)."""
+    mom2 = mom2.detach().float().cpu().contiguous()
+    module = loaded.layout.mlp_out.format(layer)
+    manifest = dict(base, module=module, layer=layer, token_count=int(count), dtype="float32", kind="E[k k^T] of mlp_out input",
+                    text_source=str(source.text_path), seq_len=source.seq_len, version=STATS_VERSION, **extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic({"mom2": mom2}, manifest, folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors")
+    return mom2
+
+
+def accumulator_dtype(device: torch.device) -> torch.dtype:
+    """float64 running sums (no drift over 10⁵ tokens) wherever the device has float64 (not MPS)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, progress, max_batches):
@@ -205,14 +226,15 @@ def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, p
     if partial.exists():
         try:
             manifest = _verify(partial, partial_expected)
-            saved = load_file(str(partial))
+            saved = load_file(str(partial), device=str(loaded.device))
             sums = {layer: saved[f"sum.{layer}"] for layer in layers}
             done = int(manifest["tokens_done"])
             log.info("resuming statistics from %s (%d tokens done)", partial, done)
         except CheckpointError as err:
             log.warning("ignoring unusable partial statistics (%s); starting over", err)
             done = 0
-    device = loaded.device
+    device = loaded.device  # the sums live on the model's device; only saving moves them to the CPU
+    acc_dtype = accumulator_dtype(device)
     bar = tqdm(total=n_tokens, initial=min(done, n_tokens), desc=f"E[kk^T] layers {layers}", unit="tok", disable=not progress)
     since_save, batches = 0, 0
     # The chunk index follows from the tokens done: seq_len tokens per chunk.
@@ -230,9 +252,9 @@ def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, p
                 for layer, name in zip(layers, names):
                     keys = tr[name].input.reshape(-1, tr[name].input.shape[-1])[:take].float()
                     if sums[layer].numel() == 0:
-                        sums[layer] = torch.zeros(keys.shape[1], keys.shape[1], dtype=torch.float64)
-                    # float32 product per batch (fast), float64 running sum (no drift over 10⁵ tokens)
-                    sums[layer] += (keys.T @ keys).double().cpu()
+                        sums[layer] = torch.zeros(keys.shape[1], keys.shape[1], dtype=acc_dtype, device=device)
+                    # float32 product per batch (fast), float64 running sum (no drift over 10⁵ tokens), on the device
+                    sums[layer] += (keys.T @ keys).to(acc_dtype)
                 done += take
                 since_save += take
                 batches += 1
@@ -242,7 +264,7 @@ def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, p
                     since_save = 0
     finally:
         bar.close()
-    out = {layer: ((sums[layer] / done).float(), done) for layer in layers}
+    out = {layer: ((sums[layer] / done).float().cpu(), done) for layer in layers}
     if partial.exists():
         partial.unlink()
         partial.with_suffix(".json").unlink(missing_ok=True)
@@ -250,7 +272,7 @@ def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, p
 
 
 def _save_partial(path: Path, sums: dict, done: int, expected: dict) -> None:
-    tensors = {f"sum.{layer}": s.contiguous() for layer, s in sums.items() if s.numel()}
+    tensors = {f"sum.{layer}": s.detach().cpu().contiguous() for layer, s in sums.items() if s.numel()}
     if not tensors:
         return
     _write_atomic(tensors, dict(expected, tokens_done=done, partial=True), path)

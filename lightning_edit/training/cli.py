@@ -22,6 +22,7 @@ from ..errors import ConfigError, LightningEditError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_ROOT = PROJECT_ROOT / "configs"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     p.add_argument("--num-threads", type=int, default=None, help="torch CPU threads per process (training.num_threads)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="dtype of the frozen base model (default float32); the editor network trains in float32, or "
+                        "bf16-mixed under DeepSpeed (training.precision: auto)")
     p.add_argument("--cache-dir", default=None, help="model cache (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -134,17 +138,21 @@ def run(args: argparse.Namespace) -> dict:
     from ..metrics import PeakMemoryMonitor
     from ..models import load_model
     from .modules import module_class
-    from .strategies import build_strategy
+    from .export import full_state_dict
+    from .strategies import build_strategy, resolve_precision, trainer_precision_kwargs
 
     cls = module_class(args.method)
-    strategy = build_strategy(args.strategy, args.accelerator)  # refuses DeepSpeed on CPU before loading anything
-    loaded = load_model(args.model, cache_dir=args.cache_dir)
+    # refuses DeepSpeed on a CPU-only machine or without the deepspeed package, before loading anything
+    strategy = build_strategy(args.strategy, args.accelerator)
+    loaded = load_model(args.model, cache_dir=args.cache_dir, dtype=getattr(torch, args.dtype))
     config = resolve_config(args.method, args.model, loaded.layout.family, args.config, args.overrides)
     training = config.pop("training")
     flag_keys = {"max_steps": args.max_steps, "batch_size": args.batch_size, "lr": args.lr, "dataset": args.data,
                  "val_dataset": args.val_data, "n_train": args.n_train, "n_val": args.n_val, "seed": args.seed,
                  "num_threads": args.num_threads}
     training.update({k: v for k, v in flag_keys.items() if v is not None})
+    training["precision"] = resolve_precision(training.get("precision", "auto"), args.strategy, args.accelerator)
+    training["base_dtype"] = args.dtype  # recorded in the editor checkpoint's training config
     torch.set_num_threads(int(training.get("num_threads", 1)))
     L.seed_everything(int(training.get("seed", 0)), verbose=False)
 
@@ -165,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
         max_steps=max_steps, accelerator=args.accelerator, devices=args.devices, strategy=strategy,
-        precision=training.get("precision", "32-true"), default_root_dir=str(run_dir),
+        **trainer_precision_kwargs(training["precision"], strategy), default_root_dir=str(run_dir),
         logger=_loggers(run_dir),
         callbacks=callbacks, val_check_interval=val_every, check_val_every_n_epoch=None,
         limit_val_batches=training.get("limit_val_batches", 1.0), num_sanity_val_steps=0,
@@ -178,6 +186,8 @@ def run(args: argparse.Namespace) -> dict:
     with PeakMemoryMonitor(interval=0.05) as memory:
         trainer.fit(module, datamodule=datamodule, ckpt_path=args.ckpt_path)
     seconds = time.perf_counter() - start
+    # every rank takes part: under ZeRO-3 the network's weights are sharded and are gathered here
+    network_state = full_state_dict(module.network, trainer.strategy)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if trainer.global_step % val_every != 0 or not metrics:  # measure the exported weights themselves
         trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -188,11 +198,12 @@ def run(args: argparse.Namespace) -> dict:
         module.network.eval()
         editor_config = {**module.editor.hparams.architecture(), "method": args.method}
         save_editor_checkpoint(
-            output, method=args.method, state_dict=module.network.state_dict(), config=editor_config, loaded=loaded,
+            output, method=args.method, state_dict=network_state, config=editor_config, loaded=loaded,
             training={"dataset": training.get("dataset"), "val_dataset": training.get("val_dataset"),
                       "n_train": len(datamodule.train_set) if datamodule.train_set else None,
                       "n_val": len(datamodule.val_set) if datamodule.val_set else None, "steps": trainer.global_step,
                       "seconds": round(seconds, 1), "seconds_including_resumed_runs": round(module.train_seconds(), 1), "peak_rss_mb": round(memory.peak_mb, 1), "strategy": args.strategy, "world_size": trainer.world_size,
+                      "precision": training["precision"], "base_dtype": args.dtype,
                       "resumed_from": args.ckpt_path, "config": training},
             metrics=metrics)
         result["editor_checkpoint"] = str(output)

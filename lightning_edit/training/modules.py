@@ -8,6 +8,7 @@ exactly as ``evaluate_editing`` does, and logs torchmetrics means.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from typing import Any, Optional, Sequence, Type
 
 import lightning as L
@@ -84,37 +85,52 @@ class EditorModule(L.LightningModule):
     def training_loss(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def autocast(self):
+        """Mixed precision when the network (DeepSpeed bf16-mixed casts it) or the frozen base (``--dtype``) is
+        bf16/fp16: tensors built inside the steps (gradient factors, hidden states) are float32 and meet weights of
+        the other dtype. A no-op when both are float32 (the default)."""
+        dtypes = [next(m.parameters()).dtype for m in (self.network, self.base.model) if any(True for _ in m.parameters())]
+        low = next((d for d in dtypes if d in (torch.bfloat16, torch.float16)), None)
+        if low is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=low)
+
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> torch.Tensor:
-        loss, logs = self.training_loss(batch)
+        with self.autocast():
+            loss, logs = self.training_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         for k, v in logs.items():
             self.log(f"train/{k}", v, prog_bar=k in ("edit_acc",), batch_size=len(batch))
         return loss
 
     def validation_step(self, batch: list[EditRequest], batch_idx: int) -> None:
-        loaded = self.base
         was_training = self.network.training
         self.network.eval()
         try:
-            for r in batch:
-                loc = locality_batch(loaded, [r])
-                with torch.no_grad():
-                    base_loc = loaded.model(**loc.model_inputs()).logits if loc is not None else None
-                delta = self.editor.edit(loaded, [r])
-                try:
-                    with torch.no_grad():
-                        eb = edit_batch(loaded, [r])
-                        self.val_edit_success.update(target_accuracy(loaded.model(**eb.model_inputs()).logits, eb.labels))
-                        if r.rephrase_prompts:
-                            rb = build_target_batch(loaded, list(r.rephrase_prompts), [r.target_new] * len(r.rephrase_prompts))
-                            self.val_rephrase_success.update(target_accuracy(loaded.model(**rb.model_inputs()).logits, rb.labels).mean())
-                        if loc is not None:
-                            post_loc = loaded.model(**loc.model_inputs()).logits
-                            self.val_locality.update(agreement(base_loc, post_loc, loc.labels).mean())
-                finally:
-                    delta.undo(loaded)
+            with self.autocast():
+                self._validate_requests(batch)
         finally:
             self.network.train(was_training)
+
+    def _validate_requests(self, batch: list[EditRequest]) -> None:
+        loaded = self.base
+        for r in batch:
+            loc = locality_batch(loaded, [r])
+            with torch.no_grad():
+                base_loc = loaded.model(**loc.model_inputs()).logits if loc is not None else None
+            delta = self.editor.edit(loaded, [r])
+            try:
+                with torch.no_grad():
+                    eb = edit_batch(loaded, [r])
+                    self.val_edit_success.update(target_accuracy(loaded.model(**eb.model_inputs()).logits, eb.labels))
+                    if r.rephrase_prompts:
+                        rb = build_target_batch(loaded, list(r.rephrase_prompts), [r.target_new] * len(r.rephrase_prompts))
+                        self.val_rephrase_success.update(target_accuracy(loaded.model(**rb.model_inputs()).logits, rb.labels).mean())
+                    if loc is not None:
+                        post_loc = loaded.model(**loc.model_inputs()).logits
+                        self.val_locality.update(agreement(base_loc, post_loc, loc.labels).mean())
+            finally:
+                delta.undo(loaded)
 
     def on_validation_epoch_end(self) -> None:
         success = self.val_edit_success.compute()

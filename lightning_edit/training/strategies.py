@@ -148,3 +148,30 @@ def is_deepspeed(strategy: Any) -> bool:
 
 def zero_stage_3(strategy: Any) -> bool:
     return is_deepspeed(strategy) and bool(getattr(strategy, "zero_stage_3", False))
+
+
+def _is_text_batch(data: Any) -> bool:
+    from ..requests import EditRequest
+
+    return isinstance(data, (list, tuple)) and all(isinstance(x, EditRequest) for x in data)
+
+
+def trainer_precision_kwargs(precision: str, strategy: Any) -> dict:
+    """``Trainer`` keyword arguments for ``precision``.
+
+    Lightning's DeepSpeed and half-precision plugins cast every tensor of a batch (``convert_input``), walking
+    into dataclasses and refusing frozen ones: our batches are lists of frozen ``EditRequest`` (text, tokenized
+    inside the steps), so those plugins are given as instances whose ``convert_input`` leaves text batches alone.
+    The network's own dtype is set by DeepSpeed/Lightning as usual; ``EditorModule.autocast`` bridges dtypes."""
+    from lightning.pytorch.plugins.precision import DeepSpeedPrecision, HalfPrecision
+
+    base = DeepSpeedPrecision if is_deepspeed(strategy) else HalfPrecision if precision in ("16-true", "bf16-true") else None
+    if base is None:
+        return {"precision": precision}
+
+    class TextBatchPrecision(base):  # type: ignore[misc, valid-type]
+        def convert_input(self, data: Any) -> Any:
+            return data if _is_text_batch(data) else super().convert_input(data)
+
+    TextBatchPrecision.__name__ = TextBatchPrecision.__qualname__ = f"TextBatch{base.__name__}"
+    return {"plugins": [TextBatchPrecision(precision)]}
