@@ -66,6 +66,14 @@ def build_tiny(family: str, tokenizer, seed: int = 0) -> LoadedModel:
     return LoadedModel(name=f"tiny-{family}", model=model, tokenizer=tokenizer, layout=layout_for(model))
 
 
+def save_tiny(family: str, tokenizer, directory: Path) -> Path:
+    """A tiny random model of ``family`` saved as a local transformers directory (what ``--model DIR`` loads)."""
+    loaded = build_tiny(family, tokenizer)
+    loaded.model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(params=FAMILIES)
 def tiny_model(request, tokenizer) -> LoadedModel:
     """A fresh tiny random model per test, for each family."""

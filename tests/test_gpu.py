@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny, require_data
+from conftest import build_tiny, require_data, save_tiny
 from lightning_edit.editors import EDITORS, build_editor
 from lightning_edit.models.teacher_forcing import score_targets
 
@@ -132,11 +132,7 @@ def test_stats_cli_on_gpu(tmp_path, tokenizer):
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer) -> Path:
     require_data("zsre/zsre_mend_train-1k.json")
-    loaded = build_tiny("llama", tokenizer)
-    directory = tmp_path_factory.mktemp("tiny-llama-gpu")
-    loaded.model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny("llama", tokenizer, tmp_path_factory.mktemp("tiny-llama-gpu"))
 
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (bench/README-gpu.md)")

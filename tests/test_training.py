@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny, require_data
+from conftest import require_data, save_tiny
 from lightning_edit.checkpoints import read_manifest
 from lightning_edit.errors import ConfigError
 from lightning_edit.training.cli import build_parser, resolve_config, run
@@ -24,11 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny llama saved as a local transformers directory (what `train.py METHOD /path` loads)."""
     require_data("zsre/zsre_mend_train-1k.json")
-    loaded = build_tiny("llama", tokenizer)
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    loaded.model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny("llama", tokenizer, tmp_path_factory.mktemp("tiny-llama"))
 
 
 def tiny_args(method: str, model: Path, tmp: Path, *extra: str) -> list[str]:
