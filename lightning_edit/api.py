@@ -13,12 +13,16 @@
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import warnings
+from typing import Any, Optional, Sequence, Union
+
+import torch
 
 from .editors import EDITORS, Editor, HyperParams
 from .errors import ConfigError
 from .evaluation import evaluate_editing
 from .models import LoadedModel, load_model
+from .models.loading import resolve_dtype
 from .requests import requests_from_lists
 
 
@@ -30,6 +34,43 @@ def editor_for_hparams(hparams: HyperParams) -> Editor:
     return matches[0](hparams)
 
 
+def _device_for(device: Union[int, str, torch.device, None]) -> torch.device:
+    """EasyEdit's ``device`` (a GPU number) or a device name; a GPU asked for where torch sees none falls back to
+    the CPU with a warning (as an EasyEdit script written for a GPU machine would want on a laptop)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool):
+        raise ConfigError(f"device must be a GPU number, a device name or a torch.device, got {device!r}")
+    if isinstance(device, int):
+        if device < 0:
+            raise ConfigError(f"device {device} is not a GPU number (0, 1, ...)")
+        device = f"cuda:{device}"
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ConfigError(f"device {device!r} is not a device; use a GPU number, 'cpu', 'cuda' or 'cuda:N'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(f"device {device} asked for, but this torch ({torch.__version__}) sees no CUDA GPU: using the CPU",
+                      RuntimeWarning, stacklevel=3)
+        return torch.device("cpu")
+    return device
+
+
+def _dtype_for(dtype: Union[str, torch.dtype, None], fp16: Optional[bool], device: torch.device) -> torch.dtype:
+    """``dtype`` if given; else EasyEdit's ``fp16``: float16 on a GPU, bfloat16 on a CPU (float16 matrix products
+    are slow there and some have no CPU kernel), said in a warning; else float32."""
+    if dtype is not None:
+        return resolve_dtype(dtype, flag="dtype")
+    if fp16:
+        if device.type == "cpu":
+            warnings.warn("fp16: True on a CPU: loading the model in bfloat16 instead of float16 (same memory; float16 "
+                          "matrix products are slow on a CPU and some operations have no float16 CPU kernel). Pass "
+                          "dtype='float16' to insist", RuntimeWarning, stacklevel=3)
+            return torch.bfloat16
+        return torch.float16
+    return torch.float32
+
+
 class BaseEditor:
     """Holds a model and an editor; ``edit`` applies requests and returns (metrics, model, deltas)."""
 
@@ -38,11 +79,25 @@ class BaseEditor:
         self.loaded = loaded
 
     @classmethod
-    def from_hparams(cls, hparams: HyperParams, loaded: Optional[LoadedModel] = None) -> "BaseEditor":
+    def from_hparams(cls, hparams: HyperParams, loaded: Optional[LoadedModel] = None, *,
+                     device: Union[int, str, torch.device, None] = None,
+                     dtype: Union[str, torch.dtype, None] = None) -> "BaseEditor":
+        """The editor of ``hparams`` on ``loaded``, or on ``hparams.model_name`` loaded here.
+
+        Where the model is loaded: ``device`` (a GPU number as in EasyEdit, "cpu", "cuda:N"; default: the
+        hyperparameters' own ``device`` field where they have one, else the CPU; a GPU where there is none falls
+        back to the CPU with a warning) and ``dtype`` ("float32", "bfloat16", "float16" or a torch dtype; default:
+        EasyEdit's ``fp16`` field where the hyperparameters have one, float16 on a GPU and bfloat16 on a CPU, else
+        float32)."""
         if loaded is None:
             if not hparams.model_name:
                 raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
-            loaded = load_model(hparams.model_name)
+            target = _device_for(device if device is not None else getattr(hparams, "device", None))
+            chosen = _dtype_for(dtype, getattr(hparams, "fp16", None), target)
+            loaded = load_model(hparams.model_name, dtype=chosen, device=target)
+        elif device is not None or dtype is not None:
+            raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given; "
+                              "load it with load_model(name, device=..., dtype=...) instead")
         return cls(editor_for_hparams(hparams), loaded)
 
     def edit(

@@ -64,7 +64,10 @@ def test_failed_edit_leaves_weights_unchanged(tiny_decoder, monkeypatch):
 
 
 def test_nan_edit_is_rolled_back(tiny_decoder):
-    editor = build_editor("ft-m", tiny_decoder, {"layers": [1], "num_steps": 2, "lr": float("inf")})
+    with pytest.raises(ConfigError, match="field 'lr' must be a finite number"):  # refused as input...
+        build_editor("ft-m", tiny_decoder, {"lr": float("inf")})
+    editor = build_editor("ft-m", tiny_decoder, {"layers": [1], "num_steps": 2})
+    editor.hparams.lr = float("inf")  # ...so the fault is injected after the check
     before = state(tiny_decoder)
     with pytest.raises(EditFailedError, match="non-finite|loss became"):
         editor.edit(tiny_decoder, [REQ])

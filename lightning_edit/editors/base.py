@@ -295,6 +295,28 @@ class Editor(ABC):
         return [self.edit(loaded, [r]) for r in requests]
 
 
+def follow_model_device(module: Optional[torch.nn.Module], loaded: LoadedModel) -> Optional[torch.nn.Module]:
+    """``module`` (an editor's own network) moved, in place, to the device of ``loaded``'s model if any of its
+    tensors is elsewhere: a trained editor is loaded on the CPU, the model may be on a GPU. Its dtype is kept
+    (editor networks compute in float32 whatever the model's dtype). A no-op, returning at once, where they
+    already are."""
+    if module is None:
+        return None
+    return module.to(loaded.device)
+
+
+def add_update(weight: torch.Tensor, update: torch.Tensor) -> None:
+    """``weight += update`` computed in float32 (float64 updates stay float64) and rounded once to the weight's
+    dtype: adding a bfloat16-rounded update to a bfloat16 weight would round twice and lose small updates."""
+    with torch.no_grad():
+        update = update.to(weight.device)
+        if weight.dtype in (torch.float32, torch.float64) and update.dtype == weight.dtype:
+            weight.add_(update)
+            return
+        compute = torch.promote_types(update.dtype, torch.float32)
+        weight.copy_((weight.to(compute) + update.to(compute)).to(weight.dtype))
+
+
 EDITORS: dict[str, Type[Editor]] = {}
 
 

@@ -96,20 +96,36 @@ class FineTuneEditor(Editor):
         per_request = tail.at_targets.sum(1).tolist()
         for p in tuned.values():
             p.requires_grad_(True)
-        opt = torch.optim.Adam(tuned.values(), lr=hp.lr, weight_decay=hp.weight_decay)
+        # A weight stored in 16 bits (bfloat16/float16) is tuned through a float32 copy (mixed precision's master
+        # weights): Adam's steps (~lr) are below bfloat16's resolution for most weights, so stepping the 16-bit
+        # weight directly would drop or distort them, and the L∞ clamp around the original would be coarser than
+        # the bound. The gradient is taken on the model's own weight, accumulated in float32, and the copy is
+        # rounded into the weight after each step. The loss is computed in float32 (``_loss``).
+        masters = {n: p.detach().float().clone().requires_grad_(True) if p.dtype != torch.float32 else p
+                   for n, p in tuned.items()}
+        bounds = {n: originals[n].to(masters[n].dtype) for n in tuned}
+        opt = torch.optim.Adam(masters.values(), lr=hp.lr, weight_decay=hp.weight_decay)
         for _ in range(hp.num_steps):
             opt.zero_grad(set_to_none=True)
+            for p in tuned.values():
+                p.grad = None
             loss = self._loss(tail.logits(), tail.labels, per_request)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()}")
             if loss.item() < hp.early_stop_loss:
                 break
             loss.backward()
+            for n, p in tuned.items():
+                if masters[n] is not p:
+                    masters[n].grad = None if p.grad is None else p.grad.float()
             opt.step()
-            if hp.norm_constraint is not None:
-                with torch.no_grad():
-                    for n, p in tuned.items():
-                        p.copy_(torch.clamp(p, originals[n] - hp.norm_constraint, originals[n] + hp.norm_constraint))
+            with torch.no_grad():
+                for n, p in tuned.items():
+                    if hp.norm_constraint is not None:
+                        masters[n].copy_(torch.clamp(masters[n], bounds[n] - hp.norm_constraint, bounds[n] + hp.norm_constraint))
+                    if masters[n] is not p:
+                        p.copy_(masters[n])  # one rounding to the weight's dtype
+                        p.grad = None
         return []
 
 

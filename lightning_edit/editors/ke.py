@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from ..training.learned import LearnedEditor, LearnedHyperParams, as_stored, cond_text, edit_batch, gradient_factors
-from .base import register_editor
+from .base import add_update, follow_model_device, register_editor
 from .ft import resolve_layers
 from .mend import weight_shapes
 
@@ -86,13 +86,18 @@ class KENetwork(nn.Module):
 
     def condition(self, embeddings: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(1, condition_dim) from the edit's token embeddings (1, T, d)."""
+        weight = self.project[0].weight
+        embeddings = embeddings.to(device=weight.device, dtype=torch.float32)
+        # pack_padded_sequence wants its lengths on the CPU, whatever the device of the sequences
         packed = pack_padded_sequence(embeddings, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h, _) = self.lstm(packed)
         return self.project(torch.cat([h[0], h[1]], dim=-1))[0]
 
     def forward(self, embeddings: torch.Tensor, lengths: torch.Tensor, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.condition(embeddings, lengths)
-        return {n: self.updates[n.replace(".", "_")](c, grads[n]) for n in self.weight_names}
+        # gradients in float32 on the network's device whatever the model's dtype; the updates come out float32
+        return {n: self.updates[n.replace(".", "_")](c, grads[n].to(device=c.device, dtype=torch.float32))
+                for n in self.weight_names}
 
 
 def edit_embeddings(loaded: LoadedModel, request: EditRequest) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +105,7 @@ def edit_embeddings(loaded: LoadedModel, request: EditRequest) -> tuple[torch.Te
     ids = loaded.tokenizer(cond_text(request), return_tensors="pt", add_special_tokens=False)["input_ids"].to(loaded.device)
     with torch.no_grad():
         emb = loaded.model.get_input_embeddings()(ids).float()
-    return emb, torch.tensor([ids.shape[1]])
+    return emb, torch.tensor([ids.shape[1]], device=ids.device)  # condition() hands pack_padded_sequence a CPU copy
 
 
 @register_editor
@@ -111,6 +116,13 @@ class KEEditor(LearnedEditor):
 
     def layers(self, loaded: LoadedModel) -> list[int]:
         return resolve_layers(self.hparams.layers, loaded.layout.num_layers(loaded.model))
+
+    def prepare(self, loaded: LoadedModel) -> None:
+        super().prepare(loaded)
+        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
+
+    def _network(self, loaded: LoadedModel) -> nn.Module:
+        return follow_model_device(super()._network(loaded), loaded)
 
     def build_network(self, loaded: LoadedModel) -> KENetwork:
         hp = self.hparams
@@ -137,5 +149,5 @@ class KEEditor(LearnedEditor):
             with torch.no_grad():
                 updates = self.compute_updates(loaded, request)
                 for name, delta in updates.items():
-                    params[name].add_(as_stored(loaded, delta).to(params[name].dtype))
+                    add_update(params[name], as_stored(loaded, delta))  # float32 sum, one rounding
         return []

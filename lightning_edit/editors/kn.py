@@ -35,9 +35,9 @@ import torch
 from ..errors import ConfigError
 from ..hooks import hooks
 from ..models.loading import LoadedModel
-from ..models.teacher_forcing import prompt_ids, target_ids
+from ..models.teacher_forcing import cache_argument, output_cache, prompt_ids, target_ids
 from ..requests import EditRequest
-from .base import Editor, HyperParams, register_editor
+from .base import Editor, HyperParams, add_update, register_editor
 from .ft import resolve_layers
 
 Neuron = tuple[int, int]  # (block, intermediate index)
@@ -85,9 +85,11 @@ def _last_token_batch_forward(loaded: LoadedModel, ids: list[int], rows: int) ->
         return {"input_ids": last}, last
     with torch.no_grad():
         out = loaded.model(input_ids=torch.tensor([ids[:-1]], device=device), use_cache=True)
-    cache = out.cache
+    # the cache's names differ across transformers 5.x (past_key_values → cache): read and pass it by the
+    # names this version uses
+    cache = output_cache(out)
     cache.batch_repeat_interleave(rows)
-    return {"input_ids": last, "cache": cache, "use_cache": True}, last
+    return {"input_ids": last, cache_argument(loaded.model): cache, "use_cache": True}, last
 
 
 def integrated_gradients(loaded: LoadedModel, ids: list[int], answer_id: int, layers: Sequence[int], steps: int,
@@ -111,7 +113,8 @@ def integrated_gradients(loaded: LoadedModel, ids: list[int], answer_id: int, la
                 x = args[0]
                 activation = x[rows, -1].detach()  # rows of this block's group: all hold the unscaled activation
                 originals[layer] = activation[0].float()
-                leaf = (alphas[:, None].to(x.dtype) * activation).requires_grad_(True)
+                # α·activation in float32, rounded once to the model's dtype for the forward
+                leaf = (alphas[:, None] * activation.float()).to(x.dtype).requires_grad_(True)
                 scaled[layer] = leaf
                 x = x.clone()
                 x[rows, -1] = leaf
@@ -218,11 +221,11 @@ class KNEditor(Editor):
         found = 0
         with torch.no_grad():
             for neurons, old_id, new_id in plan:
-                direction = (embeddings[new_id] - embeddings[old_id]).to(torch.float32) * hp.edit_scale
+                direction = (embeddings[new_id].float() - embeddings[old_id].float()) * hp.edit_scale
                 for (layer, j), sign in neurons:
                     # the value vector enters the residual stream times the activation: follow its sign
                     weight = layout.linear_weight(layout.mlp_out_module(model, layer))
-                    weight[:, j] += (sign * direction).to(weight.dtype)
+                    add_update(weight[:, j], sign * direction)  # float32 sum, one rounding to the weight's dtype
                 found += len(neurons)
         self.last_neuron_count = found
         return []

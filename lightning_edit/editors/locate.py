@@ -26,7 +26,7 @@ from ..models.loading import LoadedModel
 from ..models.teacher_forcing import cache_argument, target_ids
 from ..requests import EditRequest
 from ..stats import DEFAULT_TOKENS
-from .base import Editor, HyperParams
+from .base import Editor, HyperParams, add_update
 
 log = logging.getLogger(__name__)
 
@@ -593,5 +593,4 @@ def add_to_weight(loaded: LoadedModel, layer: int, update_out_in: torch.Tensor) 
     """Add an (out, in) update to the mlp_out weight of ``layer``, whatever its storage (GPT-2's Conv1D is (in, out))."""
     module = loaded.layout.mlp_out_module(loaded.model, layer)
     weight = loaded.layout.linear_weight(module)
-    with torch.no_grad():
-        weight.add_(update_out_in.to(weight.dtype).to(weight.device))
+    add_update(weight, update_out_in)  # computed in float32 whatever the weight's dtype, rounded once

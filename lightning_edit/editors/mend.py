@@ -22,7 +22,7 @@ from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from ..training.learned import (GradientFactors, LearnedEditor, LearnedHyperParams, as_stored, edit_batch,
                                 gradient_factors)
-from .base import register_editor
+from .base import add_update, follow_model_device, register_editor
 from .ft import resolve_layers
 
 
@@ -125,17 +125,19 @@ class MENDNetwork(nn.Module):
         return name.replace(".", "_")
 
     def forward(self, factors: dict[str, GradientFactors]) -> dict[str, torch.Tensor]:
-        """(out, in) weight updates ``-α_ℓ Σ_t δ̃_t ũ_tᵀ`` for every weight in ``factors``."""
+        """(out, in) weight updates ``-α_ℓ Σ_t δ̃_t ũ_tᵀ`` for every weight in ``factors`` (float32, on the
+        network's device, whatever the model's dtype: the factors are cast before the network reads them)."""
         updates = {}
         for idx, name in enumerate(self.weight_names):
             f = factors[name]
             key = self._key(name)
-            u = self.u_norms[key](f.u)
-            d = self.delta_norms[key](f.delta)
+            device = self.edit_lrs.device
+            u = self.u_norms[key](f.u.to(device=device, dtype=torch.float32))
+            d = self.delta_norms[key](f.delta.to(device=device, dtype=torch.float32))
             x = torch.cat([u, d], dim=-1)
             for layer in self.mlps[self.shape_keys[name]]:
                 x = layer(x, self.mode_of[name])
-            u_t, d_t = x.split([f.u.shape[-1], f.delta.shape[-1]], dim=-1)
+            u_t, d_t = x.split([u.shape[-1], d.shape[-1]], dim=-1)
             updates[name] = -self.edit_lrs[idx] * (d_t.T @ u_t)
         return updates
 
@@ -158,6 +160,13 @@ class MENDEditor(LearnedEditor):
     def layers(self, loaded: LoadedModel) -> list[int]:
         return resolve_layers(self.hparams.layers, loaded.layout.num_layers(loaded.model))
 
+    def prepare(self, loaded: LoadedModel) -> None:
+        super().prepare(loaded)
+        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
+
+    def _network(self, loaded: LoadedModel) -> nn.Module:
+        return follow_model_device(super()._network(loaded), loaded)
+
     def build_network(self, loaded: LoadedModel) -> MENDNetwork:
         hp = self.hparams
         return MENDNetwork(weight_shapes(loaded, self.layers(loaded)), hp.rank, hp.n_hidden, hp.edit_lr_init, hp.norm_eps)
@@ -178,5 +187,5 @@ class MENDEditor(LearnedEditor):
             updates = self.compute_updates(loaded, requests)
             params = dict(loaded.model.named_parameters())
             for name, delta in updates.items():
-                params[name].add_(as_stored(loaded, delta).to(params[name].dtype))
+                add_update(params[name], as_stored(loaded, delta))  # float32 sum, one rounding to the weight's dtype
         return []

@@ -36,7 +36,7 @@ from ..models.loading import LoadedModel
 from ..models.teacher_forcing import prompt_ids, target_ids
 from ..requests import EditRequest
 from ..training.learned import LearnedEditor, LearnedHyperParams
-from .base import register_editor
+from .base import follow_model_device, register_editor
 from .ft import resolve_layers
 
 ROUTER_ATTR = "_lightning_edit_serac_router"
@@ -225,12 +225,13 @@ class SERACRouter:
 
     def forward(self, *args, **kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("past_key_values", kwargs.get("cache"))  # the cache argument's name differs across transformers 5.x
         if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
             raise EditFailedError("a SERAC-edited model routes each position by its whole prefix and cannot continue from a "
                                   "key/value cache; call it with use_cache=False (generate does so while the edit is attached)")
         kwargs["use_cache"] = False
         kwargs.pop("past_key_values", None)
+        kwargs.pop("cache", None)
         if input_ids is None:
             raise EditFailedError("a SERAC-edited model needs input_ids (not inputs_embeds) to decide the scope of an input")
         attention_mask = kwargs.get("attention_mask")
@@ -308,6 +309,13 @@ class SERACEditor(LearnedEditor):
         n = loaded.layout.num_layers(loaded.model)
         if not 0 <= self.hparams.scope_layer < n:
             raise ConfigError(f"field 'scope_layer' is {self.hparams.scope_layer}, outside the model's {n} blocks")
+
+    def prepare(self, loaded: LoadedModel) -> None:
+        super().prepare(loaded)
+        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
+
+    def _network(self, loaded: LoadedModel) -> nn.Module:
+        return follow_model_device(super()._network(loaded), loaded)
 
     def build_network(self, loaded: LoadedModel) -> SERACNetwork:
         self._check(loaded)

@@ -243,6 +243,7 @@ def evaluate_editing(
         requests=rows, pre=pre_metrics.summary(), post=post_metrics.summary(), efficiency=efficiency,
         config={"hparams": editor.hparams.to_dict(), "fluency_tokens": gen_tokens if fluency else 0,
                 "generate_tokens": gen_tokens, "versions": versions(), "device": str(loaded.device),
+                "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "batch_size": batch_size,
                 "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks))},
         kept_deltas=kept,

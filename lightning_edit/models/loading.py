@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -14,7 +15,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ModelNotAvailableError
+from ..errors import ConfigError, ModelNotAvailableError
 from ..hashing import sha256_file
 from .layout import ModelLayout, layout_for
 from .registry import MODELS, ModelSpec, resolve_callable, resolve_model_name
@@ -23,6 +24,38 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "LIGHTNING_EDIT_CACHE"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], flag: str = "--dtype") -> torch.dtype:
+    """A torch dtype from its name ("float32", "bfloat16", "float16"; "torch.bfloat16" too) or a torch dtype;
+    None is float32. Anything else is a ConfigError naming ``flag`` and the choices."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"{flag} {dtype} is not a dtype to load a model in; choose one of: {', '.join(DTYPES)}")
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.strip().lower()
+        name = name[len("torch."):] if name.startswith("torch.") else name
+        if name in DTYPES:
+            return DTYPES[name]
+    raise ConfigError(f"{flag} {dtype!r} is not a known dtype; choose one of: {', '.join(DTYPES)}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` → ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+def warn_if_slow_dtype(dtype: torch.dtype, device: Union[str, torch.device]) -> None:
+    """float16 on a CPU works but is slow, and some operations have no float16 CPU kernel: say so."""
+    if dtype == torch.float16 and torch.device(device).type == "cpu":
+        warnings.warn("float16 on the CPU is slow and some operations have no float16 CPU kernel; prefer bfloat16 "
+                      "(same memory) or float32 on a CPU, float16 on a GPU", RuntimeWarning, stacklevel=3)
 
 
 def default_cache_dir() -> Path:
@@ -126,10 +159,15 @@ def load_model(
     name_or_path: str,
     *,
     cache_dir: Optional[Union[str, Path]] = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: Union[torch.dtype, str] = torch.float32,
     device: Union[str, torch.device] = "cpu",
 ) -> LoadedModel:
-    """Load a registered model, a hub id or a local transformers directory, in eval mode."""
+    """Load a registered model, a hub id or a local transformers directory, in eval mode.
+
+    ``dtype``: a torch dtype or its name ("float32", "bfloat16", "float16"); the weights are loaded straight in
+    that dtype (no float32 copy first, so the memory is that of the dtype)."""
+    dtype = resolve_dtype(dtype, flag="dtype")
+    warn_if_slow_dtype(dtype, device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     name = resolve_model_name(name_or_path)
     spec = MODELS.get(name)

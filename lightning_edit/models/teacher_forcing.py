@@ -121,6 +121,18 @@ def cache_argument(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def output_cache(output):
+    """The key/value cache a forward returned: ``output.cache`` where the output class has that field (later
+    transformers 5.x, which keep ``past_key_values`` as a deprecated alias), ``output.past_key_values`` (the
+    documented field of the earlier 5.x releases) otherwise."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(output)} if dataclasses.is_dataclass(output) else set()
+    if "cache" in names:
+        return output.cache
+    return output.past_key_values
+
+
 # Rows sharing at least this many leading tokens run them once (an in-context editor's demonstrations are
 # hundreds of tokens ahead of every prompt); below it one ordinary pass is cheaper than two.
 MIN_SHARED_TOKENS = 64
