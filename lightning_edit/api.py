@@ -122,9 +122,13 @@ class BaseEditor:
         return report.requests, self.loaded.model, report.kept_deltas
 
     def batch_edit(self, prompts, target_new, ground_truth=None, subject=None, rephrase_prompts=None,
-                   locality_inputs=None, portability_inputs=None, batch_size: Optional[int] = None, verbose: bool = False):
-        """All requests (in chunks of ``batch_size``) per edit call; scored, then undone."""
+                   locality_inputs=None, portability_inputs=None, batch_size: Optional[int] = None, verbose: bool = False,
+                   sequential_edit: bool = False):
+        """All requests in chunks of ``batch_size`` per edit call. Each chunk scored then undone; with
+        ``sequential_edit`` the chunks are applied one after another, kept, and all scored after the last (undo
+        them with the returned deltas, as for ``edit``)."""
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs, portability_inputs)
-        report = evaluate_editing(self.loaded, self.editor, requests, protocol="batch", batch_size=batch_size or len(requests),
-                                  fluency=False, progress=verbose)
+        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "batch",
+                                  batch_size=batch_size or len(requests), fluency=False, progress=verbose,
+                                  keep_edits=sequential_edit)
         return report.requests, self.loaded.model, report.kept_deltas

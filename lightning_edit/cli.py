@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder of benchmark data (default $LIGHTNING_EDIT_DATA or ../shared/data); fill it with 'data get'")
     p.add_argument("--n", type=_positive_int, default=None, help="number of requests (default: all)")
     p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many records first")
-    p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1)")
-    p.add_argument("--sequential", action="store_true", help="keep every edit and score all after the last (sequential protocol)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1; "
+                                                                        "with --sequential: sequential batches)")
+    p.add_argument("--sequential", action="store_true", help="keep every edit (or batch) and score all after the last (sequential protocol)")
     p.add_argument("--output", default=None, help="write the JSON report here (its folder is created if missing)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory + edits.json); "
@@ -228,8 +229,6 @@ def preflight(args: argparse.Namespace, n_requests: int):
     resolve_dtype(getattr(args, "dtype", None))  # an unknown --dtype is a ConfigError before anything loads
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
-    if args.sequential and args.batch_size > 1:
-        raise ConfigError("--sequential and --batch-size > 1 are different protocols; choose one")
     cls = get_editor_class(args.method)
     overrides = dict(args.overrides)
     if args.editor:

@@ -40,7 +40,6 @@ def test_argument_errors_name_the_flag(argv, message, capsys):
     (["--output", "EMPTY"], "is a folder"),
     (["--method", "grace", "--save", "SAVE"], "--save: grace's edits are patches"),
     (["--save", "SAVE"], "--sequential"),  # 20 demo requests edited one at a time: no single model to save
-    (["--sequential", "--batch-size", "2"], "different protocols"),
     (["--editor", "/no/such/checkpoint"], "--editor /no/such/checkpoint"),
     (["--data", "zsre", "--data-dir", "EMPTY"], "data get zsre"),
 ])
@@ -183,3 +182,35 @@ def test_one_batch_can_be_kept_and_undone(tokenizer):
         assert torch.equal(v, before[k]), k
     with pytest.raises(ValueError, match="single edit call"):
         evaluate_editing(loaded, editor, requests, protocol="single", keep_edits=True, fluency=False, progress=False)
+
+
+def test_sequential_batches_and_per_kind_scores(tokenizer):
+    """--sequential --batch-size k: batches applied one after another and kept; locality and portability scored
+    per probe kind (KnowEdit's names) beside the overall numbers."""
+    from conftest import build_tiny
+
+    from lightning_edit.editors import build_editor
+    from lightning_edit.evaluation import evaluate_editing
+    from lightning_edit.requests import PromptAnswer
+
+    loaded = build_tiny("llama", tokenizer)
+    before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    editor = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2})
+    locality = (PromptAnswer("The capital of Italy is", "Rome", "Relation_Specificity"),
+                PromptAnswer("Water boils at", "100 degrees", "Forgetfulness"))
+    portability = (PromptAnswer("The language of France's capital is", "French", "Reasoning"),)
+    requests = [EditRequest(prompt=f"Fact number {i} is", target_new="blue", locality=locality, portability=portability)
+                for i in range(4)]
+    report = evaluate_editing(loaded, editor, requests, protocol="sequential", batch_size=2, fluency=False,
+                              progress=False, keep_edits=True)
+    assert len(report.kept_deltas) == 2 and all(len(d.requests) == 2 for d in report.kept_deltas)
+    assert "2 batches of up to 2 requests" in report.config["scored"]
+    summary = report.to_json()
+    for key in ("locality/Relation_Specificity", "locality/Forgetfulness", "portability/Reasoning"):
+        assert key in summary["summary"] and key in summary["metric_protocols"], key
+    per_kind = [summary["summary"]["locality/Relation_Specificity"], summary["summary"]["locality/Forgetfulness"]]
+    assert abs(summary["summary"]["locality"] - sum(per_kind) / 2) < 1e-3  # equal probe counts: the mean of kinds
+    for delta in reversed(report.kept_deltas):
+        delta.undo(loaded)
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, before[k]), k

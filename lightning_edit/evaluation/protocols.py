@@ -2,8 +2,8 @@
 
 - single: each request edited from the original model, measured, undone.
 - batch: ``batch_size`` requests per edit call, measured on those requests, undone.
-- sequential: requests applied one after another and kept; all measured after the last edit
-  (the study's protocol), then every edit undone.
+- sequential: requests (or batches of ``batch_size``, as MEMIT/AlphaEdit users run them) applied one
+  after another and kept; all measured after the last edit (the study's protocol), then every edit undone.
 """
 from __future__ import annotations
 
@@ -67,12 +67,17 @@ class MetricSet:
             "fluency": Fluency(),
         }
 
-    def add(self, s: RequestScores, reference: RequestScores, generations: Optional[list[str]] = None) -> dict[str, float]:
-        """Update with one request; return that request's values (only those its data allow)."""
+    def add(self, s: RequestScores, reference: RequestScores, generations: Optional[list[str]] = None,
+            request: Optional[EditRequest] = None) -> dict[str, float]:
+        """Update with one request; return that request's values (only those its data allow). With the
+        ``request``, locality and portability are also scored per probe kind (``locality/<kind>``,
+        ``portability/<kind>``: KnowEdit's Relation_Specificity, Reasoning, ... as its files name them)."""
         row: dict[str, float] = {}
 
         def put(key: str, *args) -> None:
             if args and all(len(a) for a in args):
+                if key not in self.m:  # a probe kind first seen in this request
+                    self.m[key] = LocalityAgreement("token") if key.startswith("locality/") else TargetAccuracy("token")
                 row[key] = float(self.m[key](*args))
 
         put("reliability", s.rewrite_new)
@@ -91,6 +96,12 @@ class MetricSet:
         put("neighborhood_magnitude", s.locality, s.locality_new)
         if generations:
             put("fluency", generations)
+        if request is not None:
+            for kind in _kinds(request.locality):
+                idx = [i for i, probe in enumerate(request.locality) if probe.kind == kind]
+                put(f"locality/{kind}", [reference.locality[i] for i in idx], [s.locality[i] for i in idx])
+            for kind in _kinds(request.portability):
+                put(f"portability/{kind}", [s.portability[i] for i, probe in enumerate(request.portability) if probe.kind == kind])
         return row
 
     def summary(self) -> dict[str, float]:
@@ -99,6 +110,11 @@ class MetricSet:
             if int(getattr(metric, "count", 0)) > 0:
                 out[k] = round(float(metric.compute()), 4)
         return out
+
+
+def _kinds(probes) -> list[str]:
+    """The named kinds among a request's probes, in first-seen order (unnamed probes count only overall)."""
+    return list(dict.fromkeys(p.kind for p in probes if p.kind))
 
 
 @dataclass
@@ -120,7 +136,9 @@ class Report:
         return {
             "summary": summary,
             "pre_edit": self.pre,
-            "metric_protocols": {k: v for k, v in KEY_PROTOCOLS.items() if k in summary},
+            "metric_protocols": {**{k: v for k, v in KEY_PROTOCOLS.items() if k in summary},
+                             **{k: f"{KEY_PROTOCOLS[k.split('/')[0]]}, over the probes of kind {k.split('/', 1)[1]!r} only"
+                                for k in summary if "/" in k}},
             "config": self.config,
             "requests": self.requests,
         }
@@ -178,7 +196,7 @@ def evaluate_editing(
         gen_offsets.append(gen_offsets[-1] + len(_fluency_prompts(r)))
     for i, s in enumerate(pre_scores):
         gens = pre_gen[gen_offsets[i]: gen_offsets[i + 1]] if gen_tokens else None
-        rows[i]["pre"] = pre_metrics.add(s, s, gens if fluency else None)
+        rows[i]["pre"] = pre_metrics.add(s, s, gens if fluency else None, requests[i])
         if gens is not None:
             rows[i]["pre_generations"] = gens
 
@@ -199,7 +217,7 @@ def evaluate_editing(
         pos = 0
         for i, s in zip(idx, post):
             k = len(_fluency_prompts(requests[i]))
-            rows[i]["post"] = post_metrics.add(s, pre_scores[i], gens[pos: pos + k] if fluency else None)
+            rows[i]["post"] = post_metrics.add(s, pre_scores[i], gens[pos: pos + k] if fluency else None, requests[i])
             if gen_tokens:
                 rows[i]["post_generations"] = gens[pos: pos + k]
             rows[i]["score_seconds"] = round(per_request, 4)
@@ -245,14 +263,17 @@ def evaluate_editing(
                 "generate_tokens": gen_tokens, "versions": versions(), "device": str(loaded.device),
                 "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "batch_size": batch_size,
-                "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks))},
+                "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size)},
         kept_deltas=kept,
     )
 
 
-def _scored_statement(protocol: str, calls: int) -> str:
+def _scored_statement(protocol: str, calls: int, batch_size: int = 1) -> str:
     """What the post-edit scores describe, in words (written into the report)."""
     if protocol == "sequential":
+        if calls > 1 and batch_size > 1:
+            return (f"{calls} batches of up to {batch_size} requests applied one after another and kept; all requests "
+                    "scored after the last batch")
         return "every edit applied one after another and kept; all requests scored after the last edit"
     if calls == 1:
         return "one edit call; its requests scored on the edited model"
