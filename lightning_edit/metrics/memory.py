@@ -15,6 +15,17 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
+def _release_free_heap() -> None:
+    """Hand memory that earlier work freed, but glibc's allocator still holds, back to the kernel (malloc_trim),
+    so a block's peak counts what it holds rather than what came before it. A no-op off glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where that is not possible."""
     try:
@@ -39,6 +50,7 @@ class PeakMemoryMonitor:
 
     On CUDA the allocator's own peak is read. On CPU (torch's CPU allocator has no peak counter) the kernel's
     peak resident set size is reset at entry and read at exit (Linux ``/proc/self/clear_refs``): exact and free.
+    Heap that earlier work freed is handed back first (``malloc_trim``), or it would count as the block's.
     Where that is unavailable, the resident set size is sampled every ``interval`` seconds in a thread; the
     sampling thread contends for the GIL and slowed timed edits by a third at 10 ms, hence the coarse default.
     The kernel counter is per process: an inner monitor's reset hides what an enclosing one saw before it.
@@ -56,6 +68,7 @@ class PeakMemoryMonitor:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
             return self
+        _release_free_heap()
         self._start = _rss_bytes()
         self._peak = self._start
         self._kernel_peak = _reset_peak_rss()
