@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", action="store_true", help="apply all edits in one call (default: one after another, keeping each)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML)")
-    p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods: mend, ke, serac)")
+    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, ke, serac)")
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
@@ -172,6 +172,7 @@ def unavailable_reason(name: str) -> Optional[str]:
 
 def plan(args: argparse.Namespace) -> Plan:
     """Every check that needs no model: flags, the edits, the method, the directory."""
+    from .checkpoints import is_hub_id
     from .editors import get_editor_class
 
     if args.max_new_tokens < 1:
@@ -231,8 +232,9 @@ def plan(args: argparse.Namespace) -> Plan:
         overrides = dict(args.overrides)
         fields = {f.name for f in dataclasses.fields(cls.HParams)}
         if args.editor:
-            if not Path(args.editor).is_dir():
-                raise CheckpointError(f"--editor {args.editor!r}: no such directory (a checkpoint written by train.py)")
+            if not Path(args.editor).is_dir() and not is_hub_id(args.editor):
+                raise CheckpointError(f"--editor {args.editor!r}: no such directory (a checkpoint written by train.py) "
+                                      f"nor a hub id user/repo")
             overrides["editor_checkpoint"] = args.editor
         if "editor_checkpoint" in fields and not overrides.get("editor_checkpoint"):
             raise ConfigError(f"method '{method}' needs a trained editor: give --editor DIR (from `python train.py {method} MODEL`)")

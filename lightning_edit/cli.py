@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default=DEFAULT_METHOD, help=f"editing method: {', '.join(sorted(EDITORS))} (default %(default)s)")
     p.add_argument("--model", default="smollm2-135m", help="registered model name, hub id, local HF directory or a --save directory (default %(default)s)")
     p.add_argument("--data", default="demo", help="dataset name (demo, zsre, counterfact, knowedit-*, mquake, ...) or request JSON file (default %(default)s)")
-    p.add_argument("--data-dir", default=None, help="folder of benchmark data (default $LIGHTNING_EDIT_DATA or ../shared/data); fill it with 'data get'")
+    p.add_argument("--data-dir", default=None, help="folder of benchmark data (default $LIGHTNING_EDIT_DATA, else ../shared/data beside a checkout, else ~/.cache/lightning-edit/data); fill it with 'data get'")
     p.add_argument("--n", type=_positive_int, default=None, help="number of requests (default: all)")
     p.add_argument("--offset", type=_non_negative_int, default=0, help="skip this many records first")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1; "
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", help="dtype the model is loaded in: float32, bfloat16 or float16 "
                                                       "(default %(default)s; float16 is slow on a CPU)")
     add_threads_option(p)
-    p.add_argument("--editor", default=None, help="trained editor checkpoint directory (learnt methods)")
+    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML: 2.0, true, [4, 5])")
     p.add_argument("--no-fluency", action="store_true", help="skip greedy generations for the fluency score (and the answers shown)")
@@ -220,6 +220,7 @@ def check_device(device: str) -> None:
 def preflight(args: argparse.Namespace, n_requests: int):
     """Everything that can be checked without the model: the method and its merged hyperparameters (types
     included), files it will read, the protocol and what --save can honestly save. Returns the editor class."""
+    from .checkpoints import is_hub_id, resolve_editor_dir
     from .editors import get_editor_class
     from .models.registry import family_of, resolve_model_name
 
@@ -232,11 +233,13 @@ def preflight(args: argparse.Namespace, n_requests: int):
     cls = get_editor_class(args.method)
     overrides = dict(args.overrides)
     if args.editor:
-        if not Path(args.editor).exists():
+        if not Path(args.editor).exists() and not is_hub_id(args.editor):
             raise ConfigError(f"--editor {args.editor}: no such checkpoint folder; train one with "
-                              f"'python train.py {args.method} {args.model}' or give its path")
+                              f"'python train.py {args.method} {args.model}' or give its path (or a hub id user/repo)")
         overrides["editor_checkpoint"] = args.editor
     hparams = cls.HParams.for_model(args.method, resolve_model_name(args.model), family_of(args.model), overrides)
+    if args.editor and is_hub_id(args.editor):
+        resolve_editor_dir(args.editor)  # fetch it now: offline or unknown, a one-line error before the model loads
     stats_text = getattr(hparams, "stats_text", None)
     if stats_text and not Path(stats_text).is_file():
         raise DataError(f"field 'stats_text' names {stats_text}, which is not a file; leave it unset for the text shipped "

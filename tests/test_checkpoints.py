@@ -32,7 +32,7 @@ def saved(tmp_path, tokenizer):
 
 def test_round_trip_and_manifest(saved):
     loaded, network, directory = saved
-    assert {p.name for p in directory.iterdir()} == {WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE}
+    assert {p.name for p in directory.iterdir()} == {WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE, "README.md"}
     manifest = read_manifest(directory)
     assert manifest["method"] == "mend"
     assert manifest["base_model"]["weights_fingerprint"] == loaded.weights_fingerprint()

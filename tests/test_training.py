@@ -61,6 +61,8 @@ def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
     assert {"val/edit_success", "val/locality", "val/drawdown", "val/rephrase_success"} <= set(result["validation"])
     manifest = read_manifest(tmp_path / "editor")
     assert manifest["method"] == method and manifest["training"]["steps"] == 2
+    card = (tmp_path / "editor" / "README.md").read_text()  # the model card, with the recorded validation scores
+    assert f"- {method}\n" in card and "| Training steps | 2 |" in card and "| `val/edit_success` |" in card
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert list((run_dir / "csv").glob("version_*/metrics.csv"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -138,7 +139,7 @@ def edited_logits(loaded: LoadedModel, deltas: dict[str, torch.Tensor], batch: T
 class LearnedHyperParams(HyperParams):
     """Fields every learnt editor has; the architecture fields of a trained editor come from its checkpoint."""
 
-    editor_checkpoint: Optional[str] = None  # directory written by train.py (python edit.py --editor DIR)
+    editor_checkpoint: Optional[str] = None  # directory written by train.py, or a hub id user/repo (edit.py --editor)
     training: dict = dataclasses.field(default_factory=dict)  # the `training:` section, read by train.py
 
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()  # fields fixed by training; a checkpoint's values win
@@ -186,6 +187,28 @@ class LearnedEditor(Editor):
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.checkpoint = ckpt
+
+    @classmethod
+    def from_pretrained(cls, source: Union[str, Path], loaded: LoadedModel,
+                        overrides: Optional[dict] = None) -> "LearnedEditor":
+        """The trained editor in a checkpoint folder or hub id (``user/repo``), verified and ready for ``loaded``."""
+        hp = cls.HParams.for_model(cls.name, loaded.name, loaded.layout.family,
+                                   {**(overrides or {}), "editor_checkpoint": str(source)})
+        editor = cls(hp)
+        editor.prepare(loaded)
+        return editor
+
+    def _checkpoint(self) -> EditorCheckpoint:
+        if self.checkpoint is None:
+            raise ConfigError(f"this {self.name} editor was not loaded from a checkpoint; `python train.py {self.name} "
+                              f"MODEL` writes one (load it with {type(self).__name__}.from_pretrained)")
+        return self.checkpoint
+
+    def save_pretrained(self, save_directory: Union[str, Path]) -> Path:
+        return self._checkpoint().save_pretrained(save_directory)
+
+    def push_to_hub(self, repo_id: str, *, token: Optional[str] = None, private: Optional[bool] = None) -> Any:
+        return self._checkpoint().push_to_hub(repo_id, token=token, private=private)
 
     def _network(self, loaded: LoadedModel) -> nn.Module:
         if self.network is None:
