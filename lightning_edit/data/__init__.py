@@ -1,10 +1,8 @@
-from pathlib import Path
-
+from ..paths import STATS_TEXT_PATH
 from .loaders import (DATASET_GROUPS, DATASETS, DEMO_PATH, convert_records, default_data_dir, detect_format, load_requests,
                       resolve_dataset_path)
 
-# A WikiText-2 test excerpt shipped with the package (CC BY-SA 3.0; text/README.md): statistics text and unrelated prompts.
-STATS_TEXT_PATH = Path(__file__).resolve().parent / "text" / "wikitext-2-test-excerpt.txt"
+# STATS_TEXT_PATH (lightning_edit/paths.py): the WikiText-2 test excerpt shipped in text/ (CC BY-SA 3.0; text/README.md).
 
 __all__ = ["STATS_TEXT_PATH", "EditDataModule", "RequestDataset", "collate_requests", "DATASETS", "DATASET_GROUPS", "DEMO_PATH", "convert_records",
            "default_data_dir", "detect_format", "load_requests", "resolve_dataset_path"]

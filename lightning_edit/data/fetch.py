@@ -320,7 +320,7 @@ def format_listing(data_dir: Optional[Union[str, Path]] = None) -> str:
 # ---- command line ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    data_dir_help = f"folder of benchmark data (default ${DATA_ENV}, else ../shared/data beside the project)"
+    data_dir_help = f"folder of benchmark data (default ${DATA_ENV}, else ../shared/data beside a checkout, else ~/.cache/lightning-edit/data)"
     p = argparse.ArgumentParser(
         prog="lightning-edit data",
         description="Download the benchmark files lightning-edit reads (pinned, sha256-verified) to where the loaders look.",

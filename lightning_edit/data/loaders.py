@@ -1,25 +1,24 @@
 """Loaders for every benchmark format; the format is detected from the records' keys.
 
 Data live outside the repository: ``--data-dir``, else ``$LIGHTNING_EDIT_DATA``, else ``../shared/data``
-beside the project. Named datasets map to files under that directory; any JSON file path works too.
+beside the project in a checkout, else ``~/.cache/lightning-edit/data`` for an installed package
+(lightning_edit/paths.py). Named datasets map to files under that directory; any JSON file path works too.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
 from ..errors import DataError, RequestError
+from ..paths import DATA_ENV, DEMO_PATH, default_data_root
 from ..requests import EditRequest, PromptAnswer
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DATA_ENV = "LIGHTNING_EDIT_DATA"
 
-# name → path relative to the data directory ("demo" lives in the repository's data/ folder)
+# name → path relative to the data directory ("demo" ships with the package: DEMO_PATH, lightning_edit/data/demo.json)
 DATASETS: dict[str, str] = {
     "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
     "zsre-train": "zsre/zsre_mend_train-1k.json",
@@ -32,8 +31,6 @@ DATASETS: dict[str, str] = {
     "mquake": "mquake/AKEW-MQuAKE-CF.json",
     "known_1000": "known_1000/known_1000.json",
 }
-DEMO_PATH = PROJECT_ROOT / "data" / "demo.json"
-
 # name → download group of `lightning-edit data get` (lightning_edit/data/fetch.py holds the pinned files)
 DATASET_GROUPS: dict[str, str] = {
     "zsre": "zsre", "zsre-train": "zsre",
@@ -51,11 +48,12 @@ def get_command(group: str, data_dir: Optional[Union[str, Path]] = None) -> str:
 
 
 def default_data_dir(data_dir: Optional[Union[str, Path]] = None) -> Path:
+    """``data_dir`` if given; else ``$LIGHTNING_EDIT_DATA``; else ``../shared/data`` beside the project when running
+    from a checkout (the package's parent holds edit.py and setup.cfg); else ``~/.cache/lightning-edit/data``
+    (honouring ``$XDG_CACHE_HOME``) for an installed package. See lightning_edit/paths.py."""
     if data_dir:
         return Path(data_dir)
-    if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV])
-    return PROJECT_ROOT.parent / "shared" / "data"
+    return default_data_root()
 
 
 def resolve_dataset_path(name_or_path: str, data_dir: Optional[Union[str, Path]] = None) -> Path:
@@ -69,7 +67,7 @@ def resolve_dataset_path(name_or_path: str, data_dir: Optional[Union[str, Path]]
                 f"dataset {name_or_path!r}: looked for {path} and it is not there. "
                 f"Get it with: {get_command(DATASET_GROUPS[name_or_path], root)}; "
                 f"or point --data-dir (or ${DATA_ENV}) at the folder holding {DATASETS[name_or_path]} "
-                f"(default: ../shared/data beside the project)."
+                f"(default: ../shared/data beside a checkout, else ~/.cache/lightning-edit/data)."
             )
         return path
     path = Path(name_or_path)

@@ -22,9 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, ConfigError, EditFailedError, LightningEditError, RequestError
 from ..models.loading import LoadedModel
+from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
-
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
 H = TypeVar("H", bound="HyperParams")
 

@@ -22,10 +22,10 @@ from ..data import load_requests
 from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
 from ..models import LoadedModel, load_model
+from ..paths import STUDY_CONFIGS
 from .protocols import evaluate_editing, versions
 
 log = logging.getLogger(__name__)
-STUDY_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "study"
 
 
 @dataclass

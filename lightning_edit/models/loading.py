@@ -5,7 +5,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,13 +16,11 @@ from torch import nn
 
 from ..errors import ConfigError, ModelNotAvailableError
 from ..hashing import sha256_file
+from ..paths import CACHE_ENV, default_cache_root  # noqa: F401  (CACHE_ENV: kept importable from here)
 from .layout import ModelLayout, layout_for
 from .registry import MODELS, ModelSpec, resolve_callable, resolve_model_name
 
 log = logging.getLogger(__name__)
-
-CACHE_ENV = "LIGHTNING_EDIT_CACHE"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,8 +56,10 @@ def warn_if_slow_dtype(dtype: torch.dtype, device: Union[str, torch.device]) -> 
 
 
 def default_cache_dir() -> Path:
-    """``$LIGHTNING_EDIT_CACHE`` or ``checkpoints/`` at the project root."""
-    return Path(os.environ.get(CACHE_ENV, PROJECT_ROOT / "checkpoints"))
+    """``$LIGHTNING_EDIT_CACHE``; else ``checkpoints/`` at the project root when running from a checkout (the
+    package's parent holds edit.py and setup.cfg); else the per-user cache ``~/.cache/lightning-edit`` (honouring
+    ``$XDG_CACHE_HOME``) for an installed package. See lightning_edit/paths.py."""
+    return default_cache_root()
 
 
 @dataclass

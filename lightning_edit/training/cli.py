@@ -19,9 +19,8 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from ..errors import ConfigError, LightningEditError
+from ..paths import CONFIG_ROOT, default_editors_root, default_runs_root
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_ROOT = PROJECT_ROOT / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", default=None, help="validation dataset (training.val_dataset; default: held out)")
     p.add_argument("--n-train", type=int, default=None, help="use only this many training records")
     p.add_argument("--n-val", type=int, default=None, help="validation records")
-    p.add_argument("--data-dir", default=None, help="benchmark data folder (default $LIGHTNING_EDIT_DATA or ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="benchmark data folder (default $LIGHTNING_EDIT_DATA, else ../shared/data beside a checkout, else ~/.cache/lightning-edit/data)")
     p.add_argument("--output", default=None, help="where the shareable editor goes (default checkpoints/editors/<method>-<model>)")
     p.add_argument("--run-dir", default=None, help="logs and Lightning checkpoints (default runs/train/<method>-<model>)")
     p.add_argument("--ckpt-path", default=None, help="resume from this Lightning checkpoint (e.g. RUN_DIR/checkpoints/last.ckpt)")
@@ -157,8 +156,8 @@ def run(args: argparse.Namespace) -> dict:
     L.seed_everything(int(training.get("seed", 0)), verbose=False)
 
     safe_model = loaded.name.replace("/", "_")
-    run_dir = Path(args.run_dir or PROJECT_ROOT / "runs" / "train" / f"{args.method}-{safe_model}")
-    output = Path(args.output or PROJECT_ROOT / "checkpoints" / "editors" / f"{args.method}-{safe_model}")
+    run_dir = Path(args.run_dir or default_runs_root() / "train" / f"{args.method}-{safe_model}")
+    output = Path(args.output or default_editors_root() / f"{args.method}-{safe_model}")
     module = cls(loaded.name, config, training, loaded=loaded)
     datamodule = EditDataModule(dataset=training.get("dataset", "zsre-train"), val_dataset=training.get("val_dataset"),
                                 n_train=training.get("n_train"), n_val=int(training.get("n_val", 50)),

@@ -24,10 +24,10 @@ from typing import Any, Optional, Union
 import torch
 
 from ..errors import ConfigError
+from ..paths import CONFIG_ROOT, DEEPSPEED_CONFIG_ROOT  # noqa: F401  (CONFIG_ROOT: kept importable from here)
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
-DEEPSPEED_CONFIGS = {"deepspeed_stage_2": CONFIG_ROOT / "deepspeed" / "stage2.json",
-                     "deepspeed_stage_3": CONFIG_ROOT / "deepspeed" / "stage3.json"}
+DEEPSPEED_CONFIGS = {"deepspeed_stage_2": DEEPSPEED_CONFIG_ROOT / "stage2.json",
+                     "deepspeed_stage_3": DEEPSPEED_CONFIG_ROOT / "stage3.json"}
 STRATEGIES = ("auto", "ddp", *DEEPSPEED_CONFIGS)
 
 
