@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> dict:
             training={"dataset": training.get("dataset"), "val_dataset": training.get("val_dataset"),
                       "n_train": len(datamodule.train_set) if datamodule.train_set else None,
                       "n_val": len(datamodule.val_set) if datamodule.val_set else None, "steps": trainer.global_step,
-                      "seconds": round(seconds, 1), "seconds_including_resumed_runs": round(module.train_seconds(), 1), "peak_rss_mb": round(memory.peak_mb, 1), "strategy": args.strategy, "world_size": trainer.world_size,
+                      "seconds": round(seconds, 3), "seconds_including_resumed_runs": round(module.train_seconds(), 3), "peak_rss_mb": round(memory.peak_mb, 1), "strategy": args.strategy, "world_size": trainer.world_size,
                       "precision": training["precision"], "base_dtype": args.dtype,
                       "resumed_from": args.ckpt_path, "config": training},
             metrics=metrics)
