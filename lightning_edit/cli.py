@@ -219,15 +219,15 @@ def check_device(device: str) -> None:
 
 def preflight(args: argparse.Namespace, n_requests: int):
     """Everything that can be checked without the model: the method and its merged hyperparameters (types
-    included), files it will read, the protocol and what --save can honestly save. Returns the editor class."""
+    included), files it will read, the protocol and what --save can honestly save. Returns the editor class and
+    the hyperparameter overrides."""
     from .checkpoints import is_hub_id, resolve_editor_dir
     from .editors import get_editor_class
+    from .models.loading import resolve_dtype
     from .models.registry import family_of, resolve_model_name
 
     check_device(args.device)
-    from .models.loading import resolve_dtype
-
-    resolve_dtype(getattr(args, "dtype", None))  # an unknown --dtype is a ConfigError before anything loads
+    resolve_dtype(args.dtype)  # an unknown --dtype is a ConfigError before anything loads
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
     cls = get_editor_class(args.method)
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
     _, overrides = preflight(args, len(requests))
     if args.quiet:
         overrides.setdefault("progress", False)
-    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=getattr(args, "dtype", None) or "float32")
+    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
                               fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,
@@ -303,7 +303,9 @@ def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> 
     from .editors import get_editor_class
 
     fields = {f.name for f in dataclasses.fields(get_editor_class(method).HParams)}
-    out = {k: v for k, v in overrides.items() if k in fields or k not in ("progress",)}
+    out = dict(overrides)
+    if "progress" not in fields:  # --quiet asks every method with a progress bar to hide it; others have none
+        out.pop("progress", None)
     if args.cache_dir and "stats_dir" in fields:
         out.setdefault("stats_dir", args.cache_dir)
     return out
