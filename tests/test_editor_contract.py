@@ -132,3 +132,37 @@ def test_every_registered_method_has_a_default_config():
 
     for method in EDITORS:
         assert (Path(__file__).parents[1] / "configs" / method / "default.yaml").exists(), method
+
+
+def test_failure_message_claims_only_what_the_checksums_show(tokenizer, monkeypatch):
+    """A method that writes a parameter it did not declare, then fails: the declared weights are restored, and the
+    message says the other one changed instead of claiming the weights were restored."""
+    loaded = build_tiny("llama", tokenizer)
+    editor = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2})
+    undeclared = "model.embed_tokens.weight"
+
+    def corrupt_then_fail(loaded, requests):
+        with torch.no_grad():
+            dict(loaded.model.named_parameters())[undeclared][0, 0] = float("nan")
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(editor, "_apply", corrupt_then_fail)
+    with pytest.raises(EditFailedError, match="did not declare changed.*embed_tokens.*reload the model"):
+        editor.edit(loaded, [REQ])
+
+    clean = build_tiny("llama", tokenizer)
+    editor = build_editor("ft-m", clean, {"layers": [1], "num_steps": 2})
+    monkeypatch.setattr(editor, "_apply", lambda loaded, requests: (_ for _ in ()).throw(RuntimeError("injected")))
+    with pytest.raises(EditFailedError, match="the weights were restored \\(every parameter checked\\)"):
+        editor.edit(clean, [REQ])
+
+
+def test_edit_keeps_the_callers_requires_grad_flags(tokenizer):
+    """An edit at a Trainer's fit start must not freeze the model the Trainer is about to train."""
+    loaded = build_tiny("llama", tokenizer)
+    trainable = "model.layers.3.mlp.down_proj.weight"
+    dict(loaded.model.named_parameters())[trainable].requires_grad_(True)
+    delta = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2}).edit(loaded, [REQ])
+    flags = {n: p.requires_grad for n, p in loaded.model.named_parameters()}
+    assert flags[trainable] and sum(flags.values()) == 1
+    delta.undo(loaded)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 import typing
@@ -25,6 +26,7 @@ from ..models.loading import LoadedModel
 from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
 
+log = logging.getLogger(__name__)
 H = TypeVar("H", bound="HyperParams")
 
 
@@ -261,6 +263,8 @@ class Editor(ABC):
         if unknown:
             raise ConfigError(f"{self.name}: parameters {unknown[:3]} do not exist in {loaded.name}; check the layer numbers in its config")
         before = {n: params[n].detach().clone() for n in names}
+        others = _checksums({n: p for n, p in params.items() if n not in before})
+        grad_flags = {n: p.requires_grad for n, p in params.items()}  # a Trainer may be about to train this model
         patches: list[Any] = []
         start = time.perf_counter()
         try:
@@ -278,12 +282,25 @@ class Editor(ABC):
                     params[n].copy_(t)
             for patch in reversed(patches):
                 patch.detach(loaded)
+            # Only what the checksums show may be claimed: a method can write where it did not declare.
+            after_failure = _checksums({n: params[n] for n in others})
+            changed = [n for n, value in others.items() if not _same(value, after_failure[n])]
+            if changed and isinstance(err, KeyboardInterrupt):
+                log.warning("%s: interrupted; %d parameter(s) it did not declare changed (%s): reload the model",
+                            self.name, len(changed), changed[:3])
+                raise
+            if changed:
+                raise EditFailedError(
+                    f"{self.name} edit failed ({type(err).__name__}: {err}); its declared weights were restored, but "
+                    f"{len(changed)} parameter(s) it did not declare changed and could not be restored ({changed[:3]}): "
+                    f"reload the model before using it") from err
             if isinstance(err, (LightningEditError, KeyboardInterrupt)):
                 raise
-            raise EditFailedError(f"{self.name} edit failed ({type(err).__name__}: {err}); the weights were restored") from err
+            raise EditFailedError(f"{self.name} edit failed ({type(err).__name__}: {err}); the weights were restored "
+                                  "(every parameter checked)") from err
         finally:
-            for p in params.values():
-                p.requires_grad_(False)
+            for n, p in params.items():
+                p.requires_grad_(grad_flags[n])
         seconds = time.perf_counter() - start
         after = {n: params[n].detach().clone() for n in names}
         return EditDelta(method=self.name, model_name=loaded.name, requests=requests, weights_before=before,
@@ -292,6 +309,16 @@ class Editor(ABC):
     def edit_sequential(self, loaded: LoadedModel, requests: Iterable[EditRequest]) -> list[EditDelta]:
         """Apply requests one after another, keeping each; undo them in reverse order."""
         return [self.edit(loaded, [r]) for r in requests]
+
+
+def _checksums(params: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per parameter, its float64 sum: one read pass, no copy; NaN, Inf or a changed value all show."""
+    with torch.no_grad():
+        return {n: float(torch.sum(p.detach(), dtype=torch.float64)) for n, p in params.items()}
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def follow_model_device(module: Optional[torch.nn.Module], loaded: LoadedModel) -> Optional[torch.nn.Module]:
