@@ -264,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
     from .editors import build_editor
     from .evaluation import evaluate_editing, format_table, verdict
     from .models import load_model
+    from .requests import check_context_length, check_special_tokens
 
     apply_threads(args.threads)
     L.seed_everything(args.seed, verbose=False)
@@ -273,6 +274,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.setdefault("progress", False)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
+    # What needs the tokenizer: control-token text in a request, prompts longer than the model's context.
+    check_special_tokens(requests, loaded.tokenizer)
+    check_context_length(requests, loaded)
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
                               fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,

@@ -9,6 +9,11 @@ class RequestError(LightningEditError, ValueError):
     """An edit request is malformed (empty prompt, missing subject, wrong type...)."""
 
 
+class RequestTypeError(RequestError):
+    """A request field has the wrong type (a number for a prompt, one string for a list): always refused, never
+    skipped like an empty field of a real dataset is, since the file itself is malformed."""
+
+
 class DataError(LightningEditError, FileNotFoundError):
     """A dataset file is missing or its records are in no known format."""
 

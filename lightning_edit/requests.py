@@ -1,10 +1,10 @@
 """`EditRequest`: the one record every loader produces and every editor consumes."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Optional, Sequence
 
-from .errors import RequestError
+from .errors import RequestError, RequestTypeError
 
 
 @dataclass(frozen=True)
@@ -38,27 +38,38 @@ class EditRequest:
         for name in ("prompt", "target_new"):
             value = getattr(self, name)
             if not isinstance(value, str):
-                raise RequestError(f"{where}: field '{name}' must be a string, got {type(value).__name__}.")
+                raise RequestTypeError(f"{where}: field '{name}' must be a string, got {_type_name(value)} {value!r}; "
+                                       "write it as text in quotes.")
             if not value.strip():
                 raise RequestError(f"{where}: field '{name}' is empty; give the text of the {name.replace('_', ' ')}.")
         for name in ("subject", "target_true"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise RequestError(f"{where}: field '{name}' must be a string or None, got {type(value).__name__}.")
+                raise RequestTypeError(f"{where}: field '{name}' must be a string or None, got {_type_name(value)} {value!r}; "
+                                       "write it as text in quotes or leave it out.")
         if self.subject is not None and not self.subject.strip():
             raise RequestError(f"{where}: field 'subject' is empty; give the subject or leave it None.")
-        if isinstance(self.rephrase_prompts, str):
-            raise RequestError(f"{where}: field 'rephrase_prompts' must be a list of strings, not one string; wrap it in a list.")
-        object.__setattr__(self, "rephrase_prompts", tuple(self.rephrase_prompts))
-        object.__setattr__(self, "locality", tuple(self.locality))
-        object.__setattr__(self, "portability", tuple(self.portability))
-        for p in self.rephrase_prompts:
-            if not isinstance(p, str) or not p.strip():
+        for name in ("rephrase_prompts", "locality", "portability"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+                what = "a list of strings" if name == "rephrase_prompts" else "a list of PromptAnswer(prompt, answer) items"
+                hint = "; wrap it in a list: [\"...\"]" if isinstance(value, str) else ""
+                raise RequestTypeError(f"{where}: field '{name}' must be {what}, not {_type_name(value)}{hint}.")
+            object.__setattr__(self, name, tuple(value))
+        for j, p in enumerate(self.rephrase_prompts):
+            if not isinstance(p, str):
+                raise RequestTypeError(f"{where}: field 'rephrase_prompts[{j}]' is {_type_name(p)} {p!r}; every rephrase must be a string.")
+            if not p.strip():
                 raise RequestError(f"{where}: field 'rephrase_prompts' holds {p!r}; every rephrase must be a non-empty string.")
         for name in ("locality", "portability"):
-            for item in getattr(self, name):
+            for j, item in enumerate(getattr(self, name)):
                 if not isinstance(item, PromptAnswer):
-                    raise RequestError(f"{where}: field '{name}' must hold PromptAnswer(prompt, answer) items, got {type(item).__name__}.")
+                    raise RequestTypeError(f"{where}: field '{name}' must hold PromptAnswer(prompt, answer) items, got {type(item).__name__}.")
+                for part in ("prompt", "answer"):
+                    value = getattr(item, part)
+                    if not isinstance(value, str):
+                        raise RequestTypeError(f"{where}: field '{name}[{j}].{part}' must be a string, got {_type_name(value)} "
+                                               f"{value!r}; write it as text in quotes.")
                 if not item.prompt.strip() or not item.answer.strip():
                     raise RequestError(f"{where}: field '{name}' holds an empty prompt or answer: {item!r}.")
 
@@ -79,16 +90,52 @@ class EditRequest:
 
     @classmethod
     def from_dict(cls, record: dict) -> "EditRequest":
+        where = f"EditRequest(case_id={record.get('case_id')!r})"
+
+        def probes(name: str) -> tuple:
+            items = record.get(name, ())
+            if isinstance(items, (str, bytes, dict)) or not isinstance(items, (list, tuple)):
+                raise RequestTypeError(f"{where}: field '{name}' must be a list of {{\"prompt\": ..., \"answer\": ...}} objects, "
+                                       f"got {_type_name(items)}.")
+            out = []
+            for j, x in enumerate(items):
+                if isinstance(x, PromptAnswer):
+                    out.append(x)
+                    continue
+                if not isinstance(x, dict) or not {"prompt", "answer"} <= x.keys() or not x.keys() <= {"prompt", "answer", "kind"}:
+                    got = sorted(x) if isinstance(x, dict) else _type_name(x)
+                    raise RequestTypeError(f"{where}: field '{name}[{j}]' must be an object with keys 'prompt' and 'answer' "
+                                           f"(and optionally 'kind'), got {got}.")
+                out.append(PromptAnswer(**x))
+            return tuple(out)
+
         return cls(
             prompt=record["prompt"],
             target_new=record["target_new"],
             subject=record.get("subject"),
             target_true=record.get("target_true"),
-            rephrase_prompts=tuple(record.get("rephrase_prompts", ())),
-            locality=tuple(PromptAnswer(**x) for x in record.get("locality", ())),
-            portability=tuple(PromptAnswer(**x) for x in record.get("portability", ())),
+            rephrase_prompts=record.get("rephrase_prompts", ()),  # checked in __post_init__: one string is refused
+            locality=probes("locality"),
+            portability=probes("portability"),
             case_id=record.get("case_id"),
         )
+
+
+def _type_name(value: Any) -> str:
+    """JSON-ish name of a value's type, for messages about data files."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object (dict)"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
 
 
 def _as_list(value: Any, n: int, field_name: str) -> list:
@@ -155,3 +202,82 @@ def requests_from_lists(
             )
         )
     return reqs
+
+
+# ---- checks against the loaded model's tokenizer and context (called once the model is loaded) ------------------
+
+def _texts(request: EditRequest) -> list[tuple[str, str]]:
+    """(field, text) for every text of ``request`` that the model reads or is scored on."""
+    out = [("prompt", request.prompt), ("target_new", request.target_new)]
+    if request.target_true is not None:
+        out.append(("target_true", request.target_true))
+    if request.subject is not None:
+        out.append(("subject", request.subject))
+    out += [(f"rephrase_prompts[{j}]", p) for j, p in enumerate(request.rephrase_prompts)]
+    for name in ("locality", "portability"):
+        for j, item in enumerate(getattr(request, name)):
+            out += [(f"{name}[{j}].prompt", item.prompt), (f"{name}[{j}].answer", item.answer)]
+    return out
+
+
+def _special_tokens(tokenizer) -> list[str]:
+    tokens = set(getattr(tokenizer, "all_special_tokens", None) or ())
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            tokens.add(str(added))
+    return sorted((t for t in tokens if isinstance(t, str) and t.strip()), key=len, reverse=True)
+
+
+def check_special_tokens(requests: Sequence[EditRequest], tokenizer) -> None:
+    """Refuse requests whose text holds a special (control) token's text, e.g. ``<|im_end|>``: the tokenizer reads
+    it as the one control token, not as the characters, so the edit would silently teach something else."""
+    specials = _special_tokens(tokenizer)
+    if not specials:
+        return
+    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+    for i, request in enumerate(requests):
+        for field_name, text in _texts(request):
+            for token in specials:
+                if token in text:
+                    raise RequestError(
+                        f"request {i} (case_id={request.case_id!r}): field '{field_name}' {text!r} contains {token!r}, which "
+                        f"the tokenizer of {name} reads as one special (control) token, not as text; remove it from the "
+                        "data or spell it differently (e.g. with a space inside)."
+                    )
+
+
+def context_length(config) -> Optional[int]:
+    """The most positions a model reads (``max_position_embeddings`` or ``n_positions``); None when it names none."""
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_context_length(requests: Sequence[EditRequest], loaded) -> None:
+    """Refuse requests whose prompt + target (any probe included) is longer than the model's context, measured with
+    the tokens the editors and metrics build (models/teacher_forcing.py). Skipped for a model whose config names no
+    context length, and for encoder-decoder models (prompt and target are read apart)."""
+    config = getattr(loaded.model, "config", None)
+    limit = context_length(config)
+    if limit is None or getattr(config, "is_encoder_decoder", False):
+        return
+    from .models.teacher_forcing import prompt_ids, target_ids
+
+    tokenizer = loaded.tokenizer
+    for i, r in enumerate(requests):
+        pairs = [("prompt", r.prompt, "target_new", r.target_new)]
+        if r.target_true is not None:
+            pairs.append(("prompt", r.prompt, "target_true", r.target_true))
+        pairs += [(f"rephrase_prompts[{j}]", p, "target_new", r.target_new) for j, p in enumerate(r.rephrase_prompts)]
+        for name in ("locality", "portability"):
+            pairs += [(f"{name}[{j}].prompt", x.prompt, f"{name}[{j}].answer", x.answer) for j, x in enumerate(getattr(r, name))]
+        for p_field, prompt, t_field, target in pairs:
+            n = len(prompt_ids(tokenizer, prompt)) + len(target_ids(tokenizer, target))
+            if n > limit:
+                raise RequestError(
+                    f"request {i} (case_id={r.case_id!r}): field '{p_field}' followed by field '{t_field}' is {n} tokens, "
+                    f"longer than the {limit} positions {loaded.name} reads; shorten the {p_field.split('[')[0]} or use a "
+                    "model with a longer context."
+                )

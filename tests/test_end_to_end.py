@@ -113,3 +113,12 @@ def test_gemma3_loads_and_caches():
     loaded = load_model("gemma3-270m")
     assert loaded.layout.family == "gemma3_text"
     assert score_targets(loaded, ["The capital of France is"], ["Paris"])[0].mean_logprob > -3
+
+
+def test_cli_refuses_control_token_text_in_a_target(tmp_path, capsys):
+    """`<|im_end|>` in a target would become smollm2's control token, not text: refused by name, no edit made."""
+    data = tmp_path / "requests.json"
+    data.write_text(json.dumps([{"prompt": "The capital of France is", "target_new": "Lyon<|im_end|>"}]))
+    assert main(["--data", str(data), "--quiet", "--no-fluency", "--method", "ft-m"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'target_new'" in err and "special (control) token" in err and "Traceback" not in err
