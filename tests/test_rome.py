@@ -159,5 +159,7 @@ def test_rome_counterfact_quality(smollm2):
     post = report.post
     assert post["efficacy_score"] >= 0.95
     assert post["paraphrase_score"] >= 0.6
-    assert post["neighborhood_score"] >= 0.7
+    # The unedited model already prefers the counterfactual on a third of these neighbour prompts (pre 0.66, README):
+    # the edit must keep what it had, not reach a level the unedited model misses.
+    assert post["neighborhood_score"] >= report.pre["neighborhood_score"] - 0.05
     assert post["reliability"] >= 0.9
