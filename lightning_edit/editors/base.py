@@ -321,16 +321,6 @@ def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def follow_model_device(module: Optional[torch.nn.Module], loaded: LoadedModel) -> Optional[torch.nn.Module]:
-    """``module`` (an editor's own network) moved, in place, to the device of ``loaded``'s model if any of its
-    tensors is elsewhere: a trained editor is loaded on the CPU, the model may be on a GPU. Its dtype is kept
-    (editor networks compute in float32 whatever the model's dtype). A no-op, returning at once, where they
-    already are."""
-    if module is None:
-        return None
-    return module.to(loaded.device)
-
-
 def add_update(weight: torch.Tensor, update: torch.Tensor) -> None:
     """``weight += update`` computed in float32 (float64 updates stay float64) and rounded once to the weight's
     dtype: adding a bfloat16-rounded update to a bfloat16 weight would round twice and lose small updates."""

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from ..training.learned import LearnedEditor, LearnedHyperParams, as_stored, cond_text, edit_batch, gradient_factors
-from .base import add_update, follow_model_device, register_editor
+from .base import add_update, register_editor
 from .ft import resolve_layers
 from .mend import weight_shapes
 
@@ -116,13 +116,6 @@ class KEEditor(LearnedEditor):
 
     def layers(self, loaded: LoadedModel) -> list[int]:
         return resolve_layers(self.hparams.layers, loaded.layout.num_layers(loaded.model))
-
-    def prepare(self, loaded: LoadedModel) -> None:
-        super().prepare(loaded)
-        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
-
-    def _network(self, loaded: LoadedModel) -> nn.Module:
-        return follow_model_device(super()._network(loaded), loaded)
 
     def build_network(self, loaded: LoadedModel) -> KENetwork:
         hp = self.hparams

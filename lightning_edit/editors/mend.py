@@ -22,7 +22,7 @@ from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from ..training.learned import (GradientFactors, LearnedEditor, LearnedHyperParams, as_stored, edit_batch,
                                 gradient_factors)
-from .base import add_update, follow_model_device, register_editor
+from .base import add_update, register_editor
 from .ft import resolve_layers
 
 
@@ -159,13 +159,6 @@ class MENDEditor(LearnedEditor):
 
     def layers(self, loaded: LoadedModel) -> list[int]:
         return resolve_layers(self.hparams.layers, loaded.layout.num_layers(loaded.model))
-
-    def prepare(self, loaded: LoadedModel) -> None:
-        super().prepare(loaded)
-        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
-
-    def _network(self, loaded: LoadedModel) -> nn.Module:
-        return follow_model_device(super()._network(loaded), loaded)
 
     def build_network(self, loaded: LoadedModel) -> MENDNetwork:
         hp = self.hparams

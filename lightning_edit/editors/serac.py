@@ -36,7 +36,7 @@ from ..models.loading import LoadedModel
 from ..models.teacher_forcing import prompt_ids, target_ids
 from ..requests import EditRequest
 from ..training.learned import LearnedEditor, LearnedHyperParams
-from .base import follow_model_device, register_editor
+from .base import register_editor
 from .ft import resolve_layers
 
 ROUTER_ATTR = "_lightning_edit_serac_router"
@@ -309,13 +309,6 @@ class SERACEditor(LearnedEditor):
         n = loaded.layout.num_layers(loaded.model)
         if not 0 <= self.hparams.scope_layer < n:
             raise ConfigError(f"field 'scope_layer' is {self.hparams.scope_layer}, outside the model's {n} blocks")
-
-    def prepare(self, loaded: LoadedModel) -> None:
-        super().prepare(loaded)
-        follow_model_device(self.network, loaded)  # a checkpoint loads on the CPU; the model may be on a GPU
-
-    def _network(self, loaded: LoadedModel) -> nn.Module:
-        return follow_model_device(super()._network(loaded), loaded)
 
     def build_network(self, loaded: LoadedModel) -> SERACNetwork:
         self._check(loaded)

@@ -48,7 +48,7 @@ KEY_PROTOCOLS = {
     "scoring_seconds_per_request": "mean seconds per request spent scoring (pre and post) and generating",
     "seconds_per_request": "mean seconds per request: edit + scoring + generation (not the one-off prepare)",
     "time_split_seconds": "total seconds per phase: prepare (statistics, caches), edit, scoring, generation",
-    "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM; CUDA: allocator peak)",
+    "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM, reset at each edit after freed heap is returned; CUDA: allocator peak)",
 }
 
 

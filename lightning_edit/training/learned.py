@@ -164,6 +164,7 @@ class LearnedEditor(Editor):
 
     def prepare(self, loaded: LoadedModel) -> None:
         if self.network is not None:
+            self.network.to(loaded.device)  # the model may have moved since the network was loaded
             return
         hp = self.hparams
         if not hp.editor_checkpoint:
@@ -183,7 +184,7 @@ class LearnedEditor(Editor):
 
             raise CheckpointError(f"editor checkpoint {hp.editor_checkpoint}: tensors do not fit the {self.name} network "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        self.network = network.eval()
+        self.network = network.to(loaded.device).eval()  # the checkpoint loads on the CPU; the model may be on a GPU
         for p in self.network.parameters():
             p.requires_grad_(False)
         self.checkpoint = ckpt
@@ -213,7 +214,7 @@ class LearnedEditor(Editor):
     def _network(self, loaded: LoadedModel) -> nn.Module:
         if self.network is None:
             self.prepare(loaded)
-        return self.network
+        return self.network.to(loaded.device)  # follows the model if it moved since (a no-op where it is)
 
 
 def dtype_of(loaded: LoadedModel) -> torch.dtype:
