@@ -53,7 +53,7 @@ def token_study(loaded, layer: int, checkpoints: list[int], n_requests: int, hel
     largest count's u (convergence), and the leakage mean_k |u·k| / |u·k*| over held-out text keys (the
     tokens after the largest count): the size of the rank-one change on ordinary text relative to the
     edited subject — lower is a more specific edit."""
-    from lightning_edit.editors.locate import generate_context_prefixes, subject_keys_and_outputs
+    from lightning_edit.editors.locate.common import generate_context_prefixes, subject_keys_and_outputs
     from lightning_edit.hooks import run_until, trace
     from lightning_edit.stats import StatsSource
     from lightning_edit.stats.second_moment import _token_chunks
@@ -124,7 +124,7 @@ def main() -> None:
     methods = args.methods.split(",")
     cache = args.stats_cache or tempfile.mkdtemp(prefix="bench_stats_")
     from lightning_edit.editors import get_editor_class
-    from lightning_edit.editors.locate import LocateEditor
+    from lightning_edit.editors.locate.common import LocateEditor
 
     def make(method: str):
         uses_stats = issubclass(get_editor_class(method), LocateEditor)

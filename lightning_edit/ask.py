@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import add_threads_option, parse_override  # one override parser and thread option for every command
+from .options import add_threads_option, parse_override  # one override parser and thread option for every command
 from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"

@@ -11,9 +11,9 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
 
 from .errors import ConfigError, DataError, LightningEditError
+from .options import _non_negative_int, _positive_int, add_threads_option, parse_override  # noqa: F401  (importable from here too)
 
 DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
@@ -31,44 +31,6 @@ request files (--data FILE.json): a JSON list of records, each
   (prompt and target_new required; subject for ROME/MEMIT/AlphaEdit/KN; ZsRE, CounterFact, KnowEdit and MQuAKE
   files are read as they are).
 """
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--set``, the value read as YAML (numbers, true/false, lists); the hyperparameter
-    classes then check it against the field's declared type."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    if not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r} (empty KEY)")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"--set {key}: {value!r} is not a valid value ({type(err).__name__}); "
-                                         "write numbers, true/false, text, or lists like [4, 5]") from err
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number ≥ ``minimum`` (a negative --n or --offset used to slice silently)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number ≥ {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def add_threads_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: the physical cores). With other work on the cores, 1 is faster")
 
 
 def apply_threads(threads: Optional[int]) -> None:
@@ -264,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     from .editors import build_editor
     from .evaluation import evaluate_editing, format_table, verdict
     from .models import load_model
-    from .requests import check_context_length, check_special_tokens
+    from .models.request_checks import check_context_length, check_special_tokens
 
     apply_threads(args.threads)
     L.seed_everything(args.seed, verbose=False)

@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from lightning_edit.editors.patching import MEMORY_ATTRIBUTE, find_memory
+from lightning_edit.editors.memory.memory import find_memory
 from lightning_edit.models.loading import LoadedModel
 from lightning_edit.models.teacher_forcing import build_target_batch, score_targets
 from lightning_edit.requests import EditRequest
@@ -56,15 +56,15 @@ def run_sequential_checks(loaded: LoadedModel, editor, requests: Sequence[EditRe
     deltas, sizes = [], []
     for r in requests:
         deltas.append(editor.edit(loaded, [r]))
-        sizes.append(size_of(find_memory(loaded.model, key)))
+        sizes.append(size_of(find_memory(loaded, key)))
     assert sizes == sorted(sizes) and sizes[-1] > sizes[0], f"the memory did not grow with the edits: {sizes}"
     edited = logits_of(loaded, prompts, targets)
     assert not torch.equal(edited, before), "the edits left the output on the edit prompts unchanged"
     for d in reversed(deltas[1:]):
         d.undo(loaded)
-    assert size_of(find_memory(loaded.model, key)) == sizes[0]
+    assert size_of(find_memory(loaded, key)) == sizes[0]
     deltas[0].undo(loaded)
-    assert MEMORY_ATTRIBUTE not in loaded.model.__dict__
+    assert len(loaded.patches) == 0
     assert hook_count(loaded) == hooks_before
     assert torch.equal(logits_of(loaded, prompts, targets), before), "detaching did not restore the model exactly"
     assert all(torch.equal(p, weights_before[n]) for n, p in loaded.model.state_dict().items())
@@ -87,5 +87,5 @@ def sequential_report(loaded: LoadedModel, method: str, data: str, n: int) -> di
     require_data(DATASETS[data])
     editor = build_editor(method, loaded)
     report = evaluate_editing(loaded, editor, load_requests(data, n=n), protocol="sequential", fluency=False, progress=False)
-    assert MEMORY_ATTRIBUTE not in loaded.model.__dict__  # evaluate_editing undid every edit
+    assert len(loaded.patches) == 0  # evaluate_editing undid every edit
     return report.to_json()["summary"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_edit.editors import build_editor, get_editor_class
-from lightning_edit.editors.calinet import CaliNETHyperParams, CalibrationFFN, ffn_module_name
+from lightning_edit.editors.memory.calinet import CaliNETHyperParams, CalibrationFFN
 from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import build_target_batch, score_targets
 from lightning_edit.requests import EditRequest
@@ -62,7 +62,7 @@ def test_sequential_edits_stack_and_undo_in_reverse(tokenizer):
     editor = get_editor_class("calinet")(CaliNETHyperParams(**FAST))
     second = EditRequest(prompt="The capital of Spain is", target_new="Rome")
     deltas = editor.edit_sequential(loaded, [REQUEST, second])
-    module = loaded.model.get_submodule(ffn_module_name(loaded, 3))
+    module = loaded.model.get_submodule(loaded.layout.ffn_name(3))
     assert len(module._forward_hooks) == 2
     for d in reversed(deltas):
         d.undo(loaded)

@@ -10,7 +10,7 @@ from conftest import build_tiny
 from lightning_edit.checkpoints import (CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, load_editor_checkpoint, read_manifest,
                                         save_editor_checkpoint)
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.mend import MENDEditor, MENDHyperParams
+from lightning_edit.editors.learned.mend import MENDEditor, MENDHyperParams
 from lightning_edit.errors import CheckpointError
 from lightning_edit.requests import EditRequest
 

@@ -13,7 +13,7 @@ from conftest import build_tiny
 from lightning_edit.checkpoints import (CARD_FILE, CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, EditorCheckpoint, is_hub_id,
                                         save_editor_checkpoint)
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.mend import MENDEditor
+from lightning_edit.editors.learned.mend import MENDEditor
 from lightning_edit.errors import CheckpointError, ModelNotAvailableError
 from lightning_edit.requests import EditRequest, PromptAnswer
 from lightning_edit.training.modules import MENDModule

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.grace import GraceCodebook
-from lightning_edit.editors.patching import MEMORY_ATTRIBUTE, find_memory
+from lightning_edit.editors.memory.grace import GraceCodebook
+from lightning_edit.editors.memory.memory import find_memory
 from lightning_edit.errors import ConfigError
 from lightning_edit.requests import EditRequest
 
@@ -25,7 +25,7 @@ def test_grace_codebook_rules(tiny_decoder):
     """Same key, same label: the entry is reused (expand); same key, new label: overwritten; far key: added."""
     editor = build_editor("grace", tiny_decoder, {"num_steps": 5})
     first = editor.edit(tiny_decoder, [EDIT])
-    book = find_memory(tiny_decoder.model, GraceCodebook.key)
+    book = find_memory(tiny_decoder, GraceCodebook.key)
     assert book.size == 1 and book.values["labels"] == ("paris",)
     assert float(book.values["radii"][0]) == pytest.approx(editor.hparams.epsilon_init)
     again = editor.edit(tiny_decoder, [EDIT])
@@ -36,9 +36,9 @@ def test_grace_codebook_rules(tiny_decoder):
     far = build_editor("grace", tiny_decoder, {"num_steps": 5, "epsilon_init": 1e-6})
     for d in (changed, again, first):
         d.undo(tiny_decoder)
-    assert MEMORY_ATTRIBUTE not in tiny_decoder.model.__dict__
+    assert len(tiny_decoder.patches) == 0
     deltas = [far.edit(tiny_decoder, [EDIT]), far.edit(tiny_decoder, [OTHER])]
-    assert find_memory(tiny_decoder.model, GraceCodebook.key).size == 2
+    assert find_memory(tiny_decoder, GraceCodebook.key).size == 2
     for d in reversed(deltas):
         d.undo(tiny_decoder)
 
@@ -48,7 +48,7 @@ def test_grace_split_halves_both_radii(tiny_decoder):
     editor = build_editor("grace", tiny_decoder, {"num_steps": 3, "epsilon_init": 1e6})
     first = editor.edit(tiny_decoder, [EDIT])
     second = editor.edit(tiny_decoder, [OTHER])
-    book = find_memory(tiny_decoder.model, GraceCodebook.key)
+    book = find_memory(tiny_decoder, GraceCodebook.key)
     assert book.size == 2
     distance = float(torch.dist(book.values["keys"][0], book.values["keys"][1]))
     assert book.values["radii"].tolist() == pytest.approx([distance / 2, distance / 2], rel=1e-5)
@@ -70,7 +70,7 @@ def test_grace_refuses_a_memory_built_elsewhere(tiny_decoder):
     with pytest.raises(ConfigError, match="other settings"):
         build_editor("grace", tiny_decoder, {"num_steps": 2, "layer": -2}).edit(tiny_decoder, [OTHER])
     delta.undo(tiny_decoder)
-    assert MEMORY_ATTRIBUTE not in tiny_decoder.model.__dict__
+    assert len(tiny_decoder.patches) == 0
 
 
 def test_grace_real_model_edit_and_locality(smollm2):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_edit.editors import build_editor, get_editor_class
-from lightning_edit.editors.ike import IKEHyperParams, SentenceEncoder, demonstrations
+from lightning_edit.editors.memory.ike import IKEHyperParams, SentenceEncoder, demonstrations
 from lightning_edit.errors import ConfigError, ModelNotAvailableError
 from lightning_edit.evaluation import generate_greedy
 from lightning_edit.models.teacher_forcing import build_target_batch, contextualize, score_targets
@@ -64,7 +64,7 @@ def test_edit_prepends_context_and_detach_is_exact(tokenizer, family, ike_editor
     assert build_target_batch(loaded, [REQUEST.prompt], ["English"]).input_ids.shape[1] > len(plain_ids) + 20
     assert not torch.equal(after[..., -1, :], before[..., -1, :])
     delta.undo(loaded)
-    assert not hasattr(loaded, "prompt_context")
+    assert len(loaded.patches) == 0
     assert torch.equal(_logits(loaded), before)
     assert loaded.weights_fingerprint() == fingerprint
 
@@ -89,7 +89,7 @@ def test_sequential_edits_route_each_prompt_to_its_fact(ike_editor, tokenizer):
     assert seen[1].endswith("Eiffel Tower is located in Rome\nPrompt: Where is the Eiffel Tower?")
     for d in reversed(deltas):
         d.undo(loaded)
-    assert not hasattr(loaded, "prompt_context")
+    assert len(loaded.patches) == 0
 
 
 def test_generation_sees_the_context(ike_editor, tokenizer):
@@ -116,7 +116,7 @@ def test_missing_sentence_model_is_a_clear_error(tokenizer):
     editor = get_editor_class("ike")(IKEHyperParams(**{**SMALL, "sentence_model": "no-such-encoder-package"}))
     with pytest.raises(ModelNotAvailableError, match="sentence_model"):
         editor.edit(loaded, [REQUEST])
-    assert not hasattr(loaded, "prompt_context")
+    assert len(loaded.patches) == 0
 
 
 def test_pool_smaller_than_k_is_refused(tokenizer):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from lightning_edit.editors.ke import KEEditor, KEHyperParams
+from lightning_edit.editors.learned.ke import KEEditor, KEHyperParams
 from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import score_targets
 from lightning_edit.requests import EditRequest, PromptAnswer

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lightning_edit.editors import build_editor, get_editor_class
-from lightning_edit.editors.kn import KNHyperParams, coarse_neurons, integrated_gradients
+from lightning_edit.editors.locate.kn import KNHyperParams, coarse_neurons, integrated_gradients
 from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import prompt_ids, score_targets, target_ids
 from lightning_edit.requests import EditRequest

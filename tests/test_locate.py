@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_edit.editors.locate import PrefixCache, _final_hidden_and_logits, pad_right
+from lightning_edit.editors.locate.common import PrefixCache, _final_hidden_and_logits, pad_right
 from lightning_edit.models import LoadedModel
 
 from conftest import build_tiny
@@ -56,7 +56,7 @@ def test_prefix_cache_with_nothing_to_cache(tokenizer):
 
 def test_value_optimisation_in_length_buckets_matches_one_pass(tokenizer):
     """Rows split over several passes (gradients accumulated) find the same vectors as one pass."""
-    from lightning_edit.editors.locate import ValueHParams, _length_buckets, optimise_values
+    from lightning_edit.editors.locate.common import ValueHParams, _length_buckets, optimise_values
     from lightning_edit.requests import EditRequest
 
     loaded = build_tiny("llama", tokenizer)

@@ -8,11 +8,11 @@ import torch
 
 from conftest import build_tiny
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.mend import MENDEditor, MENDHyperParams, RunningNorm
+from lightning_edit.editors.learned.mend import MENDEditor, MENDHyperParams, RunningNorm
 from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import build_target_batch
 from lightning_edit.requests import EditRequest, PromptAnswer
-from lightning_edit.training.learned import edit_batch, gradient_factors, target_nll
+from lightning_edit.editors.learned.hypernetwork import edit_batch, gradient_factors, target_nll
 from lightning_edit.training.modules import MENDModule
 
 REQUESTS = [

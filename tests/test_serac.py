@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from lightning_edit.editors.serac import ROUTER_ATTR, SERACEditor, SERACHyperParams, edit_prefix_ids, lora_active
+from lightning_edit.editors.memory.serac import SERACEditor, SERACRouter, SERACHyperParams, edit_prefix_ids, lora_active
 from lightning_edit.errors import ConfigError
 from lightning_edit.evaluation.measure import generate_greedy
 from lightning_edit.models.teacher_forcing import build_target_batch, prompt_ids
@@ -62,7 +62,7 @@ def test_in_scope_gets_the_counterfactual_model_with_the_edit_in_context(tokeniz
     torch.testing.assert_close(routed[0, :n], cf)
     assert not torch.allclose(routed[0, :n], base[0, :n])
     delta.undo(loaded)
-    assert "forward" not in loaded.model.__dict__ and ROUTER_ATTR not in loaded.model.__dict__
+    assert len(loaded.patches) == 0 and not loaded.model._forward_hooks and not loaded.model._forward_pre_hooks
     restored, _ = logits(loaded, ["Hello there"], ["world"])
     assert torch.equal(restored, base)
 
@@ -86,14 +86,14 @@ def test_memory_grows_with_sequential_edits_and_generation_works(tokenizer):
     use_cache = loaded.model.generation_config.use_cache
     editor = tiny_serac(loaded, scope_bias=100.0)
     deltas = editor.edit_sequential(loaded, [EDIT, OTHER])
-    router = loaded.model.__dict__[ROUTER_ATTR]
-    assert len(router.patches) == 2 and router.memory()[0].shape[0] == 2
+    router = loaded.patches.get(SERACRouter.key)
+    assert len(router.edits) == 2 and router.memory()[0].shape[0] == 2
     assert loaded.model.generation_config.use_cache is False
     texts = generate_greedy(loaded, [EDIT.prompt, "Hello"], max_new_tokens=3)
     assert len(texts) == 2
     for d in reversed(deltas):
         d.undo(loaded)
-    assert ROUTER_ATTR not in loaded.model.__dict__
+    assert SERACRouter.key not in loaded.patches
     assert loaded.model.generation_config.use_cache == use_cache
 
 
@@ -147,4 +147,4 @@ def test_trained_serac_quality_on_zsre(smollm2):
     assert report.post["reliability"] >= 0.9
     assert report.post["generalization"] >= 0.7
     assert report.post["locality"] >= 0.95
-    assert "forward" not in smollm2.model.__dict__  # every patch detached after the run
+    assert len(smollm2.patches) == 0  # every patch detached after the run

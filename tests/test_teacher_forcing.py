@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_edit.models import LoadedModel
+from lightning_edit.models.patches import Patch
 from lightning_edit.models import teacher_forcing
 from lightning_edit.models.teacher_forcing import build_target_batch, score_targets, shared_prefix_length
 
@@ -18,8 +19,29 @@ MIN_SHARED = teacher_forcing.MIN_SHARED_TOKENS
 DEMONSTRATIONS = "".join(f"New Fact: fact number {i} is true\nPrompt: fact number {i} is true\n\n" for i in range(6))
 
 
+class PromptRewriter(Patch):
+    """A stand-in for IKE: a patch that rewrites every prompt."""
+
+    key = "test-prompts"
+
+    def __init__(self, rewrite) -> None:
+        self.rewrite = rewrite
+
+    def rewrite_prompts(self, prompts):
+        return self.rewrite(list(prompts))
+
+    def config(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
 def _scores_with_and_without_sharing(loaded: LoadedModel, monkeypatch) -> tuple[list, list, list[int]]:
-    loaded.prompt_context = lambda prompts: [DEMONSTRATIONS + p for p in prompts]
+    loaded.patches.attach(PromptRewriter(lambda prompts: [DEMONSTRATIONS + p for p in prompts]))
     shared_lengths: list[int] = []
     prefix_passes: list[int] = []
     real = teacher_forcing._logits_after_shared_prefix
@@ -82,7 +104,7 @@ def test_encoder_decoder_is_scored_without_sharing(tokenizer):
 @pytest.mark.slow
 def test_ike_context_scores_equal_a_full_pass_on_smollm2(smollm2, monkeypatch):
     shared, full, lengths = _scores_with_and_without_sharing(smollm2, monkeypatch)
-    del smollm2.prompt_context
+    smollm2.patches.reset()
     assert lengths
     _assert_same(shared, full)
 
@@ -100,7 +122,7 @@ def test_prompts_routed_to_different_contexts_are_grouped_and_scored_as_given(to
     (each batch shares one) and the scores come back in the caller's order."""
     loaded = build_tiny("llama", tokenizer)
     other = DEMONSTRATIONS.replace("true", "false")
-    loaded.prompt_context = lambda prompts: [(DEMONSTRATIONS if i % 2 == 0 else other) + p for i, p in enumerate(prompts)]
+    loaded.patches.attach(PromptRewriter(lambda prompts: [(DEMONSTRATIONS if i % 2 == 0 else other) + p for i, p in enumerate(prompts)]))
     taken: list[int] = []
     real = teacher_forcing._logits_after_shared_prefix
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.patching import find_memory
-from lightning_edit.editors.tpatcher import PatchNeurons
+from lightning_edit.editors.memory.memory import find_memory
+from lightning_edit.editors.memory.tpatcher import PatchNeurons
 from lightning_edit.errors import ConfigError
 from lightning_edit.requests import EditRequest
 
@@ -24,7 +24,7 @@ def test_tpatcher_edits_and_detaches_exactly_on_every_family(tiny_model):
 def test_tpatcher_neurons_accumulate_and_remember_edit_queries(tiny_decoder):
     editor = build_editor("t-patcher", tiny_decoder, {**NO_POOL, "neurons_per_edit": 2})
     first = editor.edit(tiny_decoder, [EDIT])
-    patch = find_memory(tiny_decoder.model, PatchNeurons.key)
+    patch = find_memory(tiny_decoder, PatchNeurons.key)
     assert patch.size == 2
     queries_after_first = patch.values["edit_queries"].shape[0]
     assert queries_after_first == 1  # "Paris" is one token: one position predicts it
@@ -41,7 +41,7 @@ def test_tpatcher_neurons_accumulate_and_remember_edit_queries(tiny_decoder):
 def test_tpatcher_memory_pool_keeps_patch_silent(tiny_decoder):
     editor = build_editor("t-patcher", tiny_decoder, {"memory_pool": ["wikitext:30"], "num_steps": 60, "lr": 0.05})
     delta = editor.edit(tiny_decoder, [EDIT])
-    patch = find_memory(tiny_decoder.model, PatchNeurons.key)
+    patch = find_memory(tiny_decoder, PatchNeurons.key)
     pre_activation = editor._pool @ patch.values["keys"].T + patch.values["biases"]
     assert float((pre_activation > 0).float().mean()) < 0.01  # silent on (almost) the whole pool
     delta.undo(tiny_decoder)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.patching import find_memory
-from lightning_edit.editors.wise import SideMemory, ties_merge
+from lightning_edit.editors.memory.memory import find_memory
+from lightning_edit.editors.memory.wise import SideMemory, ties_merge
 from lightning_edit.errors import ConfigError
 from lightning_edit.requests import EditRequest
 
@@ -27,7 +27,7 @@ def test_wise_main_weights_never_change_and_mask_bounds_the_shard(tiny_decoder):
     editor = build_editor("wise", tiny_decoder, {**TINY, "mask_ratio": 0.1})
     weights = {n: p.clone() for n, p in tiny_decoder.model.state_dict().items()}
     delta = editor.edit(tiny_decoder, [EDIT])
-    memory = find_memory(tiny_decoder.model, SideMemory.key)
+    memory = find_memory(tiny_decoder, SideMemory.key)
     assert all(torch.equal(p, weights[n]) for n, p in tiny_decoder.model.state_dict().items())
     changed = memory.values["current"] != memory.main
     assert bool(changed.any()) and not bool((changed & ~memory.values["current_mask"]).any())  # only masked entries
@@ -38,7 +38,7 @@ def test_wise_main_weights_never_change_and_mask_bounds_the_shard(tiny_decoder):
 def test_wise_shards_close_and_merge(tiny_decoder):
     editor = build_editor("wise", tiny_decoder, {**TINY, "shard_size": 1, "shards_per_merge": 2})
     deltas = [editor.edit(tiny_decoder, [EDIT])]
-    memory = find_memory(tiny_decoder.model, SideMemory.key)
+    memory = find_memory(tiny_decoder, SideMemory.key)
     first_mask = memory.values["current_mask"]
     deltas.append(editor.edit(tiny_decoder, [OTHER]))
     assert len(memory.values["shards"]) == 1 and memory.values["merged"] is None  # first shard closed
@@ -67,7 +67,7 @@ def test_wise_router_leaves_unrelated_rows_alone(tiny_decoder):
     """A prompt whose activation score stays under the threshold gets the main memory's output, bit for bit."""
     editor = build_editor("wise", tiny_decoder, {**TINY, "act_ratio": 1.0})
     delta = editor.edit(tiny_decoder, [EDIT])
-    memory = find_memory(tiny_decoder.model, SideMemory.key)
+    memory = find_memory(tiny_decoder, SideMemory.key)
     memory.values = {**memory.values, "current_min_act": float("inf")}  # nothing can reach the threshold
     probe = ["A completely different sentence about rivers"]
     routed_off = logits_of(tiny_decoder, probe, ["water"])

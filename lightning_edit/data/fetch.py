@@ -161,7 +161,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _urlopen(url: str) -> BinaryIO:
-    from .. import __version__
+    from ..version import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"lightning-edit/{__version__}"})
     return urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310 (pinned https URLs only)

@@ -1,11 +1,16 @@
-"""Editing methods, each behind the one contract in ``base.py``. Importing this package registers them."""
+"""Editing methods, each behind the one contract in ``base.py``, grouped by family:
+
+- ``ft.py``: fine-tuning (FT-L, FT-M);
+- ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
+- ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, SERAC, IKE);
+- ``learned/``: trained editors (MEND, KE).
+
+Importing this package registers them all in ``EDITORS``.
+"""
 from .base import EDITORS, EditDelta, Editor, HyperParams, build_editor, get_editor_class, register_editor
 
 # Each import registers its method(s) in EDITORS.
-from . import ft  # noqa: F401,E402  (ft-l, ft-m)
-from . import rome, memit, alphaedit, kn  # noqa: F401,E402  (locate-then-edit)
-from . import calinet, ike  # noqa: F401,E402
-from . import mend, ke, serac  # noqa: F401,E402  (trained editors)
-from . import grace, tpatcher, wise  # noqa: F401,E402  (memory-based, for long edit sequences)
+from . import ft  # noqa: F401,E402
+from . import locate, learned, memory  # noqa: F401,E402
 
 __all__ = ["EDITORS", "EditDelta", "Editor", "HyperParams", "build_editor", "get_editor_class", "register_editor"]

@@ -17,7 +17,8 @@ from ..models.loading import LoadedModel
 from ..models.teacher_forcing import build_target_batch
 from ..requests import EditRequest
 from .base import Editor, HyperParams, register_editor
-from .patching import TailRunner
+from ..models.ops import resolve_layers
+from ..models.tail import TailRunner
 
 OBJECTIVES = ("target_tokens", "prompt_last")
 
@@ -52,16 +53,6 @@ class FTLHyperParams(FTHyperParams):
 @dataclass
 class FTMHyperParams(FTHyperParams):
     objective: str = "target_tokens"
-
-
-def resolve_layers(layers: Sequence[int], n_layers: int, field_name: str = "layers") -> list[int]:
-    out = []
-    for layer in layers:
-        idx = layer + n_layers if layer < 0 else layer
-        if not 0 <= idx < n_layers:
-            raise ConfigError(f"field '{field_name}' holds {layer}, outside the model's {n_layers} blocks")
-        out.append(idx)
-    return sorted(set(out))
 
 
 class FineTuneEditor(Editor):

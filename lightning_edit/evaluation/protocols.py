@@ -301,7 +301,7 @@ def versions() -> dict[str, str]:
     import torchmetrics
     import transformers
 
-    from .. import __version__
+    from ..version import __version__
 
     return {"lightning_edit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version()}

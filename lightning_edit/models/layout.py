@@ -24,7 +24,6 @@ class ModelLayout:
     attn_out: str
     final_norm: str
     lm_head: str
-    n_layers_attr: str = "num_hidden_layers"
     is_encoder_decoder: bool = False
     conv1d_weights: bool = False  # GPT-2's Conv1D stores weights as (in, out)
 
@@ -41,8 +40,16 @@ class ModelLayout:
     def num_layers(self, model: nn.Module) -> int:
         return len(self.module(model, self.blocks))
 
-    def block(self, model: nn.Module, layer: int) -> nn.Module:
-        return self.module(model, self.blocks)[layer]
+    def block_name(self, layer: int) -> str:
+        """The dotted name of block ``layer`` (its output is the residual stream after it)."""
+        return f"{self.blocks}.{layer}"
+
+    def ffn_name(self, layer: int) -> str:
+        """The FFN of block ``layer``: the module holding ``mlp_out`` (its input is the FFN's input)."""
+        path = self.mlp_out.format(layer)
+        if "." not in path:
+            raise ConfigError(f"layout of family '{self.family}': mlp_out '{path}' has no parent module")
+        return path.rsplit(".", 1)[0]
 
     def mlp_out_module(self, model: nn.Module, layer: int) -> nn.Module:
         return self.module(model, self.mlp_out, layer)
@@ -85,7 +92,6 @@ FAMILY_LAYOUTS: dict[str, ModelLayout] = {
         attn_out="transformer.h.{}.attn.c_proj",
         final_norm="transformer.ln_f",
         lm_head="lm_head",
-        n_layers_attr="n_layer",
         conv1d_weights=True,
     ),
     "gptj": ModelLayout(
@@ -97,7 +103,6 @@ FAMILY_LAYOUTS: dict[str, ModelLayout] = {
         attn_out="transformer.h.{}.attn.out_proj",
         final_norm="transformer.ln_f",
         lm_head="lm_head",
-        n_layers_attr="n_layer",
     ),
     "gpt_neox": ModelLayout(
         family="gpt_neox",
@@ -122,7 +127,6 @@ FAMILY_LAYOUTS: dict[str, ModelLayout] = {
         attn_out="decoder.block.{}.layer.0.SelfAttention.o",
         final_norm="decoder.final_layer_norm",
         lm_head="lm_head",
-        n_layers_attr="num_decoder_layers",
         is_encoder_decoder=True,
     ),
 }

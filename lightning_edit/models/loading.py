@@ -7,7 +7,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -18,6 +18,7 @@ from ..errors import ConfigError, ModelNotAvailableError
 from ..hashing import sha256_file
 from ..paths import CACHE_ENV, default_cache_root  # noqa: F401  (CACHE_ENV: kept importable from here)
 from .layout import ModelLayout, layout_for
+from .patches import PatchRegistry
 from .registry import MODELS, ModelSpec, resolve_callable, resolve_model_name
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class LoadedModel:
     model: nn.Module
     tokenizer: Any
     layout: ModelLayout
+    # Everything an edit hangs on the model besides weights (memories, routers, prompt rewriters): one registry.
+    patches: PatchRegistry = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.patches = PatchRegistry(self)
 
     @property
     def device(self) -> torch.device:

@@ -26,10 +26,8 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 
 def contextualize(loaded: LoadedModel, prompts: Sequence[str]) -> list[str]:
-    """The prompts as the model is to read them. An in-context editor (IKE) sets ``loaded.prompt_context``,
-    a callable from prompts to prompts (e.g. prepending demonstrations); without one they are unchanged."""
-    context = getattr(loaded, "prompt_context", None)
-    return list(prompts) if context is None else list(context(list(prompts)))
+    """The prompts as the model is to read them: unchanged, unless a patch rewrites them (IKE's demonstrations)."""
+    return loaded.patches.rewrite_prompts(prompts)
 
 
 @dataclass
@@ -216,7 +214,7 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
 
     Under an in-context editor, rows that start with the same long run of tokens (its demonstrations) run it
     once; the scores are those of a full pass."""
-    in_context = getattr(loaded, "prompt_context", None) is not None
+    in_context = loaded.patches.rewrites_prompts
     if in_context:
         prompts = contextualize(loaded, prompts)
         batches = _batches_by_shared_prefix(loaded, prompts, batch_size)

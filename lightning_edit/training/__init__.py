@@ -1,6 +1,4 @@
 """Training the editors that learn (MEND, KE, SERAC): LightningModules, strategies, the train.py CLI.
 
-The editors package is imported first: its learnt editors import ``training.learned``, and importing it
-from here before them would be circular.
+Training sits above the editors: it imports them (their networks, losses and checkpoints), never the other way.
 """
-from .. import editors as _editors  # noqa: F401

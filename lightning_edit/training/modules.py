@@ -19,7 +19,7 @@ from ..editors.base import get_editor_class
 from ..models.loading import LoadedModel, load_model
 from ..models.teacher_forcing import build_target_batch
 from ..requests import EditRequest
-from .learned import (LearnedEditor, LearnedHyperParams, agreement, edit_batch, edited_logits, gradient_factors,
+from ..editors.learned.hypernetwork import (LearnedEditor, LearnedHyperParams, agreement, edit_batch, edited_logits, gradient_factors,
                       locality_batch, locality_pairs, masked_kl, rephrase_pairs, target_accuracy, target_nll)
 
 
@@ -197,7 +197,7 @@ class KEModule(EditorModule):
         self.register_buffer("lagrange", torch.tensor(float(self.cfg("lagrange_init", 1.0))))
 
     def training_loss(self, requests):
-        from ..editors.ke import edit_embeddings
+        from ..editors.learned.ke import edit_embeddings
 
         loaded = self.base
         layers = self.editor.layers(loaded)
@@ -230,7 +230,8 @@ class KEModule(EditorModule):
 
 def counterfactual_rows(loaded: LoadedModel, template: str, rows: Sequence[tuple[EditRequest, str, str]]):
     """Token batch of "<edit prefix><prompt><target>" with labels on the target tokens only."""
-    from ..editors.serac import edit_prefix_ids, pad_id, pad_rows
+    from ..editors.memory.serac import edit_prefix_ids
+    from ..models.ops import pad_right, pad_token_id
     from ..models.teacher_forcing import prompt_ids, target_ids
 
     seqs, labels = [], []
@@ -238,8 +239,8 @@ def counterfactual_rows(loaded: LoadedModel, template: str, rows: Sequence[tuple
         pre, p, t = edit_prefix_ids(loaded, template, request), prompt_ids(loaded.tokenizer, prompt), target_ids(loaded.tokenizer, target)
         seqs.append(pre + p + t)
         labels.append([-100] * (len(pre) + len(p) - 1) + t + [-100])
-    ids, mask = pad_rows(seqs, pad_id(loaded), loaded.device)
-    lab, _ = pad_rows(labels, -100, loaded.device)
+    ids, mask = pad_right(seqs, pad_token_id(loaded.tokenizer), loaded.device)
+    lab, _ = pad_right(labels, -100, loaded.device)
     return ids, mask, lab
 
 
@@ -252,7 +253,7 @@ class SERACModule(EditorModule):
     method = "serac"
 
     def training_loss(self, requests):
-        from ..editors.serac import lora_active, prompt_keys, scope_features
+        from ..editors.memory.serac import lora_active, prompt_keys, scope_features
 
         loaded, hp, net = self.base, self.editor.hparams, self.network
         # counterfactual model

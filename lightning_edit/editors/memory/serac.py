@@ -30,16 +30,16 @@ from typing import Any, ClassVar, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, EditFailedError
-from ..hooks import hooks, run_until, trace
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import prompt_ids, target_ids
-from ..requests import EditRequest
-from ..training.learned import LearnedEditor, LearnedHyperParams
-from .base import register_editor
-from .ft import resolve_layers
+from ...errors import CheckpointError, ConfigError, EditFailedError
+from ...hooks import hooks, run_until, trace
+from ...models.loading import LoadedModel
+from ...models.ops import pad_right, pad_token_id, resolve_layers
+from ...models.patches import Patch
+from ...models.teacher_forcing import prompt_ids
+from ...requests import EditRequest
+from ..learned.hypernetwork import LearnedEditor, LearnedHyperParams
+from ..base import register_editor
 
-ROUTER_ATTR = "_lightning_edit_serac_router"
 
 
 @dataclass
@@ -117,10 +117,6 @@ def lora_active(loaded: LoadedModel, network: SERACNetwork) -> Iterator[None]:
         yield
 
 
-def block_path(loaded: LoadedModel, layer: int) -> str:
-    return f"{loaded.layout.blocks}.{layer}"
-
-
 def running_mean_features(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Per position: mean of the L2-normalised hidden states of the real tokens up to it (causal)."""
     mask = attention_mask.to(hidden.dtype)[..., None]
@@ -131,25 +127,10 @@ def running_mean_features(hidden: torch.Tensor, attention_mask: torch.Tensor) ->
 
 def scope_features(loaded: LoadedModel, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Running-mean features of the base model's block ``layer`` (the forward stops there)."""
-    path = block_path(loaded, layer)
+    path = loaded.layout.block_name(layer)
     with torch.no_grad(), trace(loaded.model, [path], stop_after=path) as tr:
         run_until(lambda: loaded.model(input_ids=input_ids, attention_mask=attention_mask))
     return running_mean_features(tr[path].output, attention_mask)
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_id(loaded: LoadedModel) -> int:
-    tok = loaded.tokenizer
-    return tok.pad_token_id if tok.pad_token_id is not None else 0
 
 
 def edit_prefix_ids(loaded: LoadedModel, template: str, request: EditRequest) -> list[int]:
@@ -159,7 +140,7 @@ def edit_prefix_ids(loaded: LoadedModel, template: str, request: EditRequest) ->
 def prompt_keys(loaded: LoadedModel, network: SERACNetwork, layer: int, prompts: Sequence[str]) -> torch.Tensor:
     """(E, k) scope embeddings of edit prompts (running mean at each prompt's last token)."""
     rows = [prompt_ids(loaded.tokenizer, p) for p in prompts]
-    ids, mask = pad_rows(rows, pad_id(loaded), loaded.device)
+    ids, mask = pad_right(rows, pad_token_id(loaded.tokenizer), loaded.device)
     feats = scope_features(loaded, layer, ids, mask)
     last = torch.tensor([len(r) - 1 for r in rows], device=feats.device)
     return network.classifier.embed(feats[torch.arange(len(rows), device=feats.device), last])
@@ -177,71 +158,92 @@ def lora_shapes(loaded: LoadedModel, targets: Sequence[str], layers: Optional[Se
     return out
 
 
-class SERACRouter:
-    """Installed on a model while at least one SERAC patch is attached: holds the edit memory and
-    routes the forward. Lives on the model instance (not a global), removed with the last patch."""
+class SERACRouter(Patch):
+    """In the model's patch registry while at least one SERAC edit is attached: holds the edit memory and routes
+    each forward through hooks (a pre-hook that turns the key/value cache off, a hook recording the scope block's
+    output, and a hook on the model's output that replaces in-scope positions by the counterfactual model's logits).
+    Detached with its last edit."""
+
+    kind = "serac-router"
+    key = "serac"
 
     def __init__(self, loaded: LoadedModel, network: SERACNetwork, hparams: SERACHyperParams):
         self.loaded, self.network, self.hparams = loaded, network, hparams
-        self.patches: list["SERACPatch"] = []
+        self.edits: list["SERACPatch"] = []
         self._saved_use_cache: Any = None
+        self._handles: list = []
+        self._scope_output: Optional[torch.Tensor] = None
+        self._inputs: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._inside = False  # the counterfactual pass runs the same model: its hooks must let it through
 
     # ---- memory ----------------------------------------------------------------------------------
-    def add(self, patch: "SERACPatch") -> None:
-        if not self.patches:
-            self._install()
-        self.patches.append(patch)
-
-    def remove(self, patch: "SERACPatch") -> None:
-        self.patches = [p for p in self.patches if p is not patch]
-        if not self.patches:
-            self._uninstall()
-
     def memory(self) -> tuple[torch.Tensor, list[list[int]]]:
-        keys = torch.cat([p.keys for p in self.patches], dim=0)
-        prefixes = [ids for p in self.patches for ids in p.prefixes]
+        keys = torch.cat([p.keys for p in self.edits], dim=0)
+        prefixes = [ids for p in self.edits for ids in p.prefixes]
         return keys, prefixes
 
-    # ---- installing the routed forward -------------------------------------------------------------
-    def _install(self) -> None:
-        model = self.loaded.model
-        model.__dict__[ROUTER_ATTR] = self
-        model.__dict__["forward"] = self.forward  # instance attribute shadows the class's forward
+    def config(self) -> dict:
+        return {"prefixes": [ids for p in self.edits for ids in p.prefixes], "edits": [len(p.prefixes) for p in self.edits]}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.memory()[0]} if self.edits else {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        keys = state.get("keys")
+        sizes = [p.keys.shape[0] for p in self.edits]
+        if keys is None or keys.shape[0] != sum(sizes):
+            raise CheckpointError(f"serac: saved keys do not match the {sum(sizes)} edits in memory")
+        for p, part in zip(self.edits, torch.split(keys, sizes)):
+            p.keys = part
+
+    # ---- the hooks -------------------------------------------------------------------------------
+    def on_attach(self, loaded: LoadedModel) -> None:
+        model = loaded.model
+        scope_block = model.get_submodule(loaded.layout.block_name(self.hparams.scope_layer))
+        self._handles = [model.register_forward_pre_hook(self._before, with_kwargs=True),
+                         scope_block.register_forward_hook(self._record_scope),
+                         model.register_forward_hook(self._route, with_kwargs=True)]
         config = getattr(model, "generation_config", None)
         if config is not None:
             self._saved_use_cache = config.use_cache
             config.use_cache = False  # routing needs the whole prefix at every step
 
-    def _uninstall(self) -> None:
-        model = self.loaded.model
-        model.__dict__.pop("forward", None)
-        model.__dict__.pop(ROUTER_ATTR, None)
-        config = getattr(model, "generation_config", None)
+    def on_detach(self, loaded: LoadedModel) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        config = getattr(loaded.model, "generation_config", None)
         if config is not None:
             config.use_cache = self._saved_use_cache
 
-    def _base_forward(self, *args, **kwargs):
-        return type(self.loaded.model).forward(self.loaded.model, *args, **kwargs)
-
-    def forward(self, *args, **kwargs):
+    def _before(self, module, args, kwargs):
+        if self._inside:
+            return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         past = kwargs.get("past_key_values", kwargs.get("cache"))  # the cache argument's name differs across transformers 5.x
         if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
             raise EditFailedError("a SERAC-edited model routes each position by its whole prefix and cannot continue from a "
                                   "key/value cache; call it with use_cache=False (generate does so while the edit is attached)")
-        kwargs["use_cache"] = False
-        kwargs.pop("past_key_values", None)
-        kwargs.pop("cache", None)
         if input_ids is None:
             raise EditFailedError("a SERAC-edited model needs input_ids (not inputs_embeds) to decide the scope of an input")
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache")}
+        kwargs["use_cache"] = False
         attention_mask = kwargs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        path = block_path(self.loaded, self.hparams.scope_layer)
-        with trace(self.loaded.model, [path]) as tr:
-            out = self._base_forward(*args, **kwargs)
+        self._inputs = (input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+        self._scope_output = None
+        return args, kwargs
+
+    def _record_scope(self, module, args, output):
+        if not self._inside:
+            self._scope_output = output[0] if isinstance(output, (tuple, list)) else output
+
+    def _route(self, module, args, kwargs, out):
+        if self._inside or self._inputs is None or self._scope_output is None:
+            return None
+        (input_ids, attention_mask), hidden = self._inputs, self._scope_output
+        self._inputs, self._scope_output = None, None
         with torch.no_grad():
-            feats = running_mean_features(tr[path].output, attention_mask)
+            feats = running_mean_features(hidden, attention_mask)
             keys, prefixes = self.memory()
             probs = torch.sigmoid(self.network.classifier.logits(self.network.classifier.embed(feats), keys.to(feats.device)))
             best_prob, best = probs.max(-1)
@@ -251,19 +253,17 @@ class SERACRouter:
         start = input_ids.shape[1] - n_out
         in_scope, best = in_scope[:, start:], best[:, start:]
         if not in_scope.any():
-            return out
+            return None
         logits = logits.clone()
-        jobs = []  # (row, edit) pairs to run through the counterfactual model
-        for row in range(input_ids.shape[0]):
-            for e in best[row][in_scope[row]].unique().tolist():
-                jobs.append((row, e))
-        rows = []
-        for row, e in jobs:
-            valid = attention_mask[row].bool()
-            rows.append(prefixes[e] + input_ids[row][valid].tolist())
-        ids, mask = pad_rows(rows, pad_id(self.loaded), input_ids.device)
-        with torch.no_grad(), lora_active(self.loaded, self.network):
-            cf_logits = self._base_forward(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        jobs = [(row, e) for row in range(input_ids.shape[0]) for e in best[row][in_scope[row]].unique().tolist()]
+        rows = [prefixes[e] + input_ids[row][attention_mask[row].bool()].tolist() for row, e in jobs]
+        ids, mask = pad_right(rows, pad_token_id(self.loaded.tokenizer), input_ids.device)
+        self._inside = True
+        try:
+            with torch.no_grad(), lora_active(self.loaded, self.network):
+                cf_logits = self.loaded.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        finally:
+            self._inside = False
         for j, (row, e) in enumerate(jobs):
             valid_positions = attention_mask[row].bool().nonzero().squeeze(-1)
             p = len(prefixes[e])
@@ -277,21 +277,23 @@ class SERACRouter:
 
 
 class SERACPatch:
-    """Some edits in the memory of a model's SERAC router."""
+    """Some edits in the memory of a model's SERAC router (an ``EditDelta`` patch)."""
 
     def __init__(self, editor: "SERACEditor", requests: Sequence[EditRequest], keys: torch.Tensor, prefixes: list[list[int]]):
         self.editor, self.requests, self.keys, self.prefixes = editor, list(requests), keys, prefixes
 
     def attach(self, loaded: LoadedModel) -> None:
-        router = loaded.model.__dict__.get(ROUTER_ATTR)
+        router = loaded.patches.get(SERACRouter.key)
         if router is None:
-            router = SERACRouter(loaded, self.editor.network, self.editor.hparams)
-        router.add(self)
+            router = loaded.patches.attach(SERACRouter(loaded, self.editor.network, self.editor.hparams))
+        router.edits.append(self)
 
     def detach(self, loaded: LoadedModel) -> None:
-        router = loaded.model.__dict__.get(ROUTER_ATTR)
-        if router is not None:
-            router.remove(self)
+        router = loaded.patches.get(SERACRouter.key)
+        if router is not None and self in router.edits:
+            router.edits.remove(self)
+            if not router.edits:
+                loaded.patches.detach(router)
 
 
 @register_editor
@@ -322,7 +324,7 @@ class SERACEditor(LearnedEditor):
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
         network = self._network(loaded)
         self._check(loaded)
-        router = loaded.model.__dict__.get(ROUTER_ATTR)
+        router = loaded.patches.get(SERACRouter.key)
         if router is not None and router.network is not network:
             raise EditFailedError("this model already carries SERAC edits from another trained editor; undo them first")
         with torch.no_grad():

@@ -13,6 +13,8 @@ T5 (encoder-decoder) is refused by ``check_supported``: see its docstring for wh
 """
 from __future__ import annotations
 
+import weakref
+
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -20,13 +22,14 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError, RequestError
-from ..hooks import edit_output, run_until, trace
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import cache_argument, target_ids
-from ..requests import EditRequest
-from ..stats import DEFAULT_TOKENS
-from .base import Editor, HyperParams, add_update
+from ...errors import ConfigError, RequestError
+from ...hooks import edit_output, run_until, trace
+from ...models.loading import LoadedModel
+from ...models.ops import pad_right, pad_token_id, resolve_layers
+from ...models.teacher_forcing import cache_argument, target_ids
+from ...requests import EditRequest
+from ...stats import DEFAULT_TOKENS
+from ..base import Editor, HyperParams, add_update
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +106,6 @@ def encode_subject_texts(tokenizer, prefixes: Sequence[str], requests: Sequence[
     return all_ids, positions
 
 
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, : len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-
 # ---------------------------------------------------------------------------------------------------
 # Context prefixes
 # ---------------------------------------------------------------------------------------------------
@@ -178,7 +167,7 @@ def subject_keys_and_outputs(
     with trace(model, names, keep_input=True, keep_output=True, stop_after=deepest) as tr:
         for start in range(0, len(rows), batch_size):
             idx = list(range(start, min(start + batch_size, len(rows))))
-            ids, mask = pad_right([rows[i] for i in idx], _pad_id(loaded.tokenizer), loaded.device)
+            ids, mask = pad_right([rows[i] for i in idx], pad_token_id(loaded.tokenizer), loaded.device)
             run_until(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False))
             pos = torch.tensor([positions[i] for i in idx], device=loaded.device)
             ar = torch.arange(len(idx), device=loaded.device)
@@ -267,7 +256,7 @@ class PrefixCache:
         self._cache_cls = DynamicCache
         self.model, self.device = loaded.model, loaded.device
         self.cache_arg = cache_argument(loaded.model)
-        pad = _pad_id(loaded.tokenizer)
+        pad = pad_token_id(loaded.tokenizer)
         split_t = torch.tensor(list(split), dtype=torch.long)
         self.suffix_ids, self.suffix_mask = pad_right([list(r)[s:] for r, s in zip(rows, split)], pad, self.device)
         width = self.suffix_ids.shape[1]
@@ -546,8 +535,8 @@ class LocateEditor(Editor):
 
     def __init__(self, hparams: HyperParams):
         super().__init__(hparams)
-        # keyed by the model object: one editor may serve several models; nothing global
-        self._resources: dict[int, ModelResources] = {}
+        # keyed weakly by the model object: one editor may serve several models; an entry goes with its model
+        self._resources: weakref.WeakKeyDictionary[torch.nn.Module, ModelResources] = weakref.WeakKeyDictionary()
 
     def layers(self, loaded: LoadedModel) -> list[int]:
         return resolve_layers(self.hparams.layers, loaded.layout.num_layers(loaded.model))
@@ -564,12 +553,12 @@ class LocateEditor(Editor):
 
     def resources(self, loaded: LoadedModel) -> ModelResources:
         check_supported(loaded, self.name)
-        key = id(loaded.model)
+        key = loaded.model
         if key not in self._resources:
             hp = self.hparams
             res = ModelResources(prefixes=generate_context_prefixes(loaded, hp.context_prefixes, hp.context_length, hp.seed))
             if self.needs_mom2():
-                from ..stats import layer_second_moments
+                from ...stats import layer_second_moments
 
                 res.mom2 = layer_second_moments(
                     loaded, self.layers(loaded), n_tokens=hp.mom2_n_tokens, text_path=hp.stats_text, cache_dir=hp.stats_dir,
@@ -581,12 +570,6 @@ class LocateEditor(Editor):
     def derive(self, loaded: LoadedModel, res: ModelResources) -> dict:
         """Per-model quantities computed from the statistics (override)."""
         return {}
-
-
-def resolve_layers(layers: Sequence[int], n_layers: int) -> list[int]:
-    from .ft import resolve_layers as _resolve
-
-    return _resolve(layers, n_layers)
 
 
 def add_to_weight(loaded: LoadedModel, layer: int, update_out_in: torch.Tensor) -> None:

@@ -18,6 +18,8 @@ The whole side memory lives in one ``SideMemory`` on the model; each edit's patc
 """
 from __future__ import annotations
 
+import weakref
+
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -26,14 +28,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, EditFailedError
-from ..hooks import trace
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import build_target_batch
-from ..requests import EditRequest
-from .base import Editor, HyperParams, register_editor
-from .patching import (EditMemory, TailRunner, collect_inputs, editing_memory, load_memory_pool, resolve_block,
-                       target_hits, target_nll, valid_positions)
+from ...errors import ConfigError, EditFailedError
+from ...models.loading import LoadedModel
+from ...models.teacher_forcing import build_target_batch
+from ...requests import EditRequest
+from ..base import Editor, HyperParams, register_editor
+from ...models.ops import resolve_layer, target_hits, target_nll
+from ...models.tail import TailRunner, valid_positions
+from .memory import HookedMemory, editing_memory
+from .pool import collect_inputs, load_memory_pool
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def ties_merge(base: torch.Tensor, weights: Sequence[torch.Tensor], density: flo
     return base + merged.view(base.shape)
 
 
-class SideMemory(EditMemory):
+class SideMemory(HookedMemory):
     """Side memories of one output projection: ``merged`` (or None), closed ``shards`` and the ``current``
     shard, each with the lowest activation score of its edits (``*_min_act``)."""
 
@@ -195,14 +198,14 @@ class WISEEditor(Editor):
     def __init__(self, hparams: HyperParams):
         super().__init__(hparams)
         self._pool: Optional[list[torch.Tensor]] = None
-        self._pool_for: Optional[tuple[int, str]] = None
+        self._pool_for: Optional[tuple[weakref.ref, str]] = None
 
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return []  # the main memory never changes; the side memory is a patch
 
     def _module_name(self, loaded: LoadedModel) -> tuple[int, str]:
         layout = loaded.layout
-        block = resolve_block(self.hparams.layer, layout.num_layers(loaded.model))
+        block = resolve_layer(self.hparams.layer, layout.num_layers(loaded.model))
         return block, layout.name(layout.mlp_out, block)
 
     def _signature(self, module_name: str) -> dict:
@@ -212,11 +215,11 @@ class WISEEditor(Editor):
     def prepare(self, loaded: LoadedModel) -> None:
         """The projection's inputs on the unrelated-prompt pool (the side memory cannot change them)."""
         _, module_name = self._module_name(loaded)
-        if self._pool_for == (id(loaded.model), module_name):
+        if self._pool_for is not None and self._pool_for[0]() is loaded.model and self._pool_for[1] == module_name:
             return
         pairs = load_memory_pool(self.hparams.memory_pool, self.hparams.data_dir)
         self._pool = collect_inputs(loaded, module_name, pairs)
-        self._pool_for = (id(loaded.model), module_name)
+        self._pool_for = (weakref.ref(loaded.model), module_name)  # a weak reference: never mistaken for a later model
 
     def _new_mask(self, shape: torch.Size, shard: int, device: torch.device) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self.hparams.seed * 100003 + shard)

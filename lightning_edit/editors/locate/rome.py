@@ -15,11 +15,11 @@ from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..models.loading import LoadedModel
-from ..requests import EditRequest
-from .base import register_editor
-from .locate import LocateEditor, LocateHyperParams, ModelResources, add_to_weight, optimise_values, subject_keys_and_outputs
+from ...errors import ConfigError
+from ...models.loading import LoadedModel
+from ...requests import EditRequest
+from ..base import register_editor
+from .common import LocateEditor, LocateHyperParams, ModelResources, add_to_weight, optimise_values, subject_keys_and_outputs
 
 
 @dataclass

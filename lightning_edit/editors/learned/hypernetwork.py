@@ -10,13 +10,14 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..checkpoints import EditorCheckpoint, load_editor_checkpoint
-from ..editors.base import Editor, HyperParams
-from ..errors import ConfigError
-from ..hooks import trace
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import TargetBatch, build_target_batch
-from ..requests import EditRequest
+from ...checkpoints import EditorCheckpoint, load_editor_checkpoint
+from ..base import Editor, HyperParams
+from ...errors import ConfigError
+from ...hooks import trace
+from ...models.loading import LoadedModel
+from ...models.ops import target_nll  # noqa: F401  (the training loss; imported from here by training/)
+from ...models.teacher_forcing import TargetBatch, build_target_batch
+from ...requests import EditRequest
 
 
 @dataclass
@@ -29,14 +30,6 @@ class GradientFactors:
 
     def weight_gradient(self) -> torch.Tensor:
         return self.delta.T @ self.u
-
-
-def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the labelled (target) tokens."""
-    mask = labels != -100
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    token_logp = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
-    return -(token_logp * mask).sum() / mask.sum().clamp(min=1)
 
 
 def target_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -180,7 +173,7 @@ class LearnedEditor(Editor):
         network = self.build_network(loaded)
         missing, unexpected = network.load_state_dict(ckpt.state_dict, strict=False)
         if missing or unexpected:
-            from ..errors import CheckpointError
+            from ...errors import CheckpointError
 
             raise CheckpointError(f"editor checkpoint {hp.editor_checkpoint}: tensors do not fit the {self.name} network "
                                   f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

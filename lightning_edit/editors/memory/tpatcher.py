@@ -22,20 +22,24 @@ the neurons (and remembered queries) that edit added.
 """
 from __future__ import annotations
 
+import weakref
+
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError, EditFailedError
-from ..hooks import trace
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import build_target_batch
-from ..requests import EditRequest
-from .base import Editor, HyperParams, register_editor
-from .patching import (EditMemory, TailRunner, collect_inputs, editing_memory, load_memory_pool, parent_name,
-                       prediction_positions, resolve_block, target_hits, target_nll)
+from ...errors import ConfigError, EditFailedError
+from ...hooks import trace
+from ...models.loading import LoadedModel
+from ...models.teacher_forcing import build_target_batch
+from ...requests import EditRequest
+from ..base import Editor, HyperParams, register_editor
+from ...models.ops import resolve_layer, target_hits, target_nll
+from ...models.tail import TailRunner, prediction_positions
+from .memory import HookedMemory, editing_memory
+from .pool import collect_inputs, load_memory_pool
 
 
 @dataclass
@@ -75,7 +79,7 @@ def _positive_mean(x: torch.Tensor) -> torch.Tensor:
     return positive.mean() if positive.numel() else x.new_zeros(())
 
 
-class PatchNeurons(EditMemory):
+class PatchNeurons(HookedMemory):
     """keys (n, d), biases (n,), values (n, d_out) of every patch neuron, and the queries of past edits."""
 
     key = "t-patcher"
@@ -126,29 +130,28 @@ class TPatcherEditor(Editor):
     def __init__(self, hparams: HyperParams):
         super().__init__(hparams)
         self._pool: Optional[torch.Tensor] = None
-        self._pool_for: Optional[tuple[int, str]] = None
+        self._pool_for: Optional[tuple[weakref.ref, str]] = None
 
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return []  # the model's weights never change; the neurons are a patch
 
     def _module_name(self, loaded: LoadedModel) -> tuple[int, str]:
         layout = loaded.layout
-        block = resolve_block(self.hparams.layer, layout.num_layers(loaded.model))
-        return block, parent_name(layout.name(layout.mlp_out, block))
+        block = resolve_layer(self.hparams.layer, layout.num_layers(loaded.model))
+        return block, layout.ffn_name(block)
 
     def prepare(self, loaded: LoadedModel) -> None:
         """FFN inputs of the memory pool (edits of this block's FFN output cannot change them)."""
         _, module_name = self._module_name(loaded)
-        if self._pool_for == (id(loaded.model), module_name):
+        if self._pool_for is not None and self._pool_for[0]() is loaded.model and self._pool_for[1] == module_name:
             return
         pairs = load_memory_pool(self.hparams.memory_pool, self.hparams.data_dir)
         inputs = collect_inputs(loaded, module_name, pairs)
         self._pool = torch.cat(inputs) if inputs else None
-        self._pool_for = (id(loaded.model), module_name)
+        self._pool_for = (weakref.ref(loaded.model), module_name)  # a weak reference: never mistaken for a later model
 
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
         self.prepare(loaded)
-        hp = self.hparams
         request = requests[0]
         block, module_name = self._module_name(loaded)
         module = loaded.model.get_submodule(module_name)

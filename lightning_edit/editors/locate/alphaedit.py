@@ -11,15 +11,13 @@ the edit (``EditDelta.undo``) also removes its keys from the memory and re-apply
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..models.loading import LoadedModel
-from ..requests import EditRequest
-from .base import register_editor
-from .locate import ModelResources
+from ...errors import ConfigError
+from ...models.loading import LoadedModel
+from ..base import register_editor
+from .common import ModelResources
 from .memit import MEMITEditor, MEMITHyperParams
 
 

@@ -12,7 +12,7 @@ unit norm), takes the ``k`` most similar pool sentences (least similar first, so
 next to the query), appends its own copy sentence and ``New Fact: {new fact}\\nPrompt: `` and
 returns a patch that prepends that context to every prompt the model reads (as in the paper and
 EasyEdit: edit, rephrase, locality and portability prompts alike). The patch is the
-``loaded.prompt_context`` hook of ``models/teacher_forcing.py``; detaching it restores the inputs.
+prompt rewriter (a patch in ``loaded.patches``, read by ``models/teacher_forcing.py``); detaching it restores the inputs.
 
 With several edits attached (sequential editing) each prompt gets the context of the attached edit
 whose new fact is most similar to it (the same sentence encoder), so the context length stays that of
@@ -29,12 +29,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError, LightningEditError, ModelNotAvailableError
-from ..models.loading import LoadedModel
-from ..requests import EditRequest
-from .base import Editor, HyperParams, register_editor
+from ...errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError
+from ...models.loading import LoadedModel
+from ...models.patches import Patch
+from ...requests import EditRequest
+from ..base import Editor, HyperParams, register_editor
 
-CONTEXT_ATTRIBUTE = "prompt_context"  # read by models.teacher_forcing.contextualize
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +128,39 @@ class IKEContext:
         self.encoder = encoder
 
 
-class ContextRouter:
-    """The ``loaded.prompt_context`` callable while IKE edits are attached."""
+class ContextRouter(Patch):
+    """The prompt rewriter in the model's patch registry while IKE edits are attached: each prompt gets the
+    demonstrations of the edit whose new fact is nearest to it."""
+
+    kind = "ike-context"
+    key = "ike"
 
     def __init__(self) -> None:
         self.contexts: list[IKEContext] = []
 
-    def __call__(self, prompts: list[str]) -> list[str]:
+    def rewrite_prompts(self, prompts: Sequence[str]) -> list[str]:
         if len(self.contexts) == 1:
             prefix = self.contexts[0].prefix
             return [prefix + p for p in prompts]
         encoder = self.contexts[0].encoder
         facts = torch.stack([c.fact_embedding for c in self.contexts])
-        nearest = (encoder.encode(prompts) @ facts.T).argmax(-1).tolist()
+        nearest = (encoder.encode(list(prompts)) @ facts.T).argmax(-1).tolist()
         return [self.contexts[j].prefix + p for j, p in zip(nearest, prompts)]
+
+    def config(self) -> dict:
+        return {"prefixes": [c.prefix for c in self.contexts]}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if not self.contexts:
+            return {}
+        return {"fact_embeddings": torch.stack([c.fact_embedding for c in self.contexts])}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        embeddings = state.get("fact_embeddings")
+        if embeddings is None or embeddings.shape[0] != len(self.contexts):
+            raise CheckpointError(f"ike: saved fact embeddings do not match the {len(self.contexts)} saved contexts")
+        for context, embedding in zip(self.contexts, embeddings):
+            context.fact_embedding = embedding
 
 
 class IKEPatch:
@@ -151,22 +170,21 @@ class IKEPatch:
         self.context = context
 
     def attach(self, loaded: LoadedModel) -> None:
-        router = getattr(loaded, CONTEXT_ATTRIBUTE, None)
+        router = loaded.patches.get(ContextRouter.key)
         if router is None:
-            router = ContextRouter()
-            setattr(loaded, CONTEXT_ATTRIBUTE, router)
+            router = loaded.patches.attach(ContextRouter())
         elif not isinstance(router, ContextRouter):
             raise LightningEditError(f"ike: model {loaded.name!r} already has a prompt context of another kind "
                                      f"({type(router).__name__}); undo that edit first")
         router.contexts.append(self.context)
 
     def detach(self, loaded: LoadedModel) -> None:
-        router = getattr(loaded, CONTEXT_ATTRIBUTE, None)
+        router = loaded.patches.get(ContextRouter.key)
         if not isinstance(router, ContextRouter) or self.context not in router.contexts:
             return
         router.contexts.remove(self.context)
         if not router.contexts:
-            delattr(loaded, CONTEXT_ATTRIBUTE)
+            loaded.patches.detach(router)
 
 
 @register_editor
@@ -188,7 +206,7 @@ class IKEEditor(Editor):
         """Load the sentence encoder and embed the demonstration pool (once per editor)."""
         if self.encoder is not None:
             return
-        from ..data import load_requests
+        from ...data import load_requests
 
         hp = self.hparams
         encoder = SentenceEncoder(hp.sentence_model, loaded.device)
@@ -210,7 +228,7 @@ class IKEEditor(Editor):
             return encoder.encode(sentences, self.hparams.encode_batch_size)
         from safetensors.torch import load_file, save_file
 
-        from ..models.loading import default_cache_dir
+        from ...models.loading import default_cache_dir
 
         digest = hashlib.sha256(encoder.fingerprint.encode())
         for sentence in sentences:

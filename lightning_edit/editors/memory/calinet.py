@@ -13,18 +13,21 @@ each add their own memory, trained with the earlier ones attached.
 """
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import build_target_batch, target_logits
-from ..requests import EditRequest
-from .base import Editor, HyperParams, register_editor
-from .ft import resolve_layers
+from ...errors import ConfigError
+from ...models.loading import LoadedModel
+from ...models.teacher_forcing import build_target_batch, target_logits
+from ...requests import EditRequest
+from ..base import Editor, HyperParams, register_editor
+from ...models.ops import pad_right, pad_token_id, resolve_layers
+from ...models.patches import Patch
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -76,29 +79,53 @@ class CalibrationFFN(nn.Module):
         return (self.act(x.float() @ self.keys.T) @ self.values.T).to(x.dtype)
 
 
-def ffn_module_name(loaded: LoadedModel, layer: int) -> str:
-    """The FFN of block ``layer``: the module holding ``layout.mlp_out`` (its input is the FFN's input)."""
-    path = loaded.layout.mlp_out.format(layer)
-    return path.rsplit(".", 1)[0]
+class CalibrationPatch(Patch):
+    """One edit's calibration memories, a patch in the model's registry: attached, its hooks add each memory's
+    output beside its FFN; detached, they are gone. Several edits stack as several patches."""
 
+    kind = "calinet"
 
-class CalibrationPatch:
-    """One edit's calibration memories; ``attach`` hooks them beside their FFNs, ``detach`` unhooks them."""
-
-    def __init__(self, memories: dict[str, CalibrationFFN]) -> None:
+    def __init__(self, memories: dict[str, CalibrationFFN], activation: str = "gelu") -> None:
         self.memories = memories  # FFN module name → memory
+        self.activation = activation
         self._handles: list = []
 
+    # ---- as an EditDelta patch (one edit) --------------------------------------------------------
     def attach(self, loaded: LoadedModel) -> None:
-        if self._handles:
+        if loaded.patches.get(self.key) is self:
             return
-        for name, memory in self.memories.items():
-            self._handles.append(loaded.model.get_submodule(name).register_forward_hook(self._hook(memory)))
+        # the n-th stacked CaliNET edit on this model; edits are undone newest first, so the numbers stay unique
+        self.key = f"calinet-{sum(k.startswith('calinet-') for k in loaded.patches.keys())}"
+        loaded.patches.attach(self)
 
     def detach(self, loaded: LoadedModel) -> None:
+        if self.key and loaded.patches.get(self.key) is self:
+            loaded.patches.detach(self)
+
+    # ---- in the registry ----------------------------------------------------------------------
+    def on_attach(self, loaded: LoadedModel) -> None:
+        with contextlib.ExitStack() as undo_on_error:
+            for name, memory in self.memories.items():
+                handle = loaded.model.get_submodule(name).register_forward_hook(self._hook(memory))
+                undo_on_error.callback(handle.remove)
+                self._handles.append(handle)
+            undo_on_error.pop_all()
+
+    def on_detach(self, loaded: LoadedModel) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    def config(self) -> dict:
+        return {"modules": list(self.memories), "activation": self.activation,
+                "slots": {n: int(m.keys.shape[0]) for n, m in self.memories.items()}}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}/{k}": v.detach() for name, m in self.memories.items() for k, v in m.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, memory in self.memories.items():
+            memory.load_state_dict({k: state[f"{name}/{k}"] for k in memory.state_dict()})
 
     @staticmethod
     def _hook(memory: CalibrationFFN):
@@ -130,16 +157,9 @@ class CaliNETEditor(Editor):
 
     def _kl_batch(self, loaded: LoadedModel):
         prompts = self.hparams.kl_prompts
-        tok = loaded.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        rows = [tok(p)["input_ids"] for p in prompts]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        inputs = {"input_ids": ids.to(loaded.device), "attention_mask": mask.to(loaded.device)}
+        rows = [loaded.tokenizer(p)["input_ids"] for p in prompts]
+        ids, mask = pad_right(rows, pad_token_id(loaded.tokenizer), loaded.device)
+        inputs = {"input_ids": ids, "attention_mask": mask}
         if loaded.layout.is_encoder_decoder:
             start = loaded.model.config.decoder_start_token_id
             inputs["decoder_input_ids"] = torch.full((len(rows), 1), start, dtype=torch.long, device=loaded.device)
@@ -150,9 +170,9 @@ class CaliNETEditor(Editor):
         hp = self.hparams
         layers = resolve_layers(hp.layers, loaded.layout.num_layers(loaded.model))
         generator = torch.Generator().manual_seed(hp.seed)
-        memories = {ffn_module_name(loaded, layer): CalibrationFFN(self._hidden_size(loaded, layer), hp.slots, hp.activation, generator)
+        memories = {loaded.layout.ffn_name(layer): CalibrationFFN(self._hidden_size(loaded, layer), hp.slots, hp.activation, generator)
                     .to(loaded.device) for layer in layers}
-        patch = CalibrationPatch(memories)
+        patch = CalibrationPatch(memories, hp.activation)
         batch = build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
         mask = batch.labels != -100
         use_kl = hp.kl_weight > 0

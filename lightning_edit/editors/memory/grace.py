@@ -23,13 +23,15 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, EditFailedError
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import build_target_batch
-from ..requests import EditRequest
-from ..hooks import trace
-from .base import Editor, HyperParams, register_editor
-from .patching import EditMemory, TailRunner, editing_memory, parent_name, prediction_positions, resolve_block, target_hits, target_nll
+from ...errors import ConfigError, EditFailedError
+from ...models.loading import LoadedModel
+from ...models.teacher_forcing import build_target_batch
+from ...requests import EditRequest
+from ...hooks import trace
+from ..base import Editor, HyperParams, register_editor
+from ...models.ops import resolve_layer, target_hits, target_nll
+from ...models.tail import TailRunner, prediction_positions
+from .memory import HookedMemory, editing_memory
 
 VALUE_INITS = ("warm", "cold")
 
@@ -56,7 +58,7 @@ def _label(request: EditRequest) -> str:
     return request.target_new.strip().lower()
 
 
-class GraceCodebook(EditMemory):
+class GraceCodebook(HookedMemory):
     """keys (N, d_in), values (N, d_out), radii (N,), labels (N strings), on one FFN module."""
 
     key = "grace"
@@ -124,8 +126,8 @@ class GraceEditor(Editor):
 
     def _module_name(self, loaded: LoadedModel) -> tuple[int, str]:
         layout = loaded.layout
-        block = resolve_block(self.hparams.layer, layout.num_layers(loaded.model))
-        return block, parent_name(layout.name(layout.mlp_out, block))
+        block = resolve_layer(self.hparams.layer, layout.num_layers(loaded.model))
+        return block, layout.ffn_name(block)
 
     def _signature(self, module_name: str) -> dict:
         return {"module": module_name}

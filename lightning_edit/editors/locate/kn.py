@@ -32,13 +32,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..errors import ConfigError
-from ..hooks import hooks
-from ..models.loading import LoadedModel
-from ..models.teacher_forcing import cache_argument, output_cache, prompt_ids, target_ids
-from ..requests import EditRequest
-from .base import Editor, HyperParams, add_update, register_editor
-from .ft import resolve_layers
+from ...errors import ConfigError
+from ...hooks import hooks
+from ...models.loading import LoadedModel
+from ...models.teacher_forcing import cache_argument, output_cache, prompt_ids, target_ids
+from ...requests import EditRequest
+from ..base import Editor, HyperParams, add_update, register_editor
+from ...models.ops import resolve_layers
 
 Neuron = tuple[int, int]  # (block, intermediate index)
 

@@ -1,0 +1,224 @@
+"""Shared machinery of editors that add a memory to a model instead of rewriting its weights
+(T-Patcher's neurons, GRACE's codebook, WISE's side memory).
+
+- ``HookedMemory``: the memory itself, a patch in the model's registry (``loaded.patches``) that acts through
+  forward hooks it registers when attached and removes when detached. Its contents are a dict of values that are
+  replaced, never written into, so a state is a cheap dict of references.
+- ``MemoryChange``: what one edit returns in ``EditDelta.patches``: what that edit changed in the memory
+  (``StateDiff``); ``detach`` reverts exactly that, and the edit that created the memory also detaches it from the
+  registry, so undoing every edit in reverse leaves the model without a hook or patch.
+- ``editing_memory``: the context manager an editor's ``_apply`` runs its training in: it finds or creates
+  the memory and, if the training raises, restores the memory and removes it if it was new.
+
+The replay of the network's top (``models/tail.py``) and the unrelated prompts (``pool.py``) live beside this.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from ...errors import CheckpointError, ConfigError
+from ...models.loading import LoadedModel
+from ...models.patches import Patch
+
+log = logging.getLogger(__name__)
+
+
+# ---- the memory on the model ----------------------------------------------------------------------
+
+class HookedMemory(Patch):
+    """A memory attached to one model through forward hooks, held in the model's patch registry.
+
+    ``values`` holds everything the memory knows (tensors, tuples, numbers); subclasses replace entries,
+    never mutate them in place, so ``state()`` can hand out references.
+    """
+
+    key: str = "memory"  # one memory per key on a model
+
+    def __init__(self, signature: dict) -> None:
+        self.signature = dict(signature)  # the settings it was built with; a later edit must match them
+        self.values: dict[str, Any] = {}
+        self._handles: list = []
+
+    @abstractmethod
+    def register_hooks(self, model: nn.Module) -> list:
+        """Register this memory's forward hooks on ``model``; return their handles."""
+
+    def on_attach(self, loaded: LoadedModel) -> None:
+        self._handles = list(self.register_hooks(loaded.model))
+
+    def on_detach(self, loaded: LoadedModel) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.values = dict(state)
+
+    # ---- the declared state (Patch) ---------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in self.values.items() if not isinstance(v, torch.Tensor)}
+        return {"signature": self.signature, "values": plain}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.values.items() if isinstance(v, torch.Tensor)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        current = self.state_dict()
+        if set(state) != set(current):
+            raise CheckpointError(f"{self.key} memory: saved tensors {sorted(state)} differ from the memory's {sorted(current)}")
+        self.values = {**self.values, **state}
+
+
+def find_memory(loaded: LoadedModel, key: str) -> Optional[HookedMemory]:
+    """The memory of kind ``key`` attached to ``loaded``, if any."""
+    patch = loaded.patches.get(key)
+    return patch if isinstance(patch, HookedMemory) else None
+
+
+# ---- what one edit changed ------------------------------------------------------------------------
+
+@dataclass
+class _SparseChange:
+    """A tensor edited in a few places: the flat positions and the values there before and after."""
+
+    index: torch.Tensor
+    before: torch.Tensor
+    after: torch.Tensor
+
+    def put(self, base: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        out = base.clone(memory_format=torch.contiguous_format)
+        out.view(-1)[self.index.long()] = values
+        return out
+
+
+@dataclass
+class StateDiff:
+    """The entries of a memory's state one edit changed: full before/after references, or, for a
+    same-shaped tensor changed in at most half its elements, only those elements."""
+
+    full: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    sparse: dict[str, _SparseChange] = field(default_factory=dict)
+
+    @classmethod
+    def between(cls, before: dict[str, Any], after: dict[str, Any]) -> "StateDiff":
+        diff = cls()
+        for name in set(before) | set(after):
+            old, new = before.get(name, _MISSING), after.get(name, _MISSING)
+            if old is new:
+                continue
+            if (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and old.shape == new.shape
+                    and old.dtype == new.dtype and old.is_floating_point()):
+                changed = (old != new).reshape(-1).nonzero().view(-1)
+                if changed.numel() == 0:
+                    continue
+                if changed.numel() <= old.numel() // 2:
+                    index = changed.to(torch.int32) if old.numel() < 2**31 else changed
+                    diff.sparse[name] = _SparseChange(index, old.reshape(-1)[changed], new.reshape(-1)[changed])
+                    continue
+            diff.full[name] = (old, new)
+        return diff
+
+    def _move(self, state: dict[str, Any], forward: bool) -> dict[str, Any]:
+        out = dict(state)
+        for name, (old, new) in self.full.items():
+            value = new if forward else old
+            if value is _MISSING:
+                out.pop(name, None)
+            else:
+                out[name] = value
+        for name, change in self.sparse.items():
+            out[name] = change.put(out[name], change.after if forward else change.before)
+        return out
+
+    def revert(self, state: dict[str, Any]) -> dict[str, Any]:
+        return self._move(state, forward=False)
+
+    def apply(self, state: dict[str, Any]) -> dict[str, Any]:
+        return self._move(state, forward=True)
+
+    @property
+    def empty(self) -> bool:
+        return not self.full and not self.sparse
+
+
+_MISSING = object()
+
+
+@dataclass
+class MemoryChange:
+    """What one edit changed in the model's memory (an ``EditDelta`` patch): reverted by ``detach``."""
+
+    memory: HookedMemory
+    created: bool  # this edit installed the memory (and so removes it when detached)
+    diff: StateDiff
+    summary: dict = field(default_factory=dict)
+
+    def _current(self, loaded: LoadedModel) -> HookedMemory:
+        current = find_memory(loaded, self.memory.key)
+        if current is not self.memory:
+            raise CheckpointError(
+                f"{self.memory.key}: the model does not carry the memory this edit was made in; undo edits in reverse "
+                "order and re-apply them in the order they were made"
+            )
+        return current
+
+    def detach(self, loaded: LoadedModel) -> None:
+        memory = self._current(loaded)
+        memory.load_state(self.diff.revert(memory.state()))
+        if self.created:
+            loaded.patches.detach(memory)
+
+    def attach(self, loaded: LoadedModel) -> None:
+        if self.created:
+            if find_memory(loaded, self.memory.key) is not None:
+                raise CheckpointError(f"{self.memory.key}: the model already carries a memory; this edit created its own")
+            loaded.patches.attach(self.memory)
+        memory = self._current(loaded)
+        memory.load_state(self.diff.apply(memory.state()))
+
+
+@dataclass
+class MemoryEditSession:
+    memory: HookedMemory
+    created: bool
+    patch: Optional[MemoryChange] = None
+
+
+@contextlib.contextmanager
+def editing_memory(loaded: LoadedModel, key: str, factory: Callable[[], HookedMemory], signature: dict) -> Iterator[MemoryEditSession]:
+    """Find (or create and install) the model's ``key`` memory for one edit.
+
+    On success ``session.patch`` holds the edit's ``MemoryChange``; on any exception the memory is put back
+    as it was (and uninstalled if this edit created it) before the exception propagates.
+    """
+    memory = find_memory(loaded, key)
+    created = memory is None
+    if created:
+        memory = factory()
+        loaded.patches.attach(memory)
+    elif memory.signature != signature:
+        changed = sorted(k for k in set(signature) | set(memory.signature) if signature.get(k) != memory.signature.get(k))
+        raise ConfigError(
+            f"the model already carries a {key} memory built with other settings ({changed}: "
+            f"{[memory.signature.get(k) for k in changed]} → {[signature.get(k) for k in changed]}); undo those edits first"
+        )
+    before = memory.state()
+    session = MemoryEditSession(memory, created)
+    try:
+        yield session
+    except BaseException:
+        memory.load_state(before)
+        if created:
+            loaded.patches.detach(memory)
+        raise
+    session.patch = MemoryChange(memory, created, StateDiff.between(before, memory.state()))
