@@ -53,7 +53,7 @@ def token_study(loaded, layer: int, checkpoints: list[int], n_requests: int, hel
     largest count's u (convergence), and the leakage mean_k |u·k| / |u·k*| over held-out text keys (the
     tokens after the largest count): the size of the rank-one change on ordinary text relative to the
     edited subject — lower is a more specific edit."""
-    from lightning_edit.editors.locate.common import generate_context_prefixes, subject_keys_and_outputs
+    from lightning_edit.editors.locate.keys import generate_context_prefixes, subject_keys_and_outputs
     from lightning_edit.hooks import run_until, trace
     from lightning_edit.stats import StatsSource
     from lightning_edit.stats.second_moment import _token_chunks

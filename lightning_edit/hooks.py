@@ -104,14 +104,3 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
 
     with hooks(lambda: [module.register_forward_hook(hook)]):
         yield
-
-
-@contextlib.contextmanager
-def edit_input(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace ``module``'s first positional input by ``fn(input)`` while the block runs."""
-
-    def pre_hook(mod, args):
-        return (fn(args[0]),) + tuple(args[1:])
-
-    with hooks(lambda: [module.register_forward_pre_hook(pre_hook)]):
-        yield

@@ -49,6 +49,29 @@ def smollm2() -> LoadedModel:
     return load_model("smollm2-135m")
 
 
+def train_tiny_tokenizer(vocab_size: int = 1000, lines: int = 200):
+    """A byte-level BPE tokenizer trained in a few seconds on the WikiText excerpt shipped with the package: what the
+    tiny random models need, without loading a real model for its tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from lightning_edit.paths import STATS_TEXT_PATH
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(STATS_TEXT_PATH.read_text(encoding="utf-8").splitlines()[:lines], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|pad|>")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_tiny_tokenizer()
+
+
 @pytest.fixture(scope="session")
 def tokenizer(smollm2):
     return smollm2.tokenizer

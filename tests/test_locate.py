@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_edit.editors.locate.common import PrefixCache, _final_hidden_and_logits, pad_right
+from lightning_edit.editors.locate.batching import PrefixCache, final_hidden_and_logits as _final_hidden_and_logits
+from lightning_edit.models.ops import pad_right
 from lightning_edit.models import LoadedModel
 
 from conftest import build_tiny
@@ -56,7 +57,8 @@ def test_prefix_cache_with_nothing_to_cache(tokenizer):
 
 def test_value_optimisation_in_length_buckets_matches_one_pass(tokenizer):
     """Rows split over several passes (gradients accumulated) find the same vectors as one pass."""
-    from lightning_edit.editors.locate.common import ValueHParams, _length_buckets, optimise_values
+    from lightning_edit.editors.locate.batching import length_buckets as _length_buckets
+    from lightning_edit.editors.locate.values import ValueHParams, optimise_values
     from lightning_edit.requests import EditRequest
 
     loaded = build_tiny("llama", tokenizer)

@@ -266,6 +266,7 @@ class Editor(ABC):
         others = _checksums({n: p for n, p in params.items() if n not in before})
         grad_flags = {n: p.requires_grad for n, p in params.items()}  # a Trainer may be about to train this model
         patches: list[Any] = []
+        registered_before = set(loaded.patches.keys())
         start = time.perf_counter()
         try:
             if self.supports_batch:
@@ -282,6 +283,9 @@ class Editor(ABC):
                     params[n].copy_(t)
             for patch in reversed(patches):
                 patch.detach(loaded)
+            # a method that failed after attaching a patch never returned it: what it added to the registry goes too
+            for key in reversed([k for k in loaded.patches.keys() if k not in registered_before]):
+                loaded.patches.detach(key)
             # Only what the checksums show may be claimed: a method can write where it did not declare.
             after_failure = _checksums({n: params[n] for n in others})
             changed = [n for n, value in others.items() if not _same(value, after_failure[n])]

@@ -24,7 +24,7 @@ from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from .measure import RequestScores, generate_greedy, measure
 
-PROTOCOLS = ("single", "batch", "sequential")
+EDITING_PROTOCOLS = ("single", "batch", "sequential")
 
 # What each summary key measures, written into every report.
 KEY_PROTOCOLS = {
@@ -167,8 +167,8 @@ def evaluate_editing(
     Ctrl-C. ``generate_tokens``: greedy continuations of each edit prompt and rephrase, before and after, kept in
     the per-request rows (``pre_generations``/``post_generations``); the fluency score reuses them.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol not in EDITING_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
     requests = editor.validate(requests)
     if protocol == "single":
         batch_size = 1

@@ -22,7 +22,7 @@ from torchmetrics import Metric
 
 from ..models.teacher_forcing import TargetScore
 
-PROTOCOLS = ("token", "exact")
+SCORING_PROTOCOLS = ("token", "exact")
 
 
 class _MeanOverRequests(Metric):
@@ -45,8 +45,8 @@ class _MeanOverRequests(Metric):
 
 
 def _check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol not in SCORING_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {SCORING_PROTOCOLS}, got {protocol!r}")
     return protocol
 
 

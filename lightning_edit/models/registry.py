@@ -53,13 +53,13 @@ for _name, (_hub, _family) in {
     "gpt-j-6b": ("EleutherAI/gpt-j-6b", "gptj"),
     "llama-2-7b": ("meta-llama/Llama-2-7b-hf", "llama"),
     "qwen2.5-7b": ("Qwen/Qwen2.5-7B-Instruct", "qwen2"),
-    "t5-xl": ("google-t5/t5-3b", "t5"),
+    "t5-3b": ("google-t5/t5-3b", "t5"),
 }.items():
     register_model(ModelSpec(name=_name, source="hub", hub_id=_hub, family=_family,
                              description=f"{_hub} from the Hugging Face hub or its cache"))
 
 # Short names users type (``python train.py mend gpt-j``).
-ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.5": "qwen2.5-7b", "t5": "t5-xl", "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
+ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.5": "qwen2.5-7b", "t5": "t5-3b", "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 
 
 def resolve_model_name(name: str) -> str:

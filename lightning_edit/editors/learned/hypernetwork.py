@@ -210,10 +210,6 @@ class LearnedEditor(Editor):
         return self.network.to(loaded.device)  # follows the model if it moved since (a no-op where it is)
 
 
-def dtype_of(loaded: LoadedModel) -> torch.dtype:
-    return next(loaded.model.parameters()).dtype
-
-
 def cond_text(r: EditRequest) -> str:
     """KE's conditioning string: "<old answer> >> <new answer> || <prompt>"."""
     return f"{r.target_true or ''} >> {r.target_new} || {r.prompt}"

@@ -76,7 +76,7 @@ class AlphaEditEditor(MEMITEditor):
             kept[layer] = int(null.shape[1])
         return {"projection": projections, "null_dims": kept, "memory": KeyMemory()}
 
-    def _layer_update(self, loaded: LoadedModel, index: int, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def _layer_update(self, loaded: LoadedModel, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         derived = self.resources(loaded).derived
         proj = derived["projection"][layer].to(keys.device)
         previous = derived["memory"].get(layer, keys.shape[0], keys.device)

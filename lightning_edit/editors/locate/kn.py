@@ -218,7 +218,6 @@ class KNEditor(Editor):
             neurons = self.find_neurons(loaded, contexts, old_id)
             plan.append((neurons, old_id, new_id))
         # Attribute every position on the unedited model first, then write all value vectors.
-        found = 0
         with torch.no_grad():
             for neurons, old_id, new_id in plan:
                 direction = (embeddings[new_id].float() - embeddings[old_id].float()) * hp.edit_scale
@@ -226,6 +225,4 @@ class KNEditor(Editor):
                     # the value vector enters the residual stream times the activation: follow its sign
                     weight = layout.linear_weight(layout.mlp_out_module(model, layer))
                     add_update(weight[:, j], sign * direction)  # float32 sum, one rounding to the weight's dtype
-                found += len(neurons)
-        self.last_neuron_count = found
         return []

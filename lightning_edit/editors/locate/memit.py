@@ -17,7 +17,9 @@ from ...errors import ConfigError
 from ...models.loading import LoadedModel
 from ...requests import EditRequest
 from ..base import register_editor
-from .common import LocateEditor, LocateHyperParams, add_to_weight, optimise_values, subject_keys_and_outputs
+from .common import LocateEditor, LocateHyperParams, add_to_weight
+from .keys import subject_keys_and_outputs
+from .values import optimise_values
 
 
 @dataclass
@@ -30,17 +32,13 @@ class MEMITHyperParams(LocateHyperParams):
             raise ConfigError("field 'mom2_update_weight' must be ≥ 0")
 
 
-def block_name(loaded: LoadedModel, layer: int) -> str:
-    return f"{loaded.layout.blocks}.{layer}"
-
-
 @register_editor
 class MEMITEditor(LocateEditor):
     name = "memit"
     HParams = MEMITHyperParams
     supports_batch = True
 
-    def _layer_update(self, loaded: LoadedModel, index: int, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
+    def _layer_update(self, loaded: LoadedModel, layer: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
         """ΔW (out, in) for one layer from keys (d_in, n) and residuals (d_out, n), float64."""
         cov = self.resources(loaded).mom2[layer].to(keys.device).double()
         adj = torch.linalg.solve(self.hparams.mom2_update_weight * cov + keys @ keys.T, keys)
@@ -49,7 +47,7 @@ class MEMITEditor(LocateEditor):
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
         res = self.resources(loaded)
         layers = self.layers(loaded)
-        z_site = block_name(loaded, layers[-1])
+        z_site = loaded.layout.block_name(layers[-1])
         values = optimise_values(loaded, requests, z_site, res.prefixes, self.hparams.value_hparams())
         all_keys: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(layers):
@@ -57,7 +55,7 @@ class MEMITEditor(LocateEditor):
             keys, outs = subject_keys_and_outputs(loaded, requests, [layer], res.prefixes, output_modules=[z_site])
             k = keys[layer].mean(1).double().T  # (d_in, n)
             resid = (values.targets - outs[z_site]).double().T / (len(layers) - i)  # (d_out, n)
-            add_to_weight(loaded, layer, self._layer_update(loaded, i, layer, k, resid).float())
+            add_to_weight(loaded, layer, self._layer_update(loaded, layer, k, resid).float())
             all_keys[layer] = k
         return self._after_edit(loaded, all_keys)
 

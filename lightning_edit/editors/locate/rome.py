@@ -19,7 +19,9 @@ from ...errors import ConfigError
 from ...models.loading import LoadedModel
 from ...requests import EditRequest
 from ..base import register_editor
-from .common import LocateEditor, LocateHyperParams, ModelResources, add_to_weight, optimise_values, subject_keys_and_outputs
+from .common import LocateEditor, LocateHyperParams, ModelResources, add_to_weight
+from .keys import subject_keys_and_outputs
+from .values import optimise_values
 
 
 @dataclass
