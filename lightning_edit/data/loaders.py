@@ -160,7 +160,7 @@ def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: O
     raw = records_dataset(records)
     if n is not None or offset:
         stop = len(raw) if n is None else min(len(raw), offset + n)
-        raw = raw.select(range(min(offset, stop), stop))
+        raw = raw.select(range(offset, stop) if offset < stop else [])  # datasets refuses an empty range past the end
     return convert_dataset(raw, source=source, on_invalid=on_invalid, start=offset)
 
 
