@@ -214,7 +214,7 @@ def test_hub_file_offline_error(monkeypatch):
         load_requests("hf://datasets/zjunlp/KnowEdit/benchmark/wiki_counterfact/train_cf.json")
     message = str(info.value)
     assert "not in the Hugging Face cache, and the hub cannot be reached" in message
-    assert "huggingface-cli download --repo-type dataset zjunlp/KnowEdit benchmark/wiki_counterfact/train_cf.json" in message
+    assert "hf download --repo-type dataset zjunlp/KnowEdit benchmark/wiki_counterfact/train_cf.json" in message
     assert "give the file's local path" in message
 
 
@@ -247,3 +247,29 @@ def test_statistics_text_through_a_dataset(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: str(parquet))
     source = StatsSource.from_path("hf://datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet")
     assert source.text_path == parquet.resolve() and source.tag.startswith("test-00000-of-00001-")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "hf://datasets/zjunlp/KnowEdit"], "names the dataset repo zjunlp/KnowEdit, not a file in it"),
+    (["--data", "hf://datasets/zjunlp/KnowEdit/x.json"], "not in the Hugging Face cache, and the hub cannot be reached"),
+    (["--method", "rome", "--set", "stats_text=hf://datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet"],
+     "field 'stats_text' hf://datasets/Salesforce/wikitext/wikitext-2-raw-v1/test-00000-of-00001.parquet: not in the Hugging Face cache"),
+])
+def test_hub_errors_on_the_command_line(argv, message, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from lightning_edit.cli import main
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the hub")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr("lightning_edit.models.load_model", refuse)
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert message in err, err

@@ -58,7 +58,7 @@ def download_hub_file(url: str, field: str = "--data") -> Path:
         revision = f" --revision {hub.revision}" if hub.revision else ""
         raise DataError(
             f"{field} {url}: not in the Hugging Face cache, and the hub cannot be reached from here "
-            f"({type(err).__name__}). Download it where there is internet (huggingface-cli download --repo-type dataset "
+            f"({type(err).__name__}). Download it where there is internet (hf download --repo-type dataset "
             f"{hub.repo_id} {hub.path}{revision}) and copy the cache (~/.cache/huggingface) here, or give the file's local path "
             f"(set HF_HUB_OFFLINE=1 to fail at once instead of retrying)."
         ) from err

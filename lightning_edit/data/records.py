@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import pyarrow as pa
-from datasets import Dataset, Features, List, Value
+from datasets import Dataset, Features, Value
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from ..errors import DataError, RequestError, RequestTypeError
@@ -30,7 +30,8 @@ RAW_COLUMN = "record"
 _PROBE = {"prompt": Value("string"), "answer": Value("string"), "kind": Value("string")}
 REQUEST_FEATURES = Features({
     "prompt": Value("string"), "target_new": Value("string"), "subject": Value("string"), "target_true": Value("string"),
-    "rephrase_prompts": List(Value("string")), "locality": List(_PROBE), "portability": List(_PROBE),
+    # [feature]: a list of it (datasets 4's List; a plain list also means that to datasets 2.18)
+    "rephrase_prompts": [Value("string")], "locality": [_PROBE], "portability": [_PROBE],
     "case_id": Value("string"),  # JSON text of the case id: an int in one file, a string ("3-0") in another
     "record_index": Value("int64"),  # the record's index in its file (MQuAKE gives several rows per record)
 })

@@ -15,7 +15,7 @@ from .hub import download_hub_file, is_hub_url
 TEXT_COLUMN = "text"
 
 
-def resolve_text_source(text: Union[str, Path], field: str = "stats_text") -> Path:
+def resolve_text_source(text: Union[str, Path], field: str = "field 'stats_text'") -> Path:
     """The local file of a statistics text: the path itself, or a hub file downloaded into the Hugging Face cache."""
     return download_hub_file(str(text), field) if is_hub_url(text) else Path(text)
 
