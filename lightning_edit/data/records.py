@@ -52,7 +52,7 @@ def quiet_progress() -> Iterator[None]:
 
 def records_dataset(records: Sequence) -> Dataset:
     """Raw records (parsed JSON values) as a one-column dataset of their JSON text."""
-    return Dataset.from_dict({RAW_COLUMN: [json.dumps(r, ensure_ascii=False) for r in records]})
+    return Dataset.from_dict({RAW_COLUMN: [json.dumps(r) for r in records]})
 
 
 def _probe_rows(probes: Sequence[PromptAnswer]) -> list[dict]:
