@@ -3,8 +3,8 @@ building ``datasets.Dataset``s (records.py) and handing editors ``EditRequest``s
 
 Data live outside the repository: ``--data-dir``, else ``$LIGHTNING_EDIT_DATA``, else ``../shared/data``
 beside the project in a checkout, else ``~/.cache/lightning-edit/data`` for an installed package
-(lightning_edit/paths.py). Named datasets map to files under that directory; any JSON file path works too, and so does a file of a Hugging Face
-dataset repo, ``hf://datasets/OWNER/NAME[@REVISION]/PATH`` (hub.py; needs internet once).
+(lightning_edit/paths.py). Named datasets map to files under that directory; any JSON file path works too, and so
+does a file of a Hugging Face dataset repo, ``hf://datasets/OWNER/NAME[@REVISION]/PATH`` (hub.py; internet needed once).
 """
 from __future__ import annotations
 
