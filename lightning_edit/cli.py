@@ -184,6 +184,7 @@ def preflight(args: argparse.Namespace, n_requests: int):
     included), files it will read, the protocol and what --save can honestly save. Returns the editor class and
     the hyperparameter overrides."""
     from .checkpoints import is_hub_id, resolve_editor_dir
+    from .data.text import resolve_text_source
     from .editors import get_editor_class
     from .models.loading import resolve_dtype
     from .models.registry import family_of, resolve_model_name
@@ -203,7 +204,8 @@ def preflight(args: argparse.Namespace, n_requests: int):
     if args.editor and is_hub_id(args.editor):
         resolve_editor_dir(args.editor)  # fetch it now: offline or unknown, a one-line error before the model loads
     stats_text = getattr(hparams, "stats_text", None)
-    if stats_text and not Path(stats_text).is_file():
+    # an hf://datasets/... text is fetched now: offline, a one-line error before the model loads
+    if stats_text and not resolve_text_source(stats_text).is_file():
         raise DataError(f"field 'stats_text' names {stats_text}, which is not a file; leave it unset for the text shipped "
                         "with the package, or fetch WikiText-2 with 'python edit.py data get wikitext'")
     if args.save:

@@ -1,11 +1,12 @@
 from ..paths import STATS_TEXT_PATH
-from .loaders import (DATASET_GROUPS, DATASETS, DEMO_PATH, convert_records, default_data_dir, detect_format, load_requests,
+from .formats import detect_format
+from .loaders import (DATASET_GROUPS, DATASETS, DEMO_PATH, convert_records, default_data_dir, load_request_dataset, load_requests,
                       resolve_dataset_path)
 
 # STATS_TEXT_PATH (lightning_edit/paths.py): the WikiText-2 test excerpt shipped in text/ (CC BY-SA 3.0; text/README.md).
 
 __all__ = ["STATS_TEXT_PATH", "EditDataModule", "RequestDataset", "collate_requests", "DATASETS", "DATASET_GROUPS", "DEMO_PATH", "convert_records",
-           "default_data_dir", "detect_format", "load_requests", "resolve_dataset_path"]
+           "default_data_dir", "detect_format", "load_request_dataset", "load_requests", "resolve_dataset_path"]
 
 # The datamodule pulls in torch and lightning (seconds to import); load it on first use so that
 # `lightning-edit data ...` and the loaders start instantly.

@@ -8,8 +8,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import ConfigError
 from ..requests import EditRequest
-from .loaders import load_requests
+from .loaders import load_request_dataset
+from .records import requests_from_dataset
 
 
 class RequestDataset(Dataset):
@@ -41,17 +43,20 @@ class EditDataModule(L.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         hp = self.hparams
-        reqs = load_requests(hp.dataset, data_dir=hp.data_dir)
+        train = load_request_dataset(hp.dataset, data_dir=hp.data_dir)
         if hp.val_dataset:
-            val = load_requests(hp.val_dataset, n=hp.n_val, data_dir=hp.data_dir)
-            train = reqs
+            val = load_request_dataset(hp.val_dataset, n=hp.n_val, data_dir=hp.data_dir)
+        elif hp.n_val > 0:
+            if hp.n_val >= len(train):
+                raise ConfigError(f"field 'n_val' ({hp.n_val}) leaves no training requests: {hp.dataset} has {len(train)}; "
+                                  f"lower n_val or name a separate val_dataset")
+            split = train.train_test_split(test_size=hp.n_val, seed=hp.seed)  # shuffled, reproducible from the seed
+            train, val = split["train"], split["test"]
         else:
-            order = torch.randperm(len(reqs), generator=torch.Generator().manual_seed(hp.seed)).tolist()
-            val = [reqs[i] for i in order[: hp.n_val]]
-            train = [reqs[i] for i in order[hp.n_val:]]
+            val = train.select([])
         if hp.n_train is not None:
-            train = train[: hp.n_train]
-        self.train_set, self.val_set = RequestDataset(train), RequestDataset(val)
+            train = train.select(range(min(hp.n_train, len(train))))
+        self.train_set, self.val_set = RequestDataset(requests_from_dataset(train)), RequestDataset(requests_from_dataset(val))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=collate_requests,

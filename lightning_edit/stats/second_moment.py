@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..data.text import resolve_text_source, text_dataset
 from ..errors import CheckpointError, ConfigError, DataError
 from ..hashing import sha256_file
 from ..hooks import run_until, trace
@@ -55,7 +56,7 @@ class StatsSource:
 
     @classmethod
     def from_path(cls, text_path: Optional[Union[str, Path]] = None, seq_len: int = 256, batch_size: int = 4) -> "StatsSource":
-        path = Path(text_path) if text_path else default_text_path()
+        path = resolve_text_source(text_path) if text_path else default_text_path()  # a path or hf://datasets/... file
         if not path.exists():
             raise DataError(
                 f"statistics text {path} (field 'stats_text') does not exist; give any UTF-8 text file, leave the field "
@@ -83,13 +84,11 @@ def stats_dir(loaded: LoadedModel, cache_dir: Optional[Union[str, Path]] = None,
 
 def _token_chunks(loaded: LoadedModel, source: StatsSource, n_tokens: int) -> torch.Tensor:
     """The text as (n_chunks, seq_len) token ids, enough chunks for ``n_tokens``; deterministic."""
-    text = source.text_path.read_text(encoding="utf-8", errors="replace")
     tok = loaded.tokenizer
     ids: list[int] = []
     # Tokenize paragraph by paragraph (a 1 MB string at once is slow and may exceed tokenizer limits).
-    paragraphs = [p.strip() for p in text.splitlines() if p.strip()]
-    for i in range(0, len(paragraphs), 256):
-        for row in tok(paragraphs[i: i + 256], add_special_tokens=False)["input_ids"]:
+    for batch in text_dataset(source.text_path).iter(batch_size=256):
+        for row in tok(batch["text"], add_special_tokens=False)["input_ids"]:
             ids.extend(row)
         if len(ids) >= n_tokens + source.seq_len:
             break

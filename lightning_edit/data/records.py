@@ -1,0 +1,141 @@
+"""The data layer's ``datasets.Dataset``s: raw records in, typed request rows out, ``EditRequest``s at the edge.
+
+Benchmark records are heterogeneous (KnowEdit's answer is a string in one record and a list of alias lists in the
+next; a user's file may hold a number where text belongs, and must get an error naming that record and field), which
+Arrow's typed columns cannot hold as they are. So the *raw* dataset keeps each record as its JSON text (column
+``record``); the converters of lightning_edit/data/formats.py run as one ``.map`` that parses, checks and converts
+them into the typed ``REQUEST_FEATURES`` columns; ``requests_from_dataset`` builds the ``EditRequest``s editors see.
+
+Every dataset here lives in memory (``from_dict``; ``map``/``select``/``train_test_split`` of an in-memory dataset stay
+in memory), so nothing is written to the datasets cache in the user's home.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+from datasets import Dataset, Features, Value
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+from ..errors import DataError, RequestError, RequestTypeError
+from ..requests import EditRequest, PromptAnswer, _type_name
+from .formats import FORMATS, detect_format
+
+log = logging.getLogger(__name__)
+
+RAW_COLUMN = "record"
+_PROBE = {"prompt": Value("string"), "answer": Value("string"), "kind": Value("string")}
+REQUEST_FEATURES = Features({
+    "prompt": Value("string"), "target_new": Value("string"), "subject": Value("string"), "target_true": Value("string"),
+    # [feature]: a list of it (datasets 4's List; a plain list also means that to datasets 2.18)
+    "rephrase_prompts": [Value("string")], "locality": [_PROBE], "portability": [_PROBE],
+    "case_id": Value("string"),  # JSON text of the case id: an int in one file, a string ("3-0") in another
+    "record_index": Value("int64"),  # the record's index in its file (MQuAKE gives several rows per record)
+})
+_SCHEMA = REQUEST_FEATURES.arrow_schema
+
+
+@contextmanager
+def quiet_progress() -> Iterator[None]:
+    """No "Map: 100%" bar from datasets: a loader's caller shows one error line or its own progress."""
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
+def records_dataset(records: Sequence) -> Dataset:
+    """Raw records (parsed JSON values) as a one-column dataset of their JSON text."""
+    return Dataset.from_dict({RAW_COLUMN: [json.dumps(r) for r in records]})
+
+
+def _probe_rows(probes: Sequence[PromptAnswer]) -> list[dict]:
+    return [{"prompt": p.prompt, "answer": p.answer, "kind": p.kind} for p in probes]
+
+
+def request_row(request: EditRequest, record_index: int) -> dict:
+    """One ``REQUEST_FEATURES`` row (by hand: ``dataclasses.asdict`` took 60% of loading CounterFact)."""
+    return {"prompt": request.prompt, "target_new": request.target_new, "subject": request.subject,
+            "target_true": request.target_true, "rephrase_prompts": list(request.rephrase_prompts),
+            "locality": _probe_rows(request.locality), "portability": _probe_rows(request.portability),
+            "case_id": json.dumps(request.case_id, default=str), "record_index": record_index}
+
+
+def _convert_rows(records: list, source: str, on_invalid: str, start: int, skipped: list[str]) -> list[dict]:
+    """The rows of ``records`` (the file's records ``start``, ``start + 1``, ...); unusable ones appended to ``skipped``."""
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DataError(f"{source}: record {start + i} is {_type_name(rec)}, not an object; every record must be a JSON "
+                            'object such as {"prompt": "The capital of France is", "target_new": "Lyon", "target_true": "Paris"}')
+    try:
+        fmt = detect_format(records[0])
+    except DataError as err:
+        raise DataError(f"{source}: record {start}: {err}") from err
+    convert = FORMATS[fmt][1]
+    rows: list[dict] = []
+    for i, rec in enumerate(records):
+        index = start + i
+        try:
+            made = convert(rec, i)
+        except KeyError as err:
+            raise DataError(f"{source}: record {index} (format {fmt}) lacks field {err}; add it "
+                            f"(the format was detected from record {start}'s keys)") from err
+        except RequestTypeError as err:
+            raise DataError(f"{source}: record {index} (format {fmt}): {err}") from err
+        except RequestError as err:
+            if on_invalid == "raise":
+                raise DataError(f"{source}: record {index}: {err}") from err
+            skipped.append(f"record {index}: {err}")
+            continue
+        except (TypeError, AttributeError) as err:  # a field of a shape no check above foresaw
+            raise DataError(f"{source}: record {index} (format {fmt}) has a field of the wrong type ({err}); "
+                            f"compare it with record {start} or with lightning_edit/data/demo.json") from err
+        rows.extend(request_row(r, index) for r in (made if isinstance(made, list) else [made]))
+    return rows
+
+
+def convert_dataset(raw: Dataset, source: str = "<records>", on_invalid: str = "skip", start: int = 0) -> Dataset:
+    """The format converter as a ``.map`` from a raw dataset (``records_dataset``) to ``REQUEST_FEATURES`` rows.
+
+    Records unusable as edits (an empty target: ZsRE's train file has one) are skipped with a warning naming them
+    (``on_invalid="skip"``) or raise (``"raise"``); a field of the wrong type always raises. ``start``: the index in
+    the file of ``raw``'s first record (for messages)."""
+    if on_invalid not in ("skip", "raise"):
+        raise ValueError("on_invalid must be 'skip' or 'raise'")
+    if len(raw) == 0:
+        return Dataset.from_dict({name: [] for name in REQUEST_FEATURES}, features=REQUEST_FEATURES)
+    skipped: list[str] = []
+
+    def convert_table(table: pa.Table) -> pa.Table:
+        records = [json.loads(text) for text in table.column(RAW_COLUMN).to_pylist()]
+        return pa.Table.from_pylist(_convert_rows(records, source, on_invalid, start, skipped), schema=_SCHEMA)
+
+    # One batch (the format is detected once, from the first record); Arrow tables in and out, so the rows are not
+    # encoded feature by feature in Python. The fingerprint is given so datasets does not hash the closure.
+    with quiet_progress():
+        converted = raw.with_format("arrow").map(convert_table, batched=True, batch_size=None, remove_columns=[RAW_COLUMN],
+                                                 features=REQUEST_FEATURES, new_fingerprint=f"{raw._fingerprint}-{on_invalid}-{start}")
+    if skipped:
+        log.warning("%s: skipped %d unusable record(s); first: %s", source, len(skipped), skipped[0])
+    return converted.with_format(None)
+
+
+def _probes(rows: list[dict]) -> tuple[PromptAnswer, ...]:
+    return tuple(PromptAnswer(row["prompt"], row["answer"], row["kind"] or "") for row in rows)
+
+
+def requests_from_dataset(dataset: Dataset) -> list[EditRequest]:
+    """The ``EditRequest``s of a ``REQUEST_FEATURES`` dataset (checked again by ``EditRequest`` itself)."""
+    missing = sorted(set(REQUEST_FEATURES) - {"record_index"} - set(dataset.column_names))
+    if missing:
+        raise DataError(f"a request dataset needs columns {missing} as well (see lightning_edit/data/records.py REQUEST_FEATURES)")
+    return [EditRequest(prompt=row["prompt"], target_new=row["target_new"], subject=row["subject"], target_true=row["target_true"],
+                        rephrase_prompts=row["rephrase_prompts"] or (), locality=_probes(row["locality"] or []),
+                        portability=_probes(row["portability"] or []), case_id=json.loads(row["case_id"]))
+            for row in dataset.to_list()]
