@@ -11,8 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import yaml
-
+from .config import parse_override  # noqa: F401  (ask.py imports it from here; one parser for every command)
 from .errors import ConfigError, DataError, LightningEditError
 
 DEFAULT_METHOD = "rome"
@@ -31,21 +30,6 @@ request files (--data FILE.json): a JSON list of records, each
   (prompt and target_new required; subject for ROME/MEMIT/AlphaEdit/KN; ZsRE, CounterFact, KnowEdit and MQuAKE
   files are read as they are).
 """
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--set``, the value read as YAML (numbers, true/false, lists); the hyperparameter
-    classes then check it against the field's declared type."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    if not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r} (empty KEY)")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"--set {key}: {value!r} is not a valid value ({type(err).__name__}); "
-                                         "write numbers, true/false, text, or lists like [4, 5]") from err
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
