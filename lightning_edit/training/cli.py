@@ -102,13 +102,15 @@ def build_trainer(args: Any, config: RunConfig):
     checkpoint_cb = ModelCheckpoint(dirpath=Path(config.run_dir) / "checkpoints", monitor="val/score", mode="max",
                                     save_top_k=1, save_last=True, filename="step{step}-score{val/score:.3f}",
                                     auto_insert_metric_name=False)
-    callbacks = [checkpoint_cb, LearningRateMonitor(logging_interval="step")]
+    logger = given["logger"] if "logger" in given else _loggers(config.run_dir)
+    callbacks = [checkpoint_cb]
+    if logger not in (False, None, []):  # Lightning refuses the monitor without a logger (--trainer.logger false)
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if kwargs["enable_progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     callbacks += list(given.get("callbacks") or [])
     precision_kwargs = trainer_precision_kwargs(precision, strategy)
     plugins = list(precision_kwargs.pop("plugins", [])) + list(given.get("plugins") or [])
-    logger = given["logger"] if "logger" in given else _loggers(config.run_dir)
     kwargs.update(strategy=strategy, callbacks=callbacks, logger=logger, plugins=plugins or None, **precision_kwargs)
     try:
         trainer = L.Trainer(**kwargs)

@@ -142,6 +142,13 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _devices(value: Any) -> Any:
+    """``"2"`` (how a flag arrives) as 2: one spelling in the printed config; "auto" and lists as they are."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
 def explicit_trainer_args(trainer_ns: Any) -> dict:
     """The ``--trainer.*`` values that differ from the Trainer's own defaults (what the user set)."""
     from lightning.pytorch import Trainer
@@ -186,7 +193,7 @@ def resolve_run(args: Any) -> RunConfig:
     trainer = {k: v for k, v in vars(args.trainer).items() if k not in DERIVED_TRAINER_KEYS} if args.trainer else {}
     trainer.update(TRAINER_FIXED, check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=True)
     trainer.update({k: v for k, v in explicit.items() if k not in DERIVED_TRAINER_KEYS})
-    trainer.update(accelerator=accelerator, strategy=strategy, devices=explicit.get("devices", args.devices or "auto"))
+    trainer.update(accelerator=accelerator, strategy=strategy, devices=_devices(explicit.get("devices", args.devices or "auto")))
     return RunConfig(method=args.method, model=model, hparams=hparams, training=training, trainer=trainer,
                      output=output, run_dir=run_dir, dtype=args.dtype, ckpt_path=args.ckpt_path,
                      data_dir=args.data_dir, cache_dir=args.cache_dir, quiet=bool(args.quiet), explicit_trainer=explicit)
