@@ -105,10 +105,10 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
+def checked_value(name: str, value: Any, annotation: Any, source: str, set_prefix: str = "") -> Any:
     """``value`` as the field's declared type, or a ConfigError naming the field. YAML reads ``1e-3`` as a string:
     numbers written as text are converted; nothing else is guessed (``'no'`` is not a bool, ``2.5`` is not an int,
-    ``nan`` is not a number)."""
+    ``nan`` is not a number). ``set_prefix`` is the section of the ``--set`` key suggested in the error."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     optional = origin is Union and type(None) in args
     if optional:
@@ -124,19 +124,19 @@ def checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
 
     def refuse(expected: str) -> ConfigError:
         return ConfigError(f"{source}: field '{name}' must be {expected}, got {value!r} ({type(value).__name__}); "
-                           f"e.g. --set {name}=<{expected}>")
+                           f"e.g. --set {set_prefix}{name}=<{expected}>")
 
     if origin is Union:  # e.g. int | float: the first member that accepts the value, in declared order
         for member in args:
             try:
-                return checked_value(name, value, member, source)
+                return checked_value(name, value, member, source, set_prefix)
             except ConfigError:
                 continue
         raise refuse(" or ".join(_type_name(a) for a in args))
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise refuse(f"a list of {_type_name(args[0])} such as [1, 2]" if args else "a list")
-        return [checked_value(f"{name}[{i}]", v, args[0], source) if args else v for i, v in enumerate(value)]
+        return [checked_value(f"{name}[{i}]", v, args[0], source, set_prefix) if args else v for i, v in enumerate(value)]
     if annotation is bool:
         if not isinstance(value, bool):
             raise refuse("true or false")
@@ -163,14 +163,14 @@ def checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
-def typed_dataclass(cls: Type[T], values: Mapping[str, Any], source: str) -> T:
+def typed_dataclass(cls: Type[T], values: Mapping[str, Any], source: str, set_prefix: str = "") -> T:
     """``cls(**values)`` with every value checked against its field's annotation; unknown keys refused by name."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    checked = {k: checked_value(k, v, hints[k], source) for k, v in values.items()}
+    checked = {k: checked_value(k, v, hints[k], source, set_prefix) for k, v in values.items()}
     try:
         return cls(**checked)
     except TypeError as err:

@@ -72,14 +72,14 @@ class HyperParams:
     def for_model(cls: Type[H], method: str, model_name: str, family: Optional[str] = None,
                   overrides: Optional[dict] = None, config_root: Path = CONFIG_ROOT) -> H:
         """Merge ``default.yaml``, ``<family>.yaml`` and ``<model>.yaml`` from ``configs/<method>/``, then overrides."""
-        import yaml
+        from ..config import deep_merge, load_yaml
 
         merged: dict = {}
         folder = config_root / method
         model_stem = model_name if model_name and "/" not in model_name else None  # a local path has no per-model file
         for stem in ("default", family, model_stem):
             if stem and (folder / f"{stem}.yaml").exists():
-                merged.update(yaml.safe_load((folder / f"{stem}.yaml").read_text()) or {})
+                merged = deep_merge(merged, load_yaml(folder / f"{stem}.yaml"))
         merged.update(overrides or {})
         merged["model_name"] = model_name
         return cls.from_dict(merged, source=f"configs/{method}/")

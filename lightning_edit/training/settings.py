@@ -40,7 +40,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls: Type[C], values: Mapping[str, Any], source: str = "training") -> C:
-        config = typed_dataclass(cls, values, source)
+        config = typed_dataclass(cls, values, source, set_prefix="training.")
         config.validate(source)
         return config
 
