@@ -61,6 +61,16 @@ def test_one_override_parser_and_checker_for_both_command_lines():
     assert deep_merge({"a": 1, "t": {"x": 1, "y": 2}}, {"t": {"y": 3}}) == {"a": 1, "t": {"x": 1, "y": 3}}
 
 
+def test_edit_py_set_values_typed_by_the_method_fields():
+    from lightning_edit.cli import build_parser as edit_parser
+    from lightning_edit.editors import get_editor_class
+
+    args = edit_parser().parse_args(["--method", "rome", "--set", "v_lr=1e-3", "--set", "layers=[4]",
+                                     "--set", "stats_text=null"])
+    hp = get_editor_class("rome").HParams.for_model("rome", "smollm2-135m", "llama", dict(args.overrides))
+    assert hp.v_lr == 1e-3 and type(hp.v_lr) is float and hp.layers == [4] and hp.stats_text is None
+
+
 def test_training_config_types_and_checks_each_field():
     cfg = MENDTraining.from_dict({"lr": "1e-3", "limit_val_batches": 25, "gradient_clip_val": None})
     assert cfg.lr == 1e-3 and cfg.limit_val_batches == 25 and cfg.c_edit == 0.1
@@ -134,15 +144,19 @@ def test_bad_settings_refused_by_name_without_traceback(argv, message, capsys):
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks Lightning's refusal on a machine without a GPU")
-def test_trainer_refusal_is_a_config_error_before_the_model_loads(monkeypatch, capsys):
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks Lightning's refusals on a machine without a GPU")
+@pytest.mark.parametrize("argv, message", [
+    (["--trainer.accelerator", "gpu"], "accelerator"),
+    (["--trainer.strategy", "fsdp", "--trainer.accelerator", "cpu"], "`fsdp` requires a GPU accelerator"),
+])
+def test_trainer_refusal_is_a_config_error_before_the_model_loads(argv, message, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the Trainer settings were checked")
 
     monkeypatch.setattr("lightning_edit.models.load_model", refuse)
-    assert main(["mend", "smollm2-135m", "--trainer.accelerator", "gpu", "--quiet"]) == 2
+    assert main(["mend", "smollm2-135m", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: the Trainer refused these settings") and "Traceback" not in err
+    assert err.startswith("error: the Trainer refused these settings") and message in err and "Traceback" not in err
 
 
 def test_bad_trainer_flag_type_is_a_usage_error(capsys):
