@@ -57,8 +57,11 @@ def save_config(config: RunConfig) -> Path:
 
     path = Path(config.run_dir) / "config.yaml"
     if rank_zero_only.rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config_yaml(config))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(config_yaml(config))
+        except OSError as err:
+            raise ConfigError(f"--run-dir {config.run_dir}: cannot write {path.name} there ({err.strerror or err})") from err
     return path
 
 

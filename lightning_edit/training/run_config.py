@@ -187,12 +187,12 @@ def resolve_run(args: Any) -> RunConfig:
     hparams = hp_cls.from_dict({**merged, "model_name": model}, source=f"configs/{args.method}/").to_dict()
     for key in ("model_name", "training"):
         hparams.pop(key, None)
-    safe_model = model.replace("/", "_").strip("._") or "model"
+    safe_model = model.replace("/", "_")
     run_dir = str(args.run_dir or default_runs_root() / "train" / f"{args.method}-{safe_model}")
     output = str(args.output or default_editors_root() / f"{args.method}-{safe_model}")
     trainer = {k: v for k, v in vars(args.trainer).items() if k not in DERIVED_TRAINER_KEYS} if args.trainer else {}
     trainer.update(TRAINER_FIXED, check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=True)
-    trainer.update({k: v for k, v in explicit.items() if k not in DERIVED_TRAINER_KEYS})
+    trainer.update({k: v for k, v in explicit.items() if k not in DERIVED_TRAINER_KEYS})  # the user's win over ours
     trainer.update(accelerator=accelerator, strategy=strategy, devices=_devices(explicit.get("devices", args.devices or "auto")))
     return RunConfig(method=args.method, model=model, hparams=hparams, training=training, trainer=trainer,
                      output=output, run_dir=run_dir, dtype=args.dtype, ckpt_path=args.ckpt_path,
