@@ -5,22 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-import yaml
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` of ``--set``, the value read as YAML (numbers, true/false, lists); the hyperparameter
-    classes then check it against the field's declared type."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    if not key.strip():
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE, got {text!r} (empty KEY)")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise argparse.ArgumentTypeError(f"--set {key}: {value!r} is not a valid value ({type(err).__name__}); "
-                                         "write numbers, true/false, text, or lists like [4, 5]") from err
+from .config import parse_override  # noqa: F401  (one --set parser: typed by the field, lightning_edit/config.py)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:

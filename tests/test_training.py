@@ -14,7 +14,7 @@ import torch
 from conftest import require_data, save_tiny
 from lightning_edit.checkpoints import read_manifest
 from lightning_edit.errors import ConfigError
-from lightning_edit.training.cli import build_parser, resolve_config, run
+from lightning_edit.training.cli import build_parser, resolve_config, resolve_run, run
 from lightning_edit.training.strategies import DEEPSPEED_CONFIGS, build_strategy, validate_deepspeed_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,10 +33,9 @@ def tiny_args(method: str, model: Path, tmp: Path, *extra: str) -> list[str]:
             "--output", str(tmp / "editor"), "--run-dir", str(tmp / "run"), *extra]
 
 
-def test_resolve_config_merges_sections_and_overrides(tmp_path):
-    extra = tmp_path / "extra.yaml"
-    extra.write_text("training:\n  lr: 0.5\n")
-    cfg = resolve_config("mend", "smollm2-135m", "llama", str(extra), [("training.max_steps", 7), ("rank", 32)])
+def test_resolve_config_merges_sections_and_overrides():
+    extra = {"training": {"lr": 0.5}}  # the hparams/training sections of a --config file
+    cfg = resolve_config("mend", "smollm2-135m", "llama", extra, [("training.max_steps", 7), ("rank", 32)])
     assert cfg["rank"] == 32 and cfg["training"]["max_steps"] == 7 and cfg["training"]["lr"] == 0.5
     assert cfg["training"]["c_edit"] == 0.1  # untouched keys of the section survive a partial override
     with pytest.raises(ConfigError, match="not a trainable method"):
@@ -50,7 +49,9 @@ def test_resolve_config_merges_sections_and_overrides(tmp_path):
 def test_parser_takes_method_and_model_positionally():
     args = build_parser().parse_args(["serac", "smollm2-135m", "--max-steps", "5", "--output", "x", "--set", "training.lr=1e-3"])
     assert (args.method, args.model, args.max_steps, args.output) == ("serac", "smollm2-135m", 5, "x")
-    assert args.overrides == [("training.lr", 1e-3)]
+    assert args.overrides == [("training.lr", "1e-3")]  # text until it meets its field:
+    config = resolve_run(args)
+    assert config.training.lr == 1e-3 and isinstance(config.training.lr, float) and config.training.max_steps == 5
 
 
 @pytest.mark.parametrize("method", ["mend", "ke", "serac"])

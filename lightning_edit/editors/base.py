@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Iterable, Optional, Protocol, Sequence, Type, 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import checked_value as _checked_value  # one typed-value check for YAML files and --set
 from ..errors import CheckpointError, ConfigError, EditFailedError, LightningEditError, RequestError
 from ..models.loading import LoadedModel
 from ..paths import CONFIG_ROOT
@@ -71,14 +72,14 @@ class HyperParams:
     def for_model(cls: Type[H], method: str, model_name: str, family: Optional[str] = None,
                   overrides: Optional[dict] = None, config_root: Path = CONFIG_ROOT) -> H:
         """Merge ``default.yaml``, ``<family>.yaml`` and ``<model>.yaml`` from ``configs/<method>/``, then overrides."""
-        import yaml
+        from ..config import deep_merge, load_yaml
 
         merged: dict = {}
         folder = config_root / method
         model_stem = model_name if model_name and "/" not in model_name else None  # a local path has no per-model file
         for stem in ("default", family, model_stem):
             if stem and (folder / f"{stem}.yaml").exists():
-                merged.update(yaml.safe_load((folder / f"{stem}.yaml").read_text()) or {})
+                merged = deep_merge(merged, load_yaml(folder / f"{stem}.yaml"))
         merged.update(overrides or {})
         merged["model_name"] = model_name
         return cls.from_dict(merged, source=f"configs/{method}/")
@@ -88,51 +89,6 @@ class HyperParams:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _checked_value(name: str, value: Any, annotation: Any, source: str) -> Any:
-    """``value`` as the field's declared type (int, float, bool, str, dict, list of those, Optional), or a
-    ConfigError naming the field. YAML reads ``1e-3`` as a string: numbers written as text are converted;
-    nothing else is guessed (``'no'`` is not a bool, ``2.5`` is not an int, ``nan`` is not a number)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        (annotation,) = [a for a in args if a is not type(None)]
-        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-
-    def refuse(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: field '{name}' must be {expected}, got {value!r} ({type(value).__name__}); "
-                           f"e.g. --set {name}=<{expected}>")
-
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise refuse(f"a list of {args[0].__name__} such as [1, 2]" if args else "a list")
-        return [_checked_value(f"{name}[{i}]", v, args[0], source) if args else v for i, v in enumerate(value)]
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise refuse("true or false")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise refuse("a whole number")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise refuse("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise refuse("a finite number")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise refuse("text")
-        return value
-    if annotation is dict and not isinstance(value, dict):
-        raise refuse("a mapping")
-    return value
 
 
 class ModelPatch(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, Optional, Sequence, Type
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Type, Union
 
 import lightning as L
 import torch
@@ -21,17 +21,24 @@ from ..models.teacher_forcing import build_target_batch
 from ..requests import EditRequest
 from ..editors.learned.hypernetwork import (LearnedEditor, LearnedHyperParams, agreement, edit_batch, edited_logits, gradient_factors,
                       locality_batch, locality_pairs, masked_kl, rephrase_pairs, target_accuracy, target_nll)
+from .settings import KETraining, MENDTraining, SERACTraining, TrainingConfig
 
 
 class EditorModule(L.LightningModule):
     """Common part: the frozen base model, the editor (contract) and its trainable network."""
 
     method: str = ""
+    Training: ClassVar[Type[TrainingConfig]] = TrainingConfig
 
-    def __init__(self, model_name: str, editor_hparams: dict, training: dict, loaded: Optional[LoadedModel] = None):
+    def __init__(self, model_name: str, editor_hparams: dict, training: Union[TrainingConfig, Mapping[str, Any]],
+                 loaded: Optional[LoadedModel] = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["loaded"])
-        self.training_cfg = dict(training)
+        if not isinstance(training, self.Training):
+            training = self.Training.from_dict(dict(training), source=f"{self.method} training")
+        self.training_cfg = training
+        # plain values only in the checkpoint and the loggers' hparams files
+        self.save_hyperparameters({"model_name": model_name, "editor_hparams": dict(editor_hparams),
+                                   "training": training.to_dict()})
         loaded = loaded if loaded is not None else load_model(model_name)
         self._set_loaded(loaded)
         cls: Type[LearnedEditor] = get_editor_class(self.method)  # type: ignore[assignment]
@@ -72,12 +79,9 @@ class EditorModule(L.LightningModule):
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         return batch  # lists of EditRequest (text): tokenized on the model's device by each step
 
-    def cfg(self, key: str, default: Any) -> Any:
-        return self.training_cfg.get(key, default)
-
     def configure_optimizers(self):
         groups = self.param_groups()
-        return torch.optim.Adam(groups, lr=float(self.cfg("lr", 1e-4)))
+        return torch.optim.Adam(groups, lr=self.training_cfg.lr)
 
     def param_groups(self) -> list[dict]:
         return [{"params": [p for p in self.network.parameters() if p.requires_grad]}]
@@ -154,11 +158,13 @@ class MENDModule(EditorModule):
     """MEND: ``c_edit · NLL(target | edit prompt and rephrases, W + ΔW) + c_loc · KL(base ‖ edited)`` on locality prompts."""
 
     method = "mend"
+    Training = MENDTraining
+    training_cfg: MENDTraining
 
     def param_groups(self) -> list[dict]:
         lrs = [self.network.edit_lrs]
         rest = [p for n, p in self.network.named_parameters() if n != "edit_lrs"]
-        return [{"params": rest}, {"params": lrs, "lr": float(self.cfg("lr_lr", 1e-4))}]
+        return [{"params": rest}, {"params": lrs, "lr": self.training_cfg.lr_lr}]
 
     def training_loss(self, requests):
         loaded = self.base
@@ -174,13 +180,13 @@ class MENDModule(EditorModule):
         edit_logits, edit_labels = logits[:n_edit], joint.labels[:n_edit]
         l_edit = target_nll(edit_logits, edit_labels)
         logs = {"edit_loss": l_edit.detach(), "edit_acc": target_accuracy(edit_logits.detach(), edit_labels).mean()}
-        loss = float(self.cfg("c_edit", 0.1)) * l_edit
+        loss = self.training_cfg.c_edit * l_edit
         if lb is not None:
             loc_inputs = {k: v[n_edit:] for k, v in joint.model_inputs().items()}
             with torch.no_grad():
                 base_logits = loaded.model(**loc_inputs).logits
             l_loc = masked_kl(base_logits, logits[n_edit:], joint.labels[n_edit:])
-            loss = loss + float(self.cfg("c_loc", 1.0)) * l_loc
+            loss = loss + self.training_cfg.c_loc * l_loc
             logs["loc_loss"] = l_loc.detach()
         logs["edit_lr"] = self.network.edit_lrs.detach().mean()
         return loss, logs
@@ -191,10 +197,12 @@ class KEModule(EditorModule):
     Lagrange multiplier λ (a buffer, so it is checkpointed) raised by dual ascent while the constraint is violated."""
 
     method = "ke"
+    Training = KETraining
+    training_cfg: KETraining
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.register_buffer("lagrange", torch.tensor(float(self.cfg("lagrange_init", 1.0))))
+        self.register_buffer("lagrange", torch.tensor(self.training_cfg.lagrange_init))
 
     def training_loss(self, requests):
         from ..editors.learned.ke import edit_embeddings
@@ -220,10 +228,10 @@ class KEModule(EditorModule):
                 kls.append(masked_kl(base_logits, logits[n_edit:], joint.labels[n_edit:]))
         l_edit = torch.stack(edit_losses).mean()
         kl = torch.stack(kls).mean() if kls else l_edit.new_zeros(())
-        margin = float(self.cfg("kl_margin", 0.01))
+        margin = self.training_cfg.kl_margin
         loss = l_edit + self.lagrange.clone() * (kl - margin)
         with torch.no_grad():  # dual ascent on λ ≥ 0
-            self.lagrange.add_(float(self.cfg("lagrange_lr", 10.0)) * (kl.detach() - margin)).clamp_(min=0.0)
+            self.lagrange.add_(self.training_cfg.lagrange_lr * (kl.detach() - margin)).clamp_(min=0.0)
         return loss, {"edit_loss": l_edit.detach(), "edit_acc": torch.stack(accs).mean(), "loc_loss": kl.detach(),
                       "lagrange": self.lagrange.detach().clone()}
 
@@ -251,6 +259,8 @@ class SERACModule(EditorModule):
     for locality prompts, at every position whose logits are scored."""
 
     method = "serac"
+    Training = SERACTraining
+    training_cfg: SERACTraining
 
     def training_loss(self, requests):
         from ..editors.memory.serac import lora_active, prompt_keys, scope_features
@@ -265,7 +275,7 @@ class SERACModule(EditorModule):
         logs = {"cf_loss": l_cf.detach(), "edit_acc": target_accuracy(cf_logits.detach(), labels).mean()}
         loss = l_cf
         loc_rows = [(r, probe.prompt, probe.answer) for r in requests for probe in r.locality]
-        c_cf_loc = float(self.cfg("c_cf_loc", 0.1))
+        c_cf_loc = self.training_cfg.c_cf_loc
         if loc_rows and c_cf_loc > 0:
             ids_l, mask_l, labels_l = counterfactual_rows(loaded, hp.edit_template, loc_rows)
             base_b = build_target_batch(loaded, [p for _, p, _ in loc_rows], [a for _, _, a in loc_rows])
@@ -296,7 +306,7 @@ class SERACModule(EditorModule):
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         pos, neg = scores[scored & own], scores[scored & ~own]
         l_cls = bce(pos, torch.ones_like(pos)) + (bce(neg, torch.zeros_like(neg)) if neg.numel() else 0.0)
-        loss = loss + float(self.cfg("c_cls", 1.0)) * l_cls
+        loss = loss + self.training_cfg.c_cls * l_cls
         logs.update({"cls_loss": l_cls.detach(), "cls_pos_acc": (pos > 0).float().mean(),
                      "cls_neg_acc": (neg < 0).float().mean() if neg.numel() else torch.tensor(1.0)})
         return loss, logs

@@ -104,16 +104,39 @@ def resolve_precision(requested: Optional[str], strategy: Optional[str], acceler
     return "bf16-mixed" if bf16 else "32-true"
 
 
+def lightning_strategy_names() -> list[str]:
+    """Lightning's registered strategy names, but its DeepSpeed ones (ours validate configs/deepspeed/)."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return sorted(n for n in StrategyRegistry.available_strategies() if not n.startswith("deepspeed"))
+
+
+def check_strategy_name(name: Any) -> Any:
+    """``name`` if train.py can run it: ours (auto, ddp, deepspeed_stage_2/3), fsdp and Lightning's other registered
+    names, or a Strategy object; else a ConfigError listing them."""
+    from lightning.pytorch.strategies import Strategy
+
+    name = name or "auto"
+    if isinstance(name, Strategy) or name in STRATEGIES or name in lightning_strategy_names():
+        return name
+    if hasattr(name, "class_path"):  # a parsed, not yet built, class_path spec
+        return name
+    raise ConfigError(f"--strategy {name!r} is not supported; choose one of {', '.join(STRATEGIES)}, fsdp, or another "
+                      f"Lightning strategy: {', '.join(n for n in lightning_strategy_names() if n not in STRATEGIES)}")
+
+
 def build_strategy(name: Optional[str], accelerator: str = "auto", cuda_available: Optional[bool] = None,
                    deepspeed_installed: Optional[bool] = None) -> Any:
     """The Lightning strategy for ``--strategy``: a name or a configured Strategy object.
 
     Called by train.py before any model is loaded, so a DeepSpeed run on a machine without CUDA or without the
     ``deepspeed`` package fails at once with a message naming the flag."""
-    name = name or "auto"
-    if name not in STRATEGIES:
-        raise ConfigError(f"--strategy {name!r} is not supported; choose one of {', '.join(STRATEGIES)}")
+    name = check_strategy_name(name)
+    if not isinstance(name, str):
+        return name  # a Strategy given as --trainer.strategy.class_path
     cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if name not in STRATEGIES:  # fsdp and Lightning's other registered names: Lightning builds them
+        return name
     if name == "auto":
         return "auto"
     if name == "ddp":
