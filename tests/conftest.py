@@ -73,8 +73,9 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm2):
-    return smollm2.tokenizer
+def tokenizer(tiny_tokenizer):
+    """The tokenizer of the tiny random models: trained here, so no real model is loaded for it."""
+    return tiny_tokenizer
 
 
 def build_tiny(family: str, tokenizer, seed: int = 0) -> LoadedModel:
