@@ -45,10 +45,10 @@ def resolve_easyedit_model_name(name: str) -> tuple[str, Optional[str]]:
         return str(Path(name).expanduser()), None
     by_hub = [spec.name for spec in MODELS.values() if spec.hub_id and spec.hub_id.lower() == name.lower()]
     if by_hub:
-        return by_hub[0], f"model_name {name!r}: the registered model {by_hub[0]!r}"
+        return by_hub[0], f"model_name: {name!r}: the registered model {by_hub[0]!r}"
     last = name.rstrip("/").rsplit("/", 1)[-1]
     if "/" in name and resolve_model_name(last) in MODELS:
-        return last, f"model_name {name!r} (not a directory here): the registered model {last!r} of the same name"
+        return last, f"model_name: {name!r}: not a directory here: the registered model {last!r} of the same name"
     if re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", name):
         return name, None  # a hub id: transformers resolves it (hub or its local cache)
     raise ConfigError(
@@ -145,6 +145,12 @@ LOCATE_KEYS: dict[str, Handler] = {
     "mom2_dtype": accepted(("float32",), "statistics are summed in float64 and stored in float32 here"),
     "P_loc": no_meaning("the null-space projection is computed from the cached statistics and kept in memory"),
     "L2": no_meaning("AlphaEdit here has no extra L2 term beyond mom2_update_weight"),
+}
+
+# MEMIT and AlphaEdit always weight their update by the key statistics (ROME has the switch as a field).
+ALWAYS_MOM2_KEYS: dict[str, Handler] = {
+    **LOCATE_KEYS,
+    "mom2_adjustment": accepted((True,), "this method always weights its update by the key statistics", refuse=True),
 }
 
 FT_KEYS: dict[str, Handler] = {
@@ -281,14 +287,14 @@ class ROMEHyperParams(EasyEditHParams, _editor_hparams("rome")):
 class MEMITHyperParams(EasyEditHParams, _editor_hparams("memit")):
     METHOD: ClassVar[str] = "memit"
     ALG_NAMES: ClassVar[tuple[str, ...]] = ("MEMIT",)
-    KEYS: ClassVar[dict[str, Handler]] = LOCATE_KEYS
+    KEYS: ClassVar[dict[str, Handler]] = ALWAYS_MOM2_KEYS
 
 
 @dataclass
 class AlphaEditHyperParams(EasyEditHParams, _editor_hparams("alphaedit")):
     METHOD: ClassVar[str] = "alphaedit"
     ALG_NAMES: ClassVar[tuple[str, ...]] = ("AlphaEdit",)
-    KEYS: ClassVar[dict[str, Handler]] = LOCATE_KEYS
+    KEYS: ClassVar[dict[str, Handler]] = ALWAYS_MOM2_KEYS
 
 
 @dataclass
