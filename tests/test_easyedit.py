@@ -108,7 +108,7 @@ def test_shipped_smollm2_rome_file_matches_our_rome_config():
     with warnings.catch_warnings():
         warnings.simplefilter("error", EasyEditKeyWarning)  # nothing in it is read differently
         hp = ROMEHyperParams.from_hparams(ROOT / "lightning_edit/configs/easyedit/ROME/smollm2-135m.yaml")
-    ours = api.editor_for_hparams(type(hp.native()).for_model("rome", "smollm2-135m", family="llama")).hparams
+    ours = type(hp.native()).for_model("rome", "smollm2-135m", family="llama")  # configs/rome/ merged for the model
     for name in ("layers", "context_prefixes", "context_length", "v_num_grad_steps", "v_lr", "mom2_n_tokens",
                  "v_weight_decay", "clamp_norm_factor", "kl_factor", "mom2_adjustment"):
         assert getattr(hp, name) == getattr(ours, name), name
@@ -238,3 +238,59 @@ def test_batch_edit_uses_hparams_batch_size(tmp_path, tokenizer):
                                                  subject=["Ray Charles", "Grant Hill", "Larry Bird"], verbose=False)
     assert len(metrics) == 3 and {m["protocol"] for m in metrics} == {"batch"} and dict(weights_copy) == {}
     assert metrics[0]["scored"].endswith("(2 edit calls)")  # batches of hparams.batch_size = 2
+
+
+# EasyEdit's README ROME example, verbatim but for its import line (and the hparams path: our EasyEdit-format file).
+README_ROME_EXAMPLE = '''
+from lightning_edit.easyedit import BaseEditor
+from lightning_edit.easyedit import ROMEHyperParams
+
+prompts = ['Ray Charles, the',
+            'Grant Hill is a professional',
+            'The law in Ikaalinen declares the language'
+            ]
+ground_truth = ['piano',
+                'basketball',
+                'Finnish'
+                ]
+target_new = ['violin',
+              'soccer',
+              'Swedish'
+              ]
+subject = ['Ray Charles',
+            'Grant Hill',
+            'Ikaalinen'
+            ]
+
+hparams = ROMEHyperParams.from_hparams('./lightning_edit/configs/easyedit/ROME/smollm2-135m')
+editor = BaseEditor.from_hparams(hparams)
+metrics, edited_model, _ = editor.edit(
+    prompts=prompts,
+    ground_truth=ground_truth,
+    target_new=target_new,
+    subject=subject,
+    sequential_edit=True
+)
+print(metrics)
+print(type(edited_model))
+'''
+
+
+@pytest.mark.slow
+def test_readme_rome_example_on_smollm2(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    namespace: dict = {}
+    exec(compile(README_ROME_EXAMPLE, "easyedit_readme_rome.py", "exec"), namespace)
+    metrics, edited_model, weights_copy = namespace["metrics"], namespace["edited_model"], namespace["_"]
+    printed = capsys.readouterr().out
+    assert "rewrite_acc" in printed and "LlamaForCausalLM" in printed
+    assert len(metrics) == 3
+    for m in metrics:
+        assert set(m["pre"]) >= {"rewrite_acc", "locality", "portability"} and set(m["post"]) >= {"rewrite_acc", "locality", "portability"}
+        print(m["requested_rewrite"]["prompt"], "pre", m["pre"]["rewrite_acc"], "post", m["post"]["rewrite_acc"])
+    # Three ROME edits kept one after another, scored after the last: the new targets are now the model's answers.
+    post = [m["post"]["rewrite_acc"][0] for m in metrics]
+    pre = [m["pre"]["rewrite_acc"][0] for m in metrics]
+    assert sum(post) / 3 >= 0.9 and sum(pre) / 3 <= 0.5, (pre, post)
+    weights_copy()  # undo through the callable form of the third return value
+    assert dict(weights_copy) and "model.layers.4.mlp.down_proj.weight" in weights_copy
