@@ -227,6 +227,8 @@ def test_edit_arguments_refused_before_any_work(tmp_path, tokenizer):
         editor.edit(**base, eval_metric="ppl")
     with pytest.raises(ConfigError, match=r"\['train_ds'\]"):
         editor.edit(**base, train_ds=[])
+    with pytest.raises(ConfigError, match="locality_inputs must be a dict"):  # EasyEdit's old locality_prompts list
+        editor.batch_edit(base["prompts"], base["target_new"], None, None, ["Larry Bird plays"], verbose=False)
 
 
 def test_batch_edit_uses_hparams_batch_size(tmp_path, tokenizer):

@@ -140,6 +140,10 @@ class BaseEditor(api.BaseEditor):
             raise ConfigError(f"edit() got argument(s) {sorted(kwargs)} that lightning-edit's EasyEdit layer does not "
                               "support; supported besides EasyEdit's named ones: subject, keep_original_weight, "
                               "test_generation, eval_metric")
+        for name, value in (("locality_inputs", locality_inputs), ("portability_inputs", portability_inputs)):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a dict such as {{'neighborhood': {{'prompt': [...], 'ground_truth': "
+                                  f"[...]}}}}, one entry per edit prompt; got a {type(value).__name__}")
         if isinstance(ground_truth, str):
             ground_truth = [ground_truth]
         return requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
