@@ -1,0 +1,189 @@
+"""EasyEdit's ``BaseEditor``: ``edit`` and ``batch_edit`` with EasyEdit's arguments and its metric structure.
+
+Built on ``lightning_edit.api.BaseEditor`` (model loading, device and dtype rules) and ``evaluate_editing`` (the
+protocols and metrics): only the argument names and the shape of what comes back are EasyEdit's.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence, Union
+
+import torch
+
+from .. import api
+from ..editors import EDITORS, HyperParams
+from ..errors import ConfigError
+from ..evaluation import Report, evaluate_editing
+from ..models import LoadedModel
+from ..requests import EditRequest, requests_from_lists
+from .hparams import EasyEditHParams, check_against_model, resolve_easyedit_model_name
+
+log = logging.getLogger(__name__)
+
+# EasyEdit's evaluation options we measure the same way (teacher-forced token accuracy); 'ppl' etc. are refused.
+SAME_EVAL_METRICS = ("exact match", "token_em")
+FLUENCY_TOKENS = 100  # EasyEdit's test_generation_quality: 100 new tokens
+
+
+class WeightsCopy(dict):
+    """EasyEdit's third return value, both ways it comes: a dict of parameter name → weights before the kept edits
+    (write them back to restore, as EasyEdit scripts do), and, called, an undo of the kept edits, modules and
+    memories included (as EasyEdit's GRACE/WISE ``weights_copy()``). Empty when no edit was kept."""
+
+    def __init__(self, deltas: Sequence, loaded: LoadedModel):
+        super().__init__()
+        for delta in deltas:  # the earliest edit's "before" is the original weight
+            for name, before in delta.weights_before.items():
+                self.setdefault(name, before)
+        self._deltas, self._loaded = list(deltas), loaded
+
+    def __call__(self) -> None:
+        for delta in reversed(self._deltas):
+            delta.undo(self._loaded)
+        self._deltas = []
+
+
+class BaseEditor(api.BaseEditor):
+    """``BaseEditor.from_hparams(hparams)`` then ``edit(...)`` → ``(metrics, edited_model, weights_copy)``."""
+
+    def __init__(self, editor, loaded: LoadedModel, hparams: Optional[HyperParams] = None):
+        super().__init__(editor, loaded)
+        self.hparams = hparams if hparams is not None else editor.hparams
+        self.last_report: Optional[Report] = None  # the full lightning-edit report of the last edit/batch_edit
+
+    # EasyEdit scripts read these
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    @property
+    def tok(self):
+        return self.loaded.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def alg_name(self) -> str:
+        return getattr(self.hparams, "alg_name", self.editor.name)
+
+    @classmethod
+    def from_hparams(cls, hparams: HyperParams, loaded: Optional[LoadedModel] = None, *,
+                     device: Union[int, str, torch.device, None] = None,
+                     dtype: Union[str, torch.dtype, None] = None) -> "BaseEditor":
+        """The editor of EasyEdit-style ``hparams`` (``ROMEHyperParams.from_hparams(...)``) or of our own, on
+        ``loaded`` or on ``hparams.model_name`` loaded on ``hparams.device`` (``device: 0`` without a GPU: the CPU,
+        with a warning). The file's module templates and ``v_loss_layer`` are checked against the model."""
+        if not isinstance(hparams, EasyEditHParams):
+            base = api.BaseEditor.from_hparams(hparams, loaded, device=device, dtype=dtype)
+            return cls(base.editor, base.loaded)
+        native = hparams.native()  # validated now, after whatever the script changed
+        if loaded is None:
+            if not hparams.model_name:
+                raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
+            name, _ = resolve_easyedit_model_name(hparams.model_name)  # again: a script may have set it
+            target = api._device_for(device if device is not None else hparams.device)
+            loaded = api.load_model(name, dtype=api._dtype_for(dtype, hparams.fp16, target), device=target)
+        elif device is not None or dtype is not None:
+            raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given")
+        check_against_model(hparams, loaded)
+        return cls(EDITORS[hparams.method()](native), loaded, hparams)
+
+    def edit(self, prompts: Union[str, Sequence[str]], target_new: Union[str, Sequence[str]],
+             ground_truth: Union[str, Sequence[str], None] = None, rephrase_prompts: Union[str, Sequence[Any], None] = None,
+             locality_inputs: Optional[dict] = None, portability_inputs: Optional[dict] = None,
+             sequential_edit: bool = False, verbose: bool = True, **kwargs: Any):
+        """EasyEdit's ``edit``. Each request is scored before and after its edit. ``sequential_edit``: all edits
+        applied one after another, kept in the returned model and scored after the last (restore with the returned
+        ``weights_copy``); otherwise each is undone after scoring, as in EasyEdit, so the returned model is unedited.
+        Keyword arguments: ``subject``, ``keep_original_weight`` (True asks for what ``sequential_edit=False`` does),
+        ``test_generation`` (adds EasyEdit's ``fluency``), ``eval_metric`` ('exact match'/'token_em' only)."""
+        requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
+                                           portability_inputs, sequential_edit, kwargs)
+        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "single",
+                                  fluency=options["test_generation"], fluency_tokens=FLUENCY_TOKENS, progress=verbose,
+                                  keep_edits=sequential_edit)
+        return self._returned(requests, report)
+
+    def batch_edit(self, prompts: Sequence[str], target_new: Sequence[str], ground_truth: Optional[Sequence[str]] = None,
+                   rephrase_prompts: Optional[Sequence[Any]] = None, locality_inputs: Optional[dict] = None,
+                   portability_inputs: Optional[dict] = None, keep_original_weight: bool = False, verbose: bool = True,
+                   sequential_edit: bool = False, **kwargs: Any):
+        """EasyEdit's ``batch_edit``: ``hparams.batch_size`` requests per edit call (all of them when unset; a
+        ``batch_size=`` argument wins). Each batch is scored then undone; with ``sequential_edit`` the batches are
+        kept, one after another, and all requests scored after the last."""
+        batch_size = kwargs.pop("batch_size", None) or getattr(self.hparams, "batch_size", None)
+        kwargs["keep_original_weight"] = keep_original_weight
+        requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
+                                           portability_inputs, sequential_edit, kwargs)
+        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "batch",
+                                  batch_size=batch_size or len(requests), fluency=options["test_generation"],
+                                  fluency_tokens=FLUENCY_TOKENS, progress=verbose, keep_edits=sequential_edit)
+        return self._returned(requests, report)
+
+    # ---- shared parts ------------------------------------------------------------------------------------------
+    def _requests(self, prompts, target_new, ground_truth, rephrase_prompts, locality_inputs, portability_inputs,
+                  sequential_edit: bool, kwargs: dict) -> tuple[list[EditRequest], dict]:
+        """Requests from EasyEdit's arguments, and the options; unknown or unsupported keywords are refused."""
+        subject = kwargs.pop("subject", None)
+        options = {"test_generation": bool(kwargs.pop("test_generation", False))}
+        keep_original = kwargs.pop("keep_original_weight", False)
+        if keep_original and sequential_edit:
+            raise ConfigError("keep_original_weight=True and sequential_edit=True contradict each other: sequential edits "
+                              "are kept in the model; drop one of them")
+        eval_metric = kwargs.pop("eval_metric", "exact match")
+        if eval_metric not in SAME_EVAL_METRICS:
+            raise ConfigError(f"eval_metric={eval_metric!r} is not measured here; use one of {SAME_EVAL_METRICS} "
+                              "(teacher-forced token accuracy, EasyEdit's default)")
+        if kwargs:
+            raise ConfigError(f"edit() got argument(s) {sorted(kwargs)} that lightning-edit's EasyEdit layer does not "
+                              "support; supported besides EasyEdit's named ones: subject, keep_original_weight, "
+                              "test_generation, eval_metric")
+        for name, value in (("locality_inputs", locality_inputs), ("portability_inputs", portability_inputs)):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a dict such as {{'neighborhood': {{'prompt': [...], 'ground_truth': "
+                                  f"[...]}}}}, one entry per edit prompt; got a {type(value).__name__}")
+        if isinstance(ground_truth, str):
+            ground_truth = [ground_truth]
+        return requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
+                                   portability_inputs), options
+
+    def _returned(self, requests: list[EditRequest], report: Report):
+        self.last_report = report
+        metrics = [easyedit_metrics(r, row, report) for r, row in zip(requests, report.requests)]
+        return metrics, self.loaded.model, WeightsCopy(report.kept_deltas, self.loaded)
+
+
+def easyedit_metrics(request: EditRequest, row: dict, report: Report) -> dict:
+    """One request's metrics in EasyEdit's structure, with our protocol tags and our own metrics beside them."""
+    def side(values: dict, post: bool) -> dict:
+        out: dict = {"rewrite_acc": [values["reliability"]]}
+        if "generalization" in values:
+            out["rephrase_acc"] = [values["generalization"]]
+        if post or not request.locality:  # EasyEdit drops 'locality' from 'pre' once it is compared into 'post'
+            out["locality"] = {f"{k.split('/', 1)[1]}_acc": [v] for k, v in values.items() if k.startswith("locality/")}
+        out["portability"] = {f"{k.split('/', 1)[1]}_acc": [v] for k, v in values.items() if k.startswith("portability/")}
+        if "fluency" in values:
+            out["fluency"] = {"ngram_entropy": values["fluency"]}
+        return out
+
+    return {
+        "case_id": row["case_id"], "requested_rewrite": _requested_rewrite(request), "time": row.get("edit_seconds"),
+        "pre": side(row["pre"], post=False), "post": side(row["post"], post=True),
+        "protocol": report.protocol, "scored": report.config["scored"],
+        "lightning_edit": {"pre": row["pre"], "post": row["post"]},  # our metrics (efficacy, exact match, ...)
+    }
+
+
+def _requested_rewrite(r: EditRequest) -> dict:
+    def by_kind(probes) -> dict:
+        out: dict = {}
+        for p in probes:
+            entry = out.setdefault(p.kind or "", {"prompt": [], "ground_truth": []})
+            entry["prompt"].append(p.prompt)
+            entry["ground_truth"].append(p.answer)
+        return out
+
+    return {"prompt": r.prompt, "target_new": r.target_new, "ground_truth": r.target_true, "subject": r.subject,
+            "rephrase_prompt": list(r.rephrase_prompts), "locality": by_kind(r.locality), "portability": by_kind(r.portability)}

@@ -1,0 +1,174 @@
+"""How each key of an EasyEdit hyperparameter file is read here: mapped onto a field of ours, refused with the fix,
+or noted for the one ``EasyEditKeyWarning`` (``hparams.py`` applies these tables)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..errors import ConfigError
+from ..models.registry import MODELS, resolve_model_name
+
+
+class EasyEditKeyWarning(UserWarning):
+    """Keys of an EasyEdit hyperparameter file that have no meaning here, or only an approximate one."""
+
+
+# ---- model_name ------------------------------------------------------------------------------------------------
+def resolve_easyedit_model_name(name: str) -> tuple[str, Optional[str]]:
+    """Our model name for EasyEdit's ``model_name``, and a note when it was translated.
+
+    In order: a registered name or alias (``smollm2-135m``, ``gpt2-xl``); an existing local directory (loaded by
+    transformers as it is); the hub id of a registered model (``openai-community/gpt2-xl`` → ``gpt2-xl``); a path
+    whose last part is a registered name (EasyEdit's ``./hugging_cache/gpt2-xl`` → ``gpt2-xl``, fetched from the hub
+    cache like any registered model); any other ``org/name`` hub id, passed to transformers. Anything else is a
+    ConfigError naming the choices."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model_name must be a model name, a hub id or a directory, got {name!r}")
+    if resolve_model_name(name) in MODELS:
+        return name, None
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), None
+    by_hub = [spec.name for spec in MODELS.values() if spec.hub_id and spec.hub_id.lower() == name.lower()]
+    if by_hub:
+        return by_hub[0], f"model_name: {name!r}: the registered model {by_hub[0]!r}"
+    last = name.rstrip("/").rsplit("/", 1)[-1]
+    if "/" in name and resolve_model_name(last) in MODELS:
+        return last, f"model_name: {name!r}: not a directory here: the registered model {last!r} of the same name"
+    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", name):
+        return name, None  # a hub id: transformers resolves it (hub or its local cache)
+    raise ConfigError(
+        f"model_name {name!r} is not a registered model ({', '.join(sorted(MODELS))}), not a directory here and not "
+        "a hub id (org/name); set model_name to one of these, or to a local transformers directory")
+
+
+# ---- key mapping -------------------------------------------------------------------------------------------------
+@dataclass
+class Mapped:
+    """What reading one file produces: our field values, and notes for the one warning."""
+
+    values: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+Handler = Callable[[str, Any, Mapped], None]
+
+
+def rename(ours: str, convert: Callable[[Any], Any] = lambda v: v) -> Handler:
+    def handle(key: str, value: Any, out: Mapped) -> None:
+        out.values[ours] = convert(value)
+    return handle
+
+
+def no_meaning(why: str) -> Handler:
+    def handle(key: str, value: Any, out: Mapped) -> None:
+        out.notes.append(f"{key}: {value!r}: {why}")
+    return handle
+
+
+def accepted(ok_values: tuple, why: str, refuse: bool = False) -> Handler:
+    """A key whose listed values are what we do anyway; another value is refused (``refuse``) or noted."""
+    def handle(key: str, value: Any, out: Mapped) -> None:
+        if value in ok_values:
+            return
+        if refuse:
+            raise ConfigError(f"{key}: {value!r} is not supported: {why}; set {key}: {ok_values[0]!r}")
+        out.notes.append(f"{key}: {value!r}: {why}")
+    return handle
+
+
+def _context_templates(key: str, value: Any, out: Mapped) -> None:
+    """EasyEdit's [[length, count], ...] of generated context prefixes → our count and one length."""
+    pairs = value if isinstance(value, list) else None
+    if not pairs or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and x >= 0 for x in p) for p in pairs):
+        raise ConfigError(f"{key} must be a list of [length, count] pairs such as [[5, 10], [10, 10]], got {value!r}")
+    out.values["context_prefixes"] = sum(count for _, count in pairs)
+    out.values["context_length"] = max(length for length, _ in pairs) or 1
+    if len({length for length, count in pairs if count}) > 1:
+        out.notes.append(f"{key}: {value!r}: prefixes here have one length; using {out.values['context_prefixes']} "
+                         f"prefixes of {out.values['context_length']} tokens")
+
+
+def _mom2_samples(key: str, value: Any, out: Mapped) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a whole number ≥ 1, got {value!r}")
+    out.values["_mom2_n_samples"] = value  # turned into tokens once stats_seq_len is known (see _finish)
+
+
+def _inner_params(key: str, value: Any, out: Mapped) -> None:
+    """GRACE/WISE's ``inner_params: [model.layers[27].mlp.down_proj.weight]`` → the block and a template to check."""
+    items = value if isinstance(value, list) else [value]
+    if len(items) != 1 or not isinstance(items[0], str):
+        raise ConfigError(f"{key} must name exactly one weight, e.g. ['model.layers[27].mlp.down_proj.weight'], got {value!r}")
+    path = re.sub(r"\[(\d+)\]", r".\1", items[0]).removesuffix(".weight")
+    numbers = re.findall(r"\.(\d+)(?=\.)", path)
+    if len(numbers) != 1:
+        raise ConfigError(f"{key}: {items[0]!r} names no single block number")
+    out.values["layer"] = int(numbers[0])
+    out.values.setdefault("module_templates", {})[key] = re.sub(r"\.\d+(?=\.)", ".{}", path, count=1)
+
+
+def _template(key: str, value: Any, out: Mapped) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a module path such as 'model.layers.{{}}.mlp.down_proj', got {value!r}")
+    out.values.setdefault("module_templates", {})[key] = value.removesuffix(".weight")
+
+
+COMMON_KEYS: dict[str, Handler] = {
+    "model_parallel": accepted((False, None), "one device here (no model parallelism); the model loads on `device`"),
+    "max_length": no_meaning("prompts are not truncated here; prompts longer than the model's context are refused"),
+    **{k: _template for k in ("rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp",
+                              "ln_f_module", "lm_head_module")},
+}
+
+LOCATE_KEYS: dict[str, Handler] = {
+    "fact_token": accepted(("subject_last",), "keys are read at the subject's last token only", refuse=True),
+    "layer_selection": accepted(("all",), "every layer in `layers` is edited", refuse=True),
+    "context_template_length_params": _context_templates,
+    "mom2_n_samples": _mom2_samples,
+    "mom2_dataset": accepted(("wikitext", "wikitext-2", "wikitext2"), "statistics come from the WikiText-2 test "
+                             "excerpt shipped with lightning-edit (set stats_text to a text file to use another)"),
+    "mom2_dtype": accepted(("float32",), "statistics are summed in float64 and stored in float32 here"),
+    "P_loc": no_meaning("the null-space projection is computed from the cached statistics and kept in memory"),
+    "L2": no_meaning("AlphaEdit here has no extra L2 term beyond mom2_update_weight"),
+}
+
+# MEMIT and AlphaEdit always weight their update by the key statistics (ROME has the switch as a field).
+ALWAYS_MOM2_KEYS: dict[str, Handler] = {
+    **LOCATE_KEYS,
+    "mom2_adjustment": accepted((True,), "this method always weights its update by the key statistics", refuse=True),
+}
+
+FT_KEYS: dict[str, Handler] = {
+    "objective_optimization": rename("objective", lambda v: {"target_new": "target_tokens"}.get(v, v)),
+    "norm_constraint": rename("norm_constraint", lambda v: None if v is False else v),
+    "kl_factor": accepted((0, 0.0), "fine-tuning here has no KL term"),
+}
+
+KN_KEYS: dict[str, Handler] = {
+    "refine": rename("use_rephrases"),
+    "p": rename("refine_fraction"),
+    "lr_scale": no_meaning("the edit's size is edit_scale (a multiple of the target's output embedding) here"),
+    "n_toks": no_meaning("every token of target_new is edited (cap with max_target_tokens)"),
+    "batch_size": no_meaning("integrated gradients run rows_per_pass scaled copies per pass here"),
+}
+
+GRACE_KEYS: dict[str, Handler] = {
+    "inner_params": _inner_params, "edit_lr": rename("lr"), "n_iter": rename("num_steps"),
+    "eps": rename("epsilon_init"), "val_init": rename("value_init"),
+    "dist_fn": accepted(("euc",), "the codebook's distance is Euclidean here"),
+    "replacement": accepted(("replace_prompt",), "the codebook value replaces the FFN output over the prompt here"),
+    "eps_expand": accepted(("coverage",), "deferral radii grow by coverage here"),
+    "val_train": accepted(("sgd",), "values are trained by gradient steps here"),
+    "reg": accepted(("early_stop",), "training stops early at early_stop_loss here"),
+    **{k: no_meaning("not used by GRACE here") for k in ("val_reg", "num_pert", "dropout")},
+}
+
+WISE_KEYS: dict[str, Handler] = {
+    "inner_params": _inner_params, "edit_lr": rename("lr"), "n_iter": rename("num_steps"),
+    "act_margin": lambda key, v, out: out.values.update(zip(("alpha", "beta", "gamma"), v)),
+    "save_freq": rename("shard_size"), "densities": rename("merge_density"),
+    "merge_alg": accepted(("ties",), "shards are merged with TIES here"),
+    **{k: no_meaning("not used by WISE here") for k in ("merge_freq", "weights", "retrieve", "replay", "objective_optimization")},
+}
