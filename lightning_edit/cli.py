@@ -19,6 +19,7 @@ DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
   edit     (the default) apply edits and report: the options above
   study    run a study configuration (configs/study/) and write its tables and figures
+  train    train a learnt editor (MEND, KE, SERAC), as python train.py: train mend smollm2-135m --print_config
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
   stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2
@@ -118,13 +119,20 @@ def _run_stats(argv: Sequence[str]) -> int:
     return stats_main(list(argv))
 
 
+def _run_train(argv: Sequence[str]) -> int:
+    from .training.cli import main as train_main
+
+    return train_main(list(argv))
+
+
 def _run_ask(argv: Sequence[str]) -> int:
     from .ask import main as ask_main
 
     return ask_main(list(argv))
 
 
-SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "data": _run_data, "ask": _run_ask, "stats": _run_stats}
+SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "train": _run_train, "data": _run_data, "ask": _run_ask,
+                                                           "stats": _run_stats}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
