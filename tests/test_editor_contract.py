@@ -166,3 +166,42 @@ def test_edit_keeps_the_callers_requires_grad_flags(tokenizer):
     flags = {n: p.requires_grad for n, p in loaded.model.named_parameters()}
     assert flags[trainable] and sum(flags.values()) == 1
     delta.undo(loaded)
+
+
+def test_edit_callback_at_fit_start_leaves_the_model_trainable(tokenizer, tmp_path):
+    """EditCallback fires at fit start, before the first step: the Trainer must still train what it was given."""
+    import lightning as L
+
+    from lightning_edit.editors.callback import EditCallback
+    from lightning_edit.models.teacher_forcing import build_target_batch
+
+    loaded = build_tiny("llama", tokenizer)
+    for p in loaded.model.parameters():
+        p.requires_grad_(True)  # a model about to be fine-tuned: everything trainable
+
+    class FineTune(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.model = loaded.model
+            self.loaded = loaded
+
+        def training_step(self, batch, _):
+            inputs = build_target_batch(loaded, ["The capital of Italy is"], ["Rome"])
+            return self.model(**inputs.model_inputs(), labels=inputs.labels).loss
+
+        def train_dataloader(self):
+            return [0]
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.model.parameters(), lr=1e-2)
+
+    editor = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2})
+    callback = EditCallback(editor, [REQ], on="fit_start")
+    untouched = "model.layers.3.mlp.down_proj.weight"  # the edit does not write it; only training can
+    before = dict(loaded.model.named_parameters())[untouched].detach().clone()
+    trainer = L.Trainer(max_steps=1, callbacks=[callback], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer.fit(FineTune())
+    assert callback.applied_times == 1
+    assert all(p.requires_grad for p in loaded.model.parameters())
+    assert not torch.equal(dict(loaded.model.named_parameters())[untouched], before)  # the step trained it

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_edit.editors import build_editor, patching
+from lightning_edit.editors import build_editor
+from lightning_edit.models import tail
 from lightning_edit.requests import EditRequest
 
 from conftest import build_tiny
@@ -26,20 +27,20 @@ def _tuned_weights(loaded, method: str) -> dict[str, torch.Tensor]:
 def test_tail_replay_tunes_like_the_whole_model(family, method, tokenizer, monkeypatch):
     loaded = build_tiny(family, tokenizer)
     replays = []
-    real_replay = patching.TailRunner._replay
+    real_replay = tail.TailRunner._replay
 
     def counting(self):
         replays.append(1)
         return real_replay(self)
 
-    monkeypatch.setattr(patching.TailRunner, "_replay", counting)
+    monkeypatch.setattr(tail.TailRunner, "_replay", counting)
     replayed = _tuned_weights(loaded, method)
     assert len(replays) > 1  # the check and the steps went through the replay
 
     def no_replay(self):
         raise TypeError("replay disabled for the comparison")
 
-    monkeypatch.setattr(patching.TailRunner, "_replay", no_replay)  # every step runs the whole model
+    monkeypatch.setattr(tail.TailRunner, "_replay", no_replay)  # every step runs the whole model
     whole = _tuned_weights(loaded, method)
     assert replayed.keys() == whole.keys() and replayed
     for name in whole:
