@@ -1,5 +1,5 @@
 """Reliability of the statistics and IKE caches: resume at the defaults, forced races, damaged files recomputed,
---cache-dir honoured, IKE pool embeddings verified (lightning_edit/cache_files.py)."""
+--cache-dir honoured, IKE pool embeddings verified (lightning_edit/stats/cache_files.py)."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import build_tiny, require_data, save_tiny
-from lightning_edit.cache_files import read_verified, write_verified
+from lightning_edit.stats.cache_files import read_verified, write_verified
 from lightning_edit.stats import StatsSource, layer_second_moments, stats_dir
 from lightning_edit.stats import second_moment
 from lightning_edit.stats.second_moment import cache_plan, write_layer_moment

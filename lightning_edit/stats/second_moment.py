@@ -25,12 +25,12 @@ from typing import Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..cache_files import StaleCacheFile, key_lock, manifest_path, read_verified, write_verified
 from ..data.text import resolve_text_source, text_dataset
 from ..errors import ConfigError, DataError
 from ..hashing import sha256_file
 from ..hooks import run_until, trace
 from ..models.loading import LoadedModel, default_cache_dir
+from .cache_files import StaleCacheFile, key_lock, manifest_path, read_verified, write_verified
 
 log = logging.getLogger(__name__)
 

@@ -230,8 +230,8 @@ class IKEEditor(Editor):
         hp = self.hparams
         if not hp.cache_embeddings or not sentences:
             return encoder.encode(sentences, hp.encode_batch_size)
-        from ...cache_files import load_or_compute
         from ...models.loading import default_cache_dir
+        from ...stats.cache_files import load_or_compute
 
         digest = hashlib.sha256()
         for sentence in sentences:

@@ -24,7 +24,7 @@ from filelock import FileLock
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
