@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, ke, serac)")
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
-                   help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
+                   help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
     add_threads_option(p)
     return p
@@ -240,8 +240,9 @@ def plan(args: argparse.Namespace) -> Plan:
             raise ConfigError(f"method '{method}' needs a trained editor: give --editor DIR (from `python train.py {method} MODEL`)")
         if "editor_checkpoint" not in fields and args.editor:
             raise ConfigError(f"--editor is for learnt methods (mend, ke, serac); method '{method}' has no trained editor")
-        if args.cache_dir and "stats_dir" in fields:
-            overrides.setdefault("stats_dir", args.cache_dir)
+        for cache_field in ("stats_dir", "cache_dir"):  # statistics, IKE's pool embeddings
+            if args.cache_dir and cache_field in fields:
+                overrides.setdefault(cache_field, args.cache_dir)
         edit_prompts, targets = _edit_prompts(requests)
         return Plan("edit", args.model, prompts or edit_prompts, targets, requests, method, overrides)
 

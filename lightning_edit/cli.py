@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory + edits.json); "
                                                 "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None, help="where dequantized models and statistics are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
+    p.add_argument("--cache-dir", default=None, help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", help="dtype the model is loaded in: float32, bfloat16 or float16 "
                                                       "(default %(default)s; float16 is slow on a CPU)")
@@ -282,8 +282,9 @@ def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> 
     out = dict(overrides)
     if "progress" not in fields:  # --quiet asks every method with a progress bar to hide it; others have none
         out.pop("progress", None)
-    if args.cache_dir and "stats_dir" in fields:
-        out.setdefault("stats_dir", args.cache_dir)
+    for cache_field in ("stats_dir", "cache_dir"):  # statistics (ROME, MEMIT, AlphaEdit), IKE's pool embeddings
+        if args.cache_dir and cache_field in fields:
+            out.setdefault(cache_field, args.cache_dir)
     return out
 
 

@@ -67,11 +67,9 @@ def _module(loaded, layers: Sequence[int], chunks: torch.Tensor, n_tokens: int, 
     from ..hooks import run_until, trace
     from .metric import SecondMomentMetric
 
-    layout = loaded.layout
+    from .second_moment import key_dim
 
-    def key_dim(layer: int) -> int:
-        w = layout.mlp_out_module(loaded.model, layer).weight
-        return int(w.shape[0] if layout.conv1d_weights else w.shape[1])
+    layout = loaded.layout
 
     class SecondMomentModule(L.LightningModule):
         def __init__(self):
@@ -79,7 +77,7 @@ def _module(loaded, layers: Sequence[int], chunks: torch.Tensor, n_tokens: int, 
             self.__dict__["loaded"] = loaded  # plain attribute: not a submodule, not moved or wrapped by Lightning
             self.layers = list(layers)
             self.names = [layout.mlp_out.format(layer) for layer in self.layers]
-            self.moments = torch.nn.ModuleDict({str(layer): SecondMomentMetric(key_dim(layer)) for layer in self.layers})
+            self.moments = torch.nn.ModuleDict({str(layer): SecondMomentMetric(key_dim(loaded, layer)) for layer in self.layers})
             self.result: dict[int, tuple[torch.Tensor, int]] = {}
             self.seconds = 0.0
 
@@ -117,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
     import lightning as L
 
     from ..models import load_model
-    from .second_moment import DEFAULT_TOKENS, StatsSource, _token_chunks, _verify, cache_plan, write_layer_moment
+    from .second_moment import DEFAULT_TOKENS, StatsSource, _token_chunks, cache_plan, cached_layer_moments, write_layer_moment
 
     start = time.perf_counter()
     n_tokens = int(args.tokens or DEFAULT_TOKENS)
@@ -141,12 +139,9 @@ def run(args: argparse.Namespace) -> dict:
     folder, base, paths = cache_plan(loaded, layers, n_tokens, source, args.cache_dir)
     summary = {"model": loaded.name, "layers": layers, "tokens": n_tokens, "devices": args.devices, "accelerator": accelerator,
                "threads_per_process": threads, "dtype": args.dtype, "files": {str(layer): str(paths[layer]) for layer in layers}}
-    todo = []
-    for layer in layers:
-        if paths[layer].exists() and not args.force:
-            _verify(paths[layer], dict(base, module=loaded.layout.mlp_out.format(layer)))
-        else:
-            todo.append(layer)
+    # a stale or damaged file is recomputed (with a warning), like a missing one
+    cached = {} if args.force else cached_layer_moments(loaded, paths, base, warn_stale=True)
+    todo = [layer for layer in layers if layer not in cached]
     summary["cached"] = [layer for layer in layers if layer not in todo]
     if not todo:
         summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -170,6 +165,7 @@ def run(args: argparse.Namespace) -> dict:
         for layer, (mom2, count) in module.result.items():
             if count != n_tokens:
                 raise RuntimeError(f"stats: the processes counted {count} tokens for layer {layer}, not {n_tokens}")
+            # under the key's lock for the write only: the other ranks never take it, so none can wait on rank 0
             write_layer_moment(loaded, layer, mom2, count, source, n_tokens, folder, base, world_size=trainer.world_size,
                                accelerator=accelerator)
         summary.update(seconds_accumulating=round(module.seconds, 2),

