@@ -25,9 +25,9 @@ def tiny_config(family: str, vocab_size: int):
 
     common = dict(vocab_size=vocab_size)
     if family == "gpt2":
-        return tf.GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=256, **common)
+        return tf.GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=1024, **common)
     if family == "gptj":
-        return tf.GPTJConfig(n_embd=32, n_layer=4, n_head=2, rotary_dim=8, n_positions=256, **common)
+        return tf.GPTJConfig(n_embd=32, n_layer=4, n_head=2, rotary_dim=8, n_positions=1024, **common)
     if family == "gpt_neox":
         return tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, **common)
     if family == "llama":

@@ -56,8 +56,9 @@ def _imports(path: Path) -> set[str]:
                 target = node.module
             else:
                 continue
-            found.add(target)
-            if not node.module:  # "from . import x": x is a module
+            if node.module:
+                found.add(target)
+            else:  # "from .. import x": x is a module of that package (or a name, resolved to the package below)
                 found |= {f"{target}.{a.name}" for a in node.names}
     return found
 
