@@ -58,3 +58,24 @@ def test_study_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown_key"):
         StudyConfig.load(str(bad))
     assert StudyConfig.load("quick").name == "quick"
+
+
+def test_study_sequential_batches_and_per_key_table(tmp_path, tokenizer, monkeypatch):
+    loaded = build_tiny("llama", tokenizer)
+    config = StudyConfig(name="t", model="tiny-llama", methods=["ft-m", "grace"], datasets={"demo": 2}, portability_data="demo",
+                         batch_data="demo", batch_sizes=[1], sequential_data="demo", sequential_ns=[4],
+                         sequential_batch_size=2, overrides={"ft-m": {"layers": [1], "num_steps": 2}, "grace": {"num_steps": 2}})
+    seen = []
+    real = study_mod.evaluate_editing
+
+    def recording(loaded_, editor, requests, **k):
+        seen.append((editor.name, k.get("protocol"), k.get("batch_size"), len(requests)))
+        return real(loaded_, editor, requests, **k)
+
+    monkeypatch.setattr(study_mod, "evaluate_editing", recording)
+    tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
+    assert ("ft-m", "sequential", 2, 4) in seen  # FT-M batches: two batches of two, kept, scored after the last
+    assert ("grace", "sequential", 1, 4) in seen  # GRACE edits one request at a time
+    header = (tmp_path / "per_key.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["method", "data"] and any(h.startswith("locality/") for h in header)
+    assert "per_key_scores" in tables

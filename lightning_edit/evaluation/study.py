@@ -40,6 +40,7 @@ class StudyConfig:
     sequential_data: str = "zsre"
     sequential_ns: list[int] = field(default_factory=lambda: [1, 10])
     sequential_offset: int = 0
+    sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
     editor_checkpoints: dict[str, str] = field(default_factory=dict)  # learnt methods: method → checkpoint dir
     overrides: dict[str, dict] = field(default_factory=dict)  # method → hyperparameter overrides
     fluency: bool = False
@@ -97,6 +98,17 @@ class Study:
             self._editors[method] = build_editor(method, self.loaded, self._overrides(method))
         return self._editors[method]
 
+    @staticmethod
+    def _batching_methods(methods: list[str]) -> list[str]:
+        out = []
+        for m in methods:
+            try:
+                if get_editor_class(m).supports_batch:
+                    out.append(m)
+            except ConfigError:
+                pass
+        return out
+
     def cell(self, method: str, data: str, protocol: str, n: int, batch: int = 1, offset: int = 0) -> Optional[dict]:
         """Run (or read from cache) one cell; None if the method cannot run here (reason kept in ``skipped``)."""
         try:
@@ -140,8 +152,10 @@ class Study:
                 self.skipped[m], sizes = str(err), []
             for b in sizes:
                 batch[(m, b)] = self.cell(m, c.batch_data, "batch" if b > 1 else "single", n=b, batch=b)
+            seq_batch = c.sequential_batch_size if self._batching_methods([m]) else 1
             for n in c.sequential_ns:
-                sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, offset=c.sequential_offset)
+                sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, batch=seq_batch,
+                                               offset=c.sequential_offset)
             self._editors.pop(m, None)
             gc.collect()
         tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped)
@@ -179,6 +193,10 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
     f5 = [[m] + [get(single[(m, d)], "peak_memory_mb") for d in c.datasets] for m in c.methods]
     f6 = [[m, b, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, b), cell in batch.items()]
     f7 = [[m, n, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, n), cell in sequential.items()]
+    # KnowEdit-style per-key scores: every locality/<kind> and portability/<kind> the single cells report
+    kinds = sorted({k for cell in single.values() if cell for k in cell["summary"]
+                    if k.startswith(("locality/", "portability/"))})
+    per_key = [[m, d] + [get(single.get((m, d)), k) for k in kinds] for m in c.methods for d in c.datasets]
     out = {
         "table2_reliability_generalization_locality": _write(results_dir, "table2", t2_header, t2),
         "table3_portability": _write(results_dir, "table3", ["method"] + [f"{d} portability" for d in port_sources], t3),
@@ -187,6 +205,8 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
         "fig6_batch": _write(results_dir, "fig6_batch", ["method", "batch size", "reliability", "generalization", "locality"], f6),
         "fig7_sequential": _write(results_dir, "fig7_sequential", ["method", "edits", "reliability", "generalization", "locality"], f7),
     }
+    if kinds:
+        out["per_key_scores"] = _write(results_dir, "per_key", ["method", "data"] + kinds, per_key)
     summary = {
         "model": c.model, "skipped_methods": skipped,
         "cells": {"single": {f"{m}|{d}": v for (m, d), v in single.items()},
@@ -198,7 +218,9 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
     titles = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
               "table3_portability": "Table 3: portability", "table4_edit_seconds": "Table 4: seconds per edit (median)",
               "fig5_peak_memory_mb": "Fig. 5: peak memory (MB)", "fig6_batch": "Fig. 6: batch editing",
-              "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit)"}
+              "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit"
+                                 + (f"; batches of {c.sequential_batch_size} for methods that batch)" if c.sequential_batch_size > 1 else ")"),
+              "per_key_scores": "Per-key scores (locality and portability by kind, as the data names them; single edits)"}
     for k, md in out.items():
         report += [f"## {titles[k]}", "", md, ""]
     if skipped:
