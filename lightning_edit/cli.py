@@ -3,6 +3,7 @@ are subcommands. Everything a run needs is checked before the model is loaded.""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -203,6 +204,8 @@ def preflight(args: argparse.Namespace, n_requests: int):
     check_output_path("--save", args.save, directory=True)
     cls = get_editor_class(args.method)
     overrides = dict(args.overrides)
+    if args.editor and "editor_checkpoint" not in {f.name for f in dataclasses.fields(cls.HParams)}:
+        raise ConfigError(f"--editor is for the methods that learn (mend, ke, serac); {args.method} takes no trained editor")
     if args.editor:
         if not Path(args.editor).exists() and not is_hub_id(args.editor):
             raise ConfigError(f"--editor {args.editor}: no such checkpoint folder; train one with "

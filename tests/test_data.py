@@ -95,7 +95,8 @@ def test_format_detection_and_errors(tmp_path):
     bad.write_text(json.dumps([{"src": "q", "alt": "", "rephrase": "r"}]))
     with pytest.raises(DataError, match="record 0.*target_new"):
         load_requests(str(bad), on_invalid="raise")
-    assert load_requests(str(bad)) == []
+    with pytest.raises(DataError, match="no usable record"):  # every record skipped: said, not an empty run
+        load_requests(str(bad))
     lines = tmp_path / "x.jsonl"
     lines.write_text('{"prompt": "A is", "target_new": "b", "target_true": "c"}\n')
     assert load_requests(str(lines))[0].target_true == "c"

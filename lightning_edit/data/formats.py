@@ -173,4 +173,6 @@ def detect_format(record: dict) -> str:
     for name, (matches, _) in FORMATS.items():
         if matches(record):
             return name
-    raise DataError(f"record with keys {sorted(record)} matches no known format ({', '.join(FORMATS)})")
+    missing = [k for k in ("prompt", "target_new") if k not in record]
+    hint = f"; field(s) {missing} missing (a lightning-edit record needs 'prompt' and 'target_new')" if missing else ""
+    raise DataError(f"record with keys {sorted(record)} matches no known format ({', '.join(FORMATS)}){hint}")
