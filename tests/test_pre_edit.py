@@ -10,6 +10,7 @@ from lightning_edit.evaluation import evaluate_editing, generate_greedy, measure
 from lightning_edit.evaluation.measure import fluency_prompts
 from lightning_edit.evaluation.pre_edit import SLOTS, PreEditCache, pre_edit_results
 from lightning_edit.evaluation.protocols import _Timer
+from lightning_edit.models.teacher_forcing import build_target_batch, score_targets, target_logits
 
 GEN_TOKENS = 6
 
@@ -91,3 +92,27 @@ def test_other_weights_settings_or_hooks_do_not_reuse_entries(tokenizer, tmp_pat
     finally:
         handle.remove()
     assert len(_entries(tmp_path)) == 3  # a hooked model is scored but not cached
+
+
+PROMPTS = ["The capital of France is", "Paris is the capital of", "The Eiffel Tower stands in the city of", "The Tiber is in"]
+TARGETS = ["Paris", "France", "Paris and nowhere else", "Italy"]
+
+
+def _full_pass_scores(loaded, prompts, targets):
+    """The scoring before the output layer ran on target positions only: every position's logits, one batch."""
+    batch = build_target_batch(loaded, prompts, targets)
+    logits = target_logits(loaded, batch).float()
+    logp = torch.log_softmax(logits, dim=-1)
+    out = []
+    for row in range(len(prompts)):
+        mask = batch.labels[row] != -100
+        tgt = batch.labels[row][mask]
+        out.append((tgt, logits[row][mask].argmax(-1), logp[row][mask].gather(-1, tgt[:, None]).squeeze(-1)))
+    return out
+
+
+def test_target_position_scoring_equals_a_full_pass(tiny_model):
+    fast = score_targets(tiny_model, PROMPTS, TARGETS, batch_size=len(PROMPTS))
+    for s, (tgt, predicted, logprobs) in zip(fast, _full_pass_scores(tiny_model, PROMPTS, TARGETS), strict=True):
+        assert torch.equal(s.target_ids, tgt) and torch.equal(s.predicted_ids, predicted)
+        assert torch.allclose(s.token_logprobs, logprobs, rtol=0, atol=1e-6)
