@@ -42,7 +42,7 @@ def model_fingerprint(loaded: LoadedModel) -> str:
     for name, tensor in sorted(loaded.model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy
     digest.update(loaded.model.config.to_json_string(use_diff=False).encode())
     digest.update(f"{loaded.device.type}|{torch.__version__}|{transformers.__version__}|{FORMAT}".encode())
     return digest.hexdigest()
