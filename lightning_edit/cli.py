@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fluency-tokens", type=_positive_int, default=40, help="tokens generated per prompt for the fluency score (default %(default)s)")
     p.add_argument("--generate", type=_non_negative_int, default=0, metavar="N",
                    help="show the greedy continuation (N tokens) of each edit prompt and rephrase, before and after")
+    p.add_argument("--no-pre-cache", action="store_true", help="compute the pre-edit scores and generations afresh "
+                                                               "instead of reusing (and storing) them in <cache>/pre_edit")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
@@ -237,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .data import load_requests
     from .editors import build_editor
-    from .evaluation import evaluate_editing, format_table, verdict
+    from .evaluation import default_pre_cache, evaluate_editing, format_table, verdict
     from .models import load_model
     from .models.request_checks import check_context_length, check_special_tokens
 
@@ -255,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
                               fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,
-                              keep_edits=bool(args.save), generate_tokens=args.generate)
+                              keep_edits=bool(args.save), generate_tokens=args.generate,
+                              pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
     try:
         result = report.to_json()
         result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})

@@ -27,27 +27,37 @@ class RequestScores:
     portability: list[TargetScore] = field(default_factory=list)
 
 
+def scored_pairs(request: EditRequest) -> list[tuple[str, str, str]]:
+    """Every (prompt, target, slot) of one request that ``measure`` scores, in the order it fills the slots."""
+    r = request
+    pairs = [(r.prompt, r.target_new, "rewrite_new")]
+    if r.target_true:
+        pairs.append((r.prompt, r.target_true, "rewrite_true"))
+    for p in r.rephrase_prompts:
+        pairs.append((p, r.target_new, "rephrase_new"))
+        if r.target_true:
+            pairs.append((p, r.target_true, "rephrase_true"))
+    for probe in r.locality:
+        pairs.append((probe.prompt, probe.answer, "locality"))
+        pairs.append((probe.prompt, r.target_new, "locality_new"))
+    for probe in r.portability:
+        pairs.append((probe.prompt, probe.answer, "portability"))
+    return pairs
+
+
+def fluency_prompts(request: EditRequest) -> list[str]:
+    """The prompts whose greedy continuations give the fluency score (and the answers shown)."""
+    return [request.prompt, *request.rephrase_prompts]
+
+
 def measure(loaded: LoadedModel, requests: Sequence[EditRequest], batch_size: int = 32) -> list[RequestScores]:
     """All scores of all requests from one batched teacher-forced pass over every (prompt, target) pair."""
     pairs: list[tuple[str, str]] = []
     slots: list[tuple[int, str]] = []
     for i, r in enumerate(requests):
-        def add(prompt: str, target: str, slot: str) -> None:
+        for prompt, target, slot in scored_pairs(r):
             pairs.append((prompt, target))
             slots.append((i, slot))
-
-        add(r.prompt, r.target_new, "rewrite_new")
-        if r.target_true:
-            add(r.prompt, r.target_true, "rewrite_true")
-        for p in r.rephrase_prompts:
-            add(p, r.target_new, "rephrase_new")
-            if r.target_true:
-                add(p, r.target_true, "rephrase_true")
-        for probe in r.locality:
-            add(probe.prompt, probe.answer, "locality")
-            add(probe.prompt, r.target_new, "locality_new")
-        for probe in r.portability:
-            add(probe.prompt, probe.answer, "portability")
     # Sort by length so padded batches waste little; scores are put back in request order.
     order = sorted(range(len(pairs)), key=lambda k: len(pairs[k][0]) + len(pairs[k][1]))
     scored = score_targets(loaded, [pairs[k][0] for k in order], [pairs[k][1] for k in order], batch_size=batch_size)

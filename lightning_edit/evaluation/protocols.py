@@ -22,7 +22,8 @@ from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, Peak
                        TargetAccuracy)
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
-from .measure import RequestScores, generate_greedy, measure
+from .measure import fluency_prompts, generate_greedy, measure
+from .pre_edit import PreEditCache, pre_edit_results
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
 
@@ -144,10 +145,6 @@ class Report:
         }
 
 
-def _fluency_prompts(r: EditRequest) -> list[str]:
-    return [r.prompt, *r.rephrase_prompts]
-
-
 def evaluate_editing(
     loaded: LoadedModel,
     editor: Editor,
@@ -159,6 +156,7 @@ def evaluate_editing(
     progress: bool = True,
     keep_edits: bool = False,
     generate_tokens: int = 0,
+    pre_cache: Optional[PreEditCache] = None,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
@@ -166,6 +164,8 @@ def evaluate_editing(
     ``Report.kept_deltas`` undoes them. Otherwise every edit is undone before this returns, even on error or
     Ctrl-C. ``generate_tokens``: greedy continuations of each edit prompt and rephrase, before and after, kept in
     the per-request rows (``pre_generations``/``post_generations``); the fluency score reuses them.
+    ``pre_cache``: where pre-edit scores and generations of earlier runs on the same model are read from and
+    new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
     """
     if protocol not in EDITING_PROTOCOLS:
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
@@ -185,17 +185,11 @@ def evaluate_editing(
     with timer("prepare"):
         editor.prepare(loaded)
 
-    with timer("scoring"):
-        pre_scores = measure(loaded, requests)
-    with timer("generation"):
-        pre_gen = generate_greedy(loaded, [p for r in requests for p in _fluency_prompts(r)], gen_tokens) if gen_tokens else []
+    pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
     pre_metrics, post_metrics = MetricSet(), MetricSet()
     rows: list[dict] = [{"case_id": r.case_id, "prompt": r.prompt, "target_new": r.target_new, "target_true": r.target_true} for r in requests]
-    gen_offsets = [0]
-    for r in requests:
-        gen_offsets.append(gen_offsets[-1] + len(_fluency_prompts(r)))
     for i, s in enumerate(pre_scores):
-        gens = pre_gen[gen_offsets[i]: gen_offsets[i + 1]] if gen_tokens else None
+        gens = pre_gens[i] if gen_tokens else None
         rows[i]["pre"] = pre_metrics.add(s, s, gens if fluency else None, requests[i])
         if gens is not None:
             rows[i]["pre_generations"] = gens
@@ -212,11 +206,11 @@ def evaluate_editing(
         gens: list[str] = []
         if gen_tokens:
             with timer("generation"):
-                gens = generate_greedy(loaded, [p for i in idx for p in _fluency_prompts(requests[i])], gen_tokens)
+                gens = generate_greedy(loaded, [p for i in idx for p in fluency_prompts(requests[i])], gen_tokens)
         per_request = (time.perf_counter() - start) / len(idx)
         pos = 0
         for i, s in zip(idx, post):
-            k = len(_fluency_prompts(requests[i]))
+            k = len(fluency_prompts(requests[i]))
             rows[i]["post"] = post_metrics.add(s, pre_scores[i], gens[pos: pos + k] if fluency else None, requests[i])
             if gen_tokens:
                 rows[i]["post_generations"] = gens[pos: pos + k]

@@ -23,6 +23,7 @@ from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
 from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
+from .pre_edit import default_pre_cache
 from .protocols import evaluate_editing, versions
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Study:
         # prefixes, memory pools, sentence encoders, trained checkpoints) serves them all instead of being rebuilt.
         self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
+        self._pre_cache = default_pre_cache()  # pre-edit scores shared by every method and cell on this model
 
     @property
     def loaded(self) -> LoadedModel:
@@ -124,7 +126,7 @@ class Study:
         start = time.perf_counter()
         try:
             report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,
-                                      fluency=self.config.fluency, progress=self.progress)
+                                      fluency=self.config.fluency, progress=self.progress, pre_cache=self._pre_cache)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None

@@ -229,14 +229,25 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
             logits, shared = _logits_after_shared_prefix(loaded, batch, shared, prefix_caches)
             logits, labels = logits.float(), batch.labels[:, shared:]
         else:
-            logits, labels = target_logits(loaded, batch).float(), batch.labels
-        logp = torch.log_softmax(logits, dim=-1)
+            logits, labels = _target_position_logits(loaded, batch)
         for row, k in enumerate(rows):
             mask = labels[row] != -100
             tgt = labels[row][mask]
+            scored = logits[row][mask]  # log-softmax of the target positions only: the rest is never read
             out[k] = TargetScore(
                 target_ids=tgt.cpu(),
-                predicted_ids=logits[row][mask].argmax(-1).cpu(),
-                token_logprobs=logp[row][mask].gather(-1, tgt[:, None]).squeeze(-1).cpu(),
+                predicted_ids=scored.argmax(-1).cpu(),
+                token_logprobs=torch.log_softmax(scored, dim=-1).gather(-1, tgt[:, None]).squeeze(-1).cpu(),
             )
     return out  # type: ignore[return-value]  # every slot filled
+
+
+def _target_position_logits(loaded: LoadedModel, batch: TargetBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float logits and labels of the sequence positions where some row predicts a target token. A decoder whose
+    forward takes ``logits_to_keep`` runs its output layer on those positions only (the vocabulary projection of
+    every prompt position is most of a short pass's cost); other models return every position."""
+    if batch.decoder_input_ids is None and "logits_to_keep" in inspect.signature(loaded.model.forward).parameters:
+        positions = (batch.labels != -100).any(0).nonzero().squeeze(1)
+        logits = loaded.model(**batch.model_inputs(), logits_to_keep=positions).logits
+        return logits.float(), batch.labels[:, positions]
+    return target_logits(loaded, batch).float(), batch.labels
