@@ -22,7 +22,7 @@ from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, Peak
                        TargetAccuracy)
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
-from .measure import fluency_prompts, generate_greedy, measure
+from .measure import RequestScores, fluency_prompts, generate_greedy, measure
 from .pre_edit import PreEditCache, pre_edit_results
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
