@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         r.require_subject("causal tracing")
     apply_threads(args.threads)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     traces = trace_requests(loaded, requests, kinds=kinds, samples=args.samples, window=args.window,
                             noise_multiple=args.noise, seed=args.seed, progress=not args.quiet)
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     output.mkdir(parents=True, exist_ok=True)
     write_records_csv(traces, output / "records.csv")
     write_cells_csv(traces, output / "cells.csv")
@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         plot_record(tr, output / f"record_{tr.case_id}.png")
     known = sum(tr.high > tr.low for tr in traces)
     print(f"traced {len(traces)} records of {args.data} on {loaded.name} ({', '.join(kinds)}; {args.samples} noise samples, "
-          f"window {args.window}) in {seconds:.1f} s ({seconds / len(traces):.1f} s/record)")
+          f"window {args.window}) in {seconds:.1f} s ({seconds / len(traces):.1f} s/record; CPU time {cpu_seconds:.1f} s, "
+          f"which is below the wall time when other jobs share the cores)")
     print(f"p(true answer): clean {sum(t.high for t in traces) / len(traces):.4f}, corrupted "
           f"{sum(t.low for t in traces) / len(traces):.4f} (mean); noise lowers it on {known}/{len(traces)} records")
     if "mlp" in kinds:
