@@ -24,6 +24,7 @@ SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightnin
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
   stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2
+  trace    causal tracing (heatmaps, CSV) and the layers it suggests for ROME/MEMIT: trace --model M --data counterfact --n 10
 
 request files (--data FILE.json): a JSON list of records, each
   {"prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English", "target_true": "French",
@@ -134,8 +135,14 @@ def _run_ask(argv: Sequence[str]) -> int:
     return ask_main(list(argv))
 
 
+def _run_trace(argv: Sequence[str]) -> int:
+    from .causal_trace import main as trace_main
+
+    return trace_main(list(argv))
+
+
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "train": _run_train, "data": _run_data, "ask": _run_ask,
-                                                           "stats": _run_stats}
+                                                           "stats": _run_stats, "trace": _run_trace}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
