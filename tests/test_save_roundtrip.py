@@ -10,6 +10,7 @@ as a local directory:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,9 @@ def hooks_on(loaded) -> list[str]:
     return [name for name, m in loaded.model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
 
 
-@pytest.fixture
-def base_dir(tiny_tokenizer, tmp_path) -> Path:
-    return save_tiny("llama", tiny_tokenizer, tmp_path / "base")
+@pytest.fixture(scope="module")
+def base_dir(tiny_tokenizer, tmp_path_factory) -> Path:
+    return save_tiny("llama", tiny_tokenizer, tmp_path_factory.mktemp("tiny") / "base")
 
 
 def edit_and_save(method: str, base_dir: Path, tmp_path: Path, requests=REQUESTS):
@@ -85,6 +86,19 @@ def test_several_sequential_patch_edits_round_trip(base_dir, tmp_path):
         assert reloaded.patches.keys() == loaded.patches.keys() and torch.equal(logits_of(reloaded), logits_of(loaded))
 
 
+@pytest.fixture(scope="module")
+def grace_saved(base_dir, tmp_path_factory) -> Path:
+    """One GRACE edit saved once for the tampering tests (each works on its own copy)."""
+    tmp = tmp_path_factory.mktemp("grace")
+    edit_and_save("grace", base_dir, tmp)
+    return tmp / "saved"
+
+
+@pytest.fixture
+def saved(grace_saved, tmp_path) -> Path:
+    return Path(shutil.copytree(grace_saved, tmp_path / "saved"))
+
+
 def rewrite(folder: Path, change) -> None:
     """Change the saved patches, then rewrite the manifest to match (someone who can write the files can)."""
     entries = json.loads((folder / PATCHES_JSON).read_text())
@@ -115,9 +129,8 @@ def extra_radius(entries, tensors):
 
 @pytest.mark.parametrize("change, message", [(nan_value, "NaN"), (wrong_width, "this model needs torch.float32"),
                                              (extra_radius, "differ in number")])
-def test_tampered_tensors_are_refused_and_nothing_is_attached(change, message, base_dir, tmp_path):
-    edit_and_save("grace", base_dir, tmp_path)
-    folder = tmp_path / "saved" / PATCH_DIR
+def test_tampered_tensors_are_refused_and_nothing_is_attached(change, message, base_dir, saved):
+    folder = saved / PATCH_DIR
     rewrite(folder, change)
     fresh = load_model(str(base_dir))
     with pytest.raises(CheckpointError, match=message):
@@ -127,24 +140,22 @@ def test_tampered_tensors_are_refused_and_nothing_is_attached(change, message, b
 
 @pytest.mark.parametrize("target", [f"{PATCH_DIR}/{PATCHES_TENSORS}", f"{PATCH_DIR}/{PATCHES_JSON}", "edits.json",
                                     "model.safetensors"])
-def test_files_changed_after_saving_are_refused_by_hash(target, base_dir, tmp_path):
-    edit_and_save("grace", base_dir, tmp_path)
-    path = tmp_path / "saved" / target
+def test_files_changed_after_saving_are_refused_by_hash(target, saved):
+    path = saved / target
     data = bytearray(path.read_bytes())
     data[-2] ^= 1  # one flipped bit (a JSON stays readable: the last bytes are whitespace or a bracket)
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="SHA-256"):
-        load_model(str(tmp_path / "saved"))
+        load_model(str(saved))
 
 
-def test_rewritten_patch_config_is_refused(base_dir, tmp_path):
-    edit_and_save("grace", base_dir, tmp_path)
-    path = tmp_path / "saved" / PATCH_DIR / PATCHES_JSON
+def test_rewritten_patch_config_is_refused(saved):
+    path = saved / PATCH_DIR / PATCHES_JSON
     entries = json.loads(path.read_text())
     entries[0]["config"]["values"]["labels"] = ["german"]
     path.write_text(json.dumps(entries))
     with pytest.raises(CheckpointError, match="changed after saving"):
-        load_model(str(tmp_path / "saved"))
+        load_model(str(saved))
 
 
 def test_patches_go_on_all_or_nothing(base_dir, tmp_path):
@@ -161,11 +172,29 @@ def test_patches_go_on_all_or_nothing(base_dir, tmp_path):
     assert [n for n in hooks_on(target)] == [target.patches.get("t-patcher").module_name]
 
 
-def test_patches_on_other_weights_are_refused(base_dir, tiny_tokenizer, tmp_path):
-    edit_and_save("grace", base_dir, tmp_path)
+def test_patches_on_other_weights_are_refused(base_dir, tiny_tokenizer, saved, tmp_path):
     other = load_model(str(save_tiny("llama", tiny_tokenizer, tmp_path / "other")))  # same seed: same weights
-    load_patches(other, tmp_path / "saved")  # the same weights take the patches
+    load_patches(other, saved)  # the same weights take the patches
     different = load_model(str(base_dir), dtype="bfloat16")
     with pytest.raises(CheckpointError, match="in dtype float32"):
-        load_patches(different, tmp_path / "saved")
+        load_patches(different, saved)
     assert len(different.patches) == 0
+
+
+@pytest.mark.slow
+def test_grace_on_smollm2_saved_by_the_cli_answers_the_edited_fact(tmp_path, capsys):
+    """Issue 13's closing check: `edit.py --method grace --save DIR`, then `load_model(DIR)` answers the edited fact."""
+    from lightning_edit.cli import main
+
+    directory = tmp_path / "grace"
+    assert main(["--method", "grace", "--n", "1", "--save", str(directory), "--quiet", "--no-fluency", "--threads", "1"]) == 0
+    assert "reliability" in capsys.readouterr().out
+    record = json.loads((directory / "edits.json").read_text())
+    request = record["edits"][0]["requests"][0]
+    assert record["patches"] == ["grace"] and "unchanged" in record["weights"]
+    reloaded = load_model(str(directory))
+    assert reloaded.patches.keys() == ["grace"]
+    edited = score_targets(reloaded, [request["prompt"]], [request["target_new"]])[0]
+    assert edited.exact_match == 1.0, "the reloaded model does not answer the edited fact"
+    reloaded.patches.reset()  # the same weights without the codebook: the base model's answer comes back
+    assert score_targets(reloaded, [request["prompt"]], [request["target_new"]])[0].exact_match == 0.0

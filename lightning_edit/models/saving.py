@@ -160,8 +160,11 @@ def save_edited_model(loaded: LoadedModel, directory: str | Path, *, method: str
     loaded.tokenizer.save_pretrained(directory)
     kinds = [p.kind for p in loaded.patches]
     save_patches(loaded, directory, method=method, requests=requests)
+    weights_fingerprint = loaded.weights_fingerprint()
+    unchanged = base_fingerprint == weights_fingerprint
     contents = {
-        "weights": "the edited weights, an ordinary transformers directory (a plain transformers load gets them)",
+        "weights": ("the base model's weights, unchanged by the edit" if unchanged else "the edited weights") +
+                   " (model.safetensors: a plain transformers load gets them)",
         "patches": kinds,
         "patches_note": (f"{PATCH_DIR}/ holds {kinds}: load_model(DIR) or --model DIR re-attaches them; a plain "
                          "transformers load does not see them") if kinds else "none: the edit is in the weights",
@@ -169,7 +172,7 @@ def save_edited_model(loaded: LoadedModel, directory: str | Path, *, method: str
     (directory / RECORD_FILE).write_text(json.dumps({**record, **contents}, indent=2, default=str))
     files = [p.relative_to(directory).as_posix() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE]
     write_manifest(directory, files, SAVED_MODEL_FORMAT, method=method, base_model=loaded.name,
-                   base_fingerprint=base_fingerprint, weights_fingerprint=loaded.weights_fingerprint(),
+                   base_fingerprint=base_fingerprint, weights_fingerprint=weights_fingerprint,
                    dtype=_model_dtype(loaded), requests=_request_dicts(requests), patches=kinds)
     return directory
 
