@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, LightningEditError
 from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
-from .loading import LoadedModel, dtype_name
 from .patches import Patch, patch_class
+
+if TYPE_CHECKING:  # load_model calls into this module; only the type is needed here
+    from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,11 @@ SAVED_MODEL_FORMAT = "lightning-edit/saved-model"
 RECORD_FILE = "edits.json"
 
 
-def _model_dtype(loaded: LoadedModel) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _model_dtype(loaded: "LoadedModel") -> str:
     return dtype_name(next(loaded.model.parameters()).dtype)
 
 
@@ -43,12 +49,12 @@ def _request_dicts(requests: Iterable[Any]) -> list[dict]:
     return [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in requests]
 
 
-def unsaveable_patches(loaded: LoadedModel) -> list[str]:
+def unsaveable_patches(loaded: "LoadedModel") -> list[str]:
     """Keys of attached patches whose kind cannot be rebuilt from a file (no ``from_saved``)."""
     return [p.key for p in loaded.patches if type(p).from_saved.__func__ is Patch.from_saved.__func__]  # type: ignore[attr-defined]
 
 
-def save_patches(loaded: LoadedModel, directory: str | Path, *, method: str, requests: Iterable[Any] = ()) -> Optional[Path]:
+def save_patches(loaded: "LoadedModel", directory: str | Path, *, method: str, requests: Iterable[Any] = ()) -> Optional[Path]:
     """Write the patches on ``loaded`` under ``directory/lightning_edit_patches/``; None when it carries none."""
     patches = list(loaded.patches)
     if not patches:
@@ -73,7 +79,7 @@ def save_patches(loaded: LoadedModel, directory: str | Path, *, method: str, req
     return folder
 
 
-def load_patches(loaded: LoadedModel, directory: str | Path) -> list[Patch]:
+def load_patches(loaded: "LoadedModel", directory: str | Path) -> list[Patch]:
     """Verify the patches saved in ``directory`` (or its ``lightning_edit_patches/``) and attach them to ``loaded``:
     every check before the first attach, and on any error nothing stays attached."""
     folder = Path(directory)
@@ -148,7 +154,7 @@ def _checked_states(folder: Path, entries: Any, tensors: dict[str, torch.Tensor]
     return states
 
 
-def save_edited_model(loaded: LoadedModel, directory: str | Path, *, method: str, requests: Sequence[Any], record: dict,
+def save_edited_model(loaded: "LoadedModel", directory: str | Path, *, method: str, requests: Sequence[Any], record: dict,
                       base_fingerprint: Optional[str] = None) -> Path:
     """Write the edited model as ``edit.py --save`` does (weights, tokenizer, patches, ``edits.json``, manifest)."""
     directory = Path(directory)
@@ -205,7 +211,7 @@ class SavedDirectory:
             return None  # someone else's manifest.json in an ordinary model directory
         return cls(path, verify_manifest(path, SAVED_MODEL_FORMAT, required=["config.json"]))
 
-    def attach_patches(self, loaded: LoadedModel) -> list[Patch]:
+    def attach_patches(self, loaded: "LoadedModel") -> list[Patch]:
         if not (self.path / PATCH_DIR).is_dir():
             return []
         return load_patches(loaded, self.path / PATCH_DIR)
