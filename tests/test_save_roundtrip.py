@@ -78,9 +78,10 @@ def test_reloaded_model_scores_exactly_as_the_edited_one(method, base_dir, tmp_p
 
 
 def test_several_sequential_patch_edits_round_trip(base_dir, tmp_path):
-    """Two GRACE edits in one codebook, two CaliNET patches side by side: all come back."""
+    """Two GRACE edits in one codebook, two CaliNET patches side by side, two IKE contexts chosen between by the
+    sentence encoder (loaded back by name): all come back."""
     second = REQUESTS[0].__class__(prompt="The capital of Italy is", target_new="Paris")
-    for method in ("grace", "calinet"):
+    for method in ("grace", "calinet", "ike"):
         loaded, _ = edit_and_save(method, base_dir, tmp_path / method, requests=[REQUESTS[0], second])
         reloaded = load_model(str(tmp_path / method / "saved"))
         assert reloaded.patches.keys() == loaded.patches.keys() and torch.equal(logits_of(reloaded), logits_of(loaded))

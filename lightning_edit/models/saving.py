@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
@@ -157,11 +158,17 @@ def _checked_states(folder: Path, entries: Any, tensors: dict[str, torch.Tensor]
 def save_edited_model(loaded: "LoadedModel", directory: str | Path, *, method: str, requests: Sequence[Any], record: dict,
                       base_fingerprint: Optional[str] = None) -> Path:
     """Write the edited model as ``edit.py --save`` does (weights, tokenizer, patches, ``edits.json``, manifest)."""
-    directory = Path(directory)
+    final = Path(directory)
     cannot = unsaveable_patches(loaded)
     if cannot:
         raise CheckpointError(f"--save: patches {cannot} cannot be saved (their kind has no from_saved); nothing was written")
-    directory.mkdir(parents=True, exist_ok=True)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise CheckpointError(f"{final} exists and is not an empty folder; give a new folder name")
+    # written beside, then renamed: an interrupted save never leaves a directory that looks complete
+    directory = final.with_name(f".{final.name}.partial")
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
     loaded.model.save_pretrained(directory, safe_serialization=True)
     loaded.tokenizer.save_pretrained(directory)
     kinds = [p.kind for p in loaded.patches]
@@ -180,7 +187,8 @@ def save_edited_model(loaded: "LoadedModel", directory: str | Path, *, method: s
     write_manifest(directory, files, SAVED_MODEL_FORMAT, method=method, base_model=loaded.name,
                    base_fingerprint=base_fingerprint, weights_fingerprint=weights_fingerprint,
                    dtype=_model_dtype(loaded), requests=_request_dicts(requests), patches=kinds)
-    return directory
+    directory.replace(final)  # onto a missing or empty folder
+    return final
 
 
 def _claims_format(path: Path, format: str) -> bool:
