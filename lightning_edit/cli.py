@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequential", action="store_true", help="keep every edit (or batch) and score all after the last (sequential protocol)")
     p.add_argument("--output", default=None, help="write the JSON report here (its folder is created if missing)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
-    p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory + edits.json); "
+    p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory, patches, edits.json, manifest.json); "
                                                 "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
@@ -229,10 +229,8 @@ def preflight(args: argparse.Namespace, n_requests: int):
         raise DataError(f"field 'stats_text' names {stats_text}, which is not a file; leave it unset for the text shipped "
                         "with the package, or fetch WikiText-2 with 'python edit.py data get wikitext'")
     if args.save:
-        if not cls.edits_weights_only:
-            raise ConfigError(f"--save: {args.method}'s edits are patches (modules, memories or prompts) beside the weights, "
-                              "which a saved transformers directory would silently lose; --save supports methods that "
-                              "change weights only (ft-l, ft-m, rome, memit, alphaedit, kn, mend, ke)")
+        if cls.cannot_save:
+            raise ConfigError(f"--save: {args.method}'s edited model cannot be saved: {cls.cannot_save}")
         calls = n_requests if not args.sequential and args.batch_size == 1 else -(-n_requests // args.batch_size)
         if not args.sequential and calls > 1:
             raise ConfigError(f"--save: this run edits {n_requests} requests as {calls} separate edits, each scored alone and "
@@ -258,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.setdefault("progress", False)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
+    if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
+        print(f"{args.model}: re-attached the saved patches {loaded.patches.keys()} (verified against its manifest)")
     # What needs the tokenizer: control-token text in a request, prompts longer than the model's context.
     check_special_tokens(requests, loaded.tokenizer)
     check_context_length(requests, loaded)
@@ -302,14 +302,19 @@ def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> 
 
 
 def save_edited(loaded, editor, report, directory: Path) -> None:
-    """Save the model exactly as scored (its edits are still applied) with a record of edits and scores."""
-    directory.mkdir(parents=True, exist_ok=True)
-    loaded.model.save_pretrained(directory, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(directory)
-    (directory / "edits.json").write_text(json.dumps({
+    """Save the model exactly as scored (its edits are still applied, patches included) with a record of edits and
+    scores and a manifest over every file (models/saving.py)."""
+    from .models.saving import save_edited_model
+
+    base_weights: dict = {}
+    for delta in reversed(report.kept_deltas):  # the earliest edit's "before" is the base model's tensor
+        base_weights.update(delta.weights_before)
+    requests = [r for d in report.kept_deltas for r in d.requests]
+    save_edited_model(loaded, directory, method=editor.name, requests=requests,
+                      base_fingerprint=loaded.weights_fingerprint(replace=base_weights), record={
         "method": editor.name, "base_model": loaded.name, "hparams": editor.hparams.to_dict(),
         "protocol": report.protocol, "scored": report.config.get("scored"), "summary": report.post,
         "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in report.kept_deltas],
-    }, indent=2, default=str))
+    })
     for path in [directory, *directory.rglob("*")]:  # readable by the user's group and others, like any output
         os.chmod(path, 0o755 if path.is_dir() else 0o644)

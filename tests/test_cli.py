@@ -38,7 +38,7 @@ def test_argument_errors_name_the_flag(argv, message, capsys):
     (["--set", "stats_text=/no/such/text.txt"], "field 'stats_text'"),
     (["--output", "/proc/no/such/r.json"], "--output /proc/no/such/r.json: cannot create the folder"),
     (["--output", "EMPTY"], "is a folder"),
-    (["--method", "grace", "--save", "SAVE"], "--save: grace's edits are patches"),
+    (["--method", "grace", "--save", "SAVE"], "--sequential"),  # a patch method saves too; the protocol is checked
     (["--save", "SAVE"], "--sequential"),  # 20 demo requests edited one at a time: no single model to save
     (["--editor", "/no/such/checkpoint"], "--editor /no/such/checkpoint"),
     (["--data", "zsre", "--data-dir", "EMPTY"], "data get zsre"),
@@ -61,6 +61,16 @@ def test_output_folder_is_created_before_the_run(tmp_path, capsys, no_model_load
     with pytest.raises(AssertionError, match="model was loaded"):
         main(["--n", "1", "--output", str(tmp_path / "new" / "r.json"), "--quiet"])
     assert (tmp_path / "new").is_dir()
+
+
+def test_save_of_a_method_that_cannot_save_is_refused_with_its_reason(tmp_path, capsys, monkeypatch, no_model_load):
+    from lightning_edit.editors import get_editor_class
+
+    monkeypatch.setattr(get_editor_class("grace"), "cannot_save", "its codebook lives on another machine")
+    assert main(["--method", "grace", "--n", "1", "--save", str(tmp_path / "saved"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--save: grace's edited model cannot be saved: its codebook lives on another machine" in err
+    assert not (tmp_path / "saved").exists() or not any((tmp_path / "saved").iterdir())
 
 
 def test_save_onto_an_existing_file_is_refused(tmp_path, capsys, no_model_load):

@@ -14,7 +14,7 @@ PACKAGE = Path(lightning_edit.__file__).parent
 
 # Lower number = lower layer. A module may import its own layer or any lower one, never a higher one.
 LAYERS: dict[str, int] = {
-    "errors": 0, "hashing": 0, "paths": 0,
+    "errors": 0, "hashing": 0, "manifest": 0, "paths": 0,
     "requests": 1, "hooks": 1,
     "data": 2,
     "models": 3,

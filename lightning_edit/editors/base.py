@@ -8,24 +8,23 @@ will touch, and on any exception or non-finite weight restores them bit for bit 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import time
 import typing
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Optional, Protocol, Sequence, Type, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..config import checked_value as _checked_value  # one typed-value check for YAML files and --set
-from ..errors import CheckpointError, ConfigError, EditFailedError, LightningEditError, RequestError
+from ..errors import ConfigError, EditFailedError, LightningEditError, RequestError
 from ..models.loading import LoadedModel
 from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
+from .delta import EditDelta  # noqa: F401  (importable from here, as before)
 
 log = logging.getLogger(__name__)
 H = TypeVar("H", bound="HyperParams")
@@ -99,76 +98,6 @@ class ModelPatch(Protocol):
     def attach(self, loaded: LoadedModel) -> None: ...
 
 
-@dataclass
-class EditDelta:
-    """The exact changes an edit made: tensors before and after, and patches added."""
-
-    method: str
-    model_name: str
-    requests: list[EditRequest]
-    weights_before: dict[str, torch.Tensor] = field(default_factory=dict)
-    weights_after: dict[str, torch.Tensor] = field(default_factory=dict)
-    patches: list[Any] = field(default_factory=list)
-    seconds: float = 0.0
-    info: dict = field(default_factory=dict)
-
-    @property
-    def weight_deltas(self) -> dict[str, torch.Tensor]:
-        return {k: self.weights_after[k] - self.weights_before[k] for k in self.weights_after}
-
-    def undo(self, loaded: LoadedModel) -> None:
-        """Restore the model exactly as it was before this edit."""
-        params = dict(loaded.model.named_parameters())
-        with torch.no_grad():
-            for name, before in self.weights_before.items():
-                params[name].copy_(before)
-        for patch in reversed(self.patches):
-            patch.detach(loaded)
-
-    def reapply(self, loaded: LoadedModel) -> None:
-        """Apply this edit again to a model holding the pre-edit weights (refuses any other)."""
-        params = dict(loaded.model.named_parameters())
-        missing = [n for n in self.weights_after if n not in params]
-        if missing:
-            raise CheckpointError(f"saved edit names parameters {missing[:3]} that model {loaded.name!r} lacks")
-        with torch.no_grad():
-            for name, before in self.weights_before.items():
-                if not torch.equal(params[name].detach().cpu(), before.cpu()):
-                    raise CheckpointError(
-                        f"parameter {name} does not hold the weights this edit was made on; load the original "
-                        f"{self.model_name!r} before re-applying"
-                    )
-            for name, after in self.weights_after.items():
-                params[name].copy_(after)
-        for patch in self.patches:
-            patch.attach(loaded)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``edit.safetensors`` (before/after of every touched tensor) and ``edit.json`` (requests, method)."""
-        if self.patches:
-            raise LightningEditError(f"{self.method}: edits that add modules are saved with the editor's own save(); weights only here")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"after/{k}": v.contiguous() for k, v in self.weights_after.items()}
-        tensors.update({f"before/{k}": v.contiguous() for k, v in self.weights_before.items()})
-        save_file(tensors, str(directory / "edit.safetensors"))
-        (directory / "edit.json").write_text(json.dumps({
-            "method": self.method, "model": self.model_name, "seconds": self.seconds, "info": self.info,
-            "requests": [r.to_dict() for r in self.requests],
-        }, indent=2, default=str))
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "EditDelta":
-        directory = Path(directory)
-        meta = json.loads((directory / "edit.json").read_text())
-        tensors = load_file(str(directory / "edit.safetensors"))
-        before = {k[len("before/"):]: v for k, v in tensors.items() if k.startswith("before/")}
-        after = {k[len("after/"):]: v for k, v in tensors.items() if k.startswith("after/")}
-        return cls(method=meta["method"], model_name=meta["model"], requests=[EditRequest.from_dict(r) for r in meta["requests"]],
-                   weights_before=before, weights_after=after, seconds=meta.get("seconds", 0.0), info=meta.get("info", {}))
-
-
 class Editor(ABC):
     """Base class of every editing method. Subclasses set ``name``, ``HParams`` and implement
     ``touched_parameters`` and ``_apply``; they never evaluate."""
@@ -178,8 +107,11 @@ class Editor(ABC):
     needs_subject: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = True  # False: a list of requests is applied one after another
     # True: an edit is changed weights only, so the edited model saves as an ordinary transformers directory.
-    # False: it adds patches (modules, memories, routers, prompts) that save_pretrained does not see.
+    # False: it adds patches (modules, memories, routers, prompts) that save_pretrained does not see; --save writes
+    # them beside the weights (models/saving.py) and load_model(DIR) re-attaches them.
     edits_weights_only: ClassVar[bool] = True
+    # Why this method's edited model cannot be saved (None: it can); --save is refused before any work with it.
+    cannot_save: ClassVar[Optional[str]] = None
 
     def __init__(self, hparams: HyperParams):
         if not isinstance(hparams, self.HParams):

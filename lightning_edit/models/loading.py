@@ -81,12 +81,19 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def weights_fingerprint(self) -> str:
-        """A short hash of every parameter (ordered by name): ties caches and checkpoints to these exact weights."""
+    def weights_fingerprint(self, replace: Optional[dict[str, torch.Tensor]] = None) -> str:
+        """A short hash of every parameter (ordered by name): ties caches and checkpoints to these exact weights.
+
+        ``replace``: parameter name → tensor to hash in its place (an edit's ``weights_before`` gives the fingerprint
+        of the model the edit was made on); a tied alias of a replaced parameter is replaced too."""
         digest = hashlib.sha256()
+        by_storage = {}
+        if replace:
+            params = dict(self.model.named_parameters())
+            by_storage = {params[n].data_ptr(): t for n, t in replace.items() if n in params}
         for name, param in sorted(self.model.state_dict().items()):
             digest.update(name.encode())
-            t = param.detach().to("cpu").contiguous()
+            t = by_storage.get(param.data_ptr(), param).detach().to("cpu").contiguous()
             # Sample a strided subset of large tensors: a full hash of 500 MB costs seconds for no gain.
             flat = t.reshape(-1)
             if flat.numel() > 65536:
@@ -170,23 +177,34 @@ def load_model(
     """Load a registered model, a hub id or a local transformers directory, in eval mode.
 
     ``dtype``: a torch dtype or its name ("float32", "bfloat16", "float16"); the weights are loaded straight in
-    that dtype (no float32 copy first, so the memory is that of the dtype)."""
+    that dtype (no float32 copy first, so the memory is that of the dtype).
+
+    A directory written by ``edit.py --save`` is checked against its manifest first, and the patches saved in it
+    (memories, routers, prompt contexts) are verified and re-attached, so the model answers as the edited one did."""
+    from .saving import SavedDirectory  # saving builds on LoadedModel, defined here
+
     dtype = resolve_dtype(dtype, flag="dtype")
     warn_if_slow_dtype(dtype, device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     name = resolve_model_name(name_or_path)
     spec = MODELS.get(name)
+    saved = None
     if spec is not None and spec.source == "gguf_package":
         model, tokenizer = _load_gguf_cached(spec, cache, dtype)
     else:
         target = spec.hub_id if spec is not None else name_or_path
+        # a directory written by `edit.py --save`: its files are verified before any tensor is read
+        saved = SavedDirectory.open(Path(target)) if spec is None and Path(target).is_dir() else None
         model, tokenizer = _load_transformers(target, dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return LoadedModel(name=name, model=model, tokenizer=tokenizer, layout=layout_for(model))
+    loaded = LoadedModel(name=name, model=model, tokenizer=tokenizer, layout=layout_for(model))
+    if saved is not None:
+        saved.attach_patches(loaded)
+    return loaded
 
 
 def _load_transformers(target: str, dtype: torch.dtype):

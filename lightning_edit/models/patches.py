@@ -9,6 +9,7 @@ into the model's ``__dict__`` and no hook outlives its patch. Each patch kind is
 """
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional, Sequence, Type, TypeVar
 
@@ -73,6 +74,10 @@ def register_patch(cls: Type[P]) -> Type[P]:
 
 
 def patch_class(kind: str) -> Type[Patch]:
+    """The patch class registered as ``kind``. The kinds are registered by the editors that make them; loading a saved
+    model is the one place below the editors that needs them, so the editors package is imported here on demand."""
+    if kind not in PATCH_KINDS:
+        importlib.import_module(__name__.rsplit(".", 2)[0] + ".editors")
     if kind not in PATCH_KINDS:
         raise CheckpointError(f"unknown patch kind {kind!r}; known: {sorted(PATCH_KINDS)} (import lightning_edit.editors "
                               "to register the methods' patches)")

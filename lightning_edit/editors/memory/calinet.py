@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ...errors import ConfigError
+from ...errors import CheckpointError, ConfigError
 from ...models.loading import LoadedModel
 from ...models.teacher_forcing import build_target_batch, target_logits
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import pad_right, pad_token_id, resolve_layers
-from ...models.patches import Patch
+from ...models.patches import Patch, register_patch
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -79,6 +79,7 @@ class CalibrationFFN(nn.Module):
         return (self.act(x.float() @ self.keys.T) @ self.values.T).to(x.dtype)
 
 
+@register_patch
 class CalibrationPatch(Patch):
     """One edit's calibration memories, a patch in the model's registry: attached, its hooks add each memory's
     output beside its FFN; detached, they are gone. Several edits stack as several patches."""
@@ -124,8 +125,38 @@ class CalibrationPatch(Patch):
         return {f"{name}/{k}": v.detach() for name, m in self.memories.items() for k, v in m.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.state_dict()
+        if set(state) != set(expected):
+            raise CheckpointError(f"calinet: saved tensors {sorted(state)[:4]} differ from the memories' {sorted(expected)[:4]}")
+        for name, tensor in state.items():
+            want = expected[name]
+            if tensor.shape != want.shape or tensor.dtype != want.dtype:
+                raise CheckpointError(f"calinet: saved {name!r} is {tensor.dtype} {list(tensor.shape)}; this model needs "
+                                      f"{want.dtype} {list(want.shape)}")
         for name, memory in self.memories.items():
             memory.load_state_dict({k: state[f"{name}/{k}"] for k in memory.state_dict()})
+
+    @classmethod
+    def from_saved(cls, config: dict, state: dict[str, torch.Tensor], loaded: LoadedModel) -> "CalibrationPatch":
+        activation = config["activation"]
+        if activation not in ACTIVATIONS:
+            raise CheckpointError(f"calinet: saved activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+        hidden = int(loaded.model.get_input_embeddings().weight.shape[1])  # what the FFN reads: the residual stream
+        memories = {}
+        for name in config["modules"]:
+            try:
+                loaded.model.get_submodule(name)
+            except AttributeError as err:
+                raise CheckpointError(f"calinet: the saved memory sits on module {name!r}, which model {loaded.name!r} lacks") from err
+            memories[name] = CalibrationFFN(hidden, int(config["slots"][name]), activation).to(loaded.device)
+        patch = cls(memories, activation)
+        patch.load_state_dict(state)
+        for p in patch._parameters():
+            p.requires_grad_(False)
+        return patch
+
+    def _parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.memories.values() for p in m.parameters()]
 
     @staticmethod
     def _hook(memory: CalibrationFFN):

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ...errors import ConfigError, EditFailedError
+from ...errors import CheckpointError, ConfigError, EditFailedError
 from ...models.loading import LoadedModel
 from ...models.teacher_forcing import build_target_batch
 from ...requests import EditRequest
@@ -31,7 +31,8 @@ from ...hooks import trace
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
-from .memory import HookedMemory, editing_memory
+from ...models.patches import register_patch
+from .memory import HookedMemory, editing_memory, hidden_size, saved_module
 
 VALUE_INITS = ("warm", "cold")
 
@@ -58,9 +59,11 @@ def _label(request: EditRequest) -> str:
     return request.target_new.strip().lower()
 
 
+@register_patch
 class GraceCodebook(HookedMemory):
     """keys (N, d_in), values (N, d_out), radii (N,), labels (N strings), on one FFN module."""
 
+    kind = "grace"
     key = "grace"
 
     def __init__(self, signature: dict, module_name: str, d_in: int, d_out: int, device: torch.device, dtype: torch.dtype):
@@ -79,6 +82,20 @@ class GraceCodebook(HookedMemory):
     @property
     def size(self) -> int:
         return int(self.values["keys"].shape[0])
+
+    @classmethod
+    def empty_for(cls, loaded: LoadedModel, config: dict) -> "GraceCodebook":
+        module_name = saved_module(loaded, config, cls.kind)
+        p = next(loaded.model.get_submodule(module_name).parameters())
+        hidden = hidden_size(loaded)
+        return cls(dict(config["signature"]), module_name, hidden, hidden, p.device, p.dtype)
+
+    def check_values(self, template: dict) -> None:
+        super().check_values(template)
+        n = len(self.values["labels"])
+        if not all(isinstance(label, str) for label in self.values["labels"]) or any(
+                self.values[name].shape[0] != n for name in ("keys", "values", "radii")):
+            raise CheckpointError(f"grace: saved keys, values, radii and labels differ in number (labels: {n})")
 
     def register_hooks(self, model: nn.Module) -> list:
         return [model.get_submodule(self.module_name).register_forward_hook(self._hook)]

@@ -32,7 +32,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError
 from ...models.loading import LoadedModel
-from ...models.patches import Patch
+from ...models.patches import Patch, register_patch
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 
@@ -68,6 +68,7 @@ class SentenceEncoder:
     def __init__(self, source: str, device: torch.device | str = "cpu") -> None:
         import transformers
 
+        self.source = source  # what a saved IKE edit records, to load the same encoder back
         path = self.resolve(source)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
         self.model = transformers.AutoModel.from_pretrained(str(path)).eval().to(device)
@@ -124,12 +125,13 @@ def demonstrations(request: EditRequest) -> list[str]:
 class IKEContext:
     """One edit's context: what it prepends, and its new fact's embedding (to pick among several edits)."""
 
-    def __init__(self, prefix: str, fact_embedding: torch.Tensor, encoder: SentenceEncoder) -> None:
+    def __init__(self, prefix: str, fact_embedding: torch.Tensor, encoder: Optional[SentenceEncoder]) -> None:
         self.prefix = prefix
         self.fact_embedding = fact_embedding
         self.encoder = encoder
 
 
+@register_patch
 class ContextRouter(Patch):
     """The prompt rewriter in the model's patch registry while IKE edits are attached: each prompt gets the
     demonstrations of the edit whose new fact is nearest to it."""
@@ -144,13 +146,31 @@ class ContextRouter(Patch):
         if len(self.contexts) == 1:
             prefix = self.contexts[0].prefix
             return [prefix + p for p in prompts]
-        encoder = self.contexts[0].encoder
+        encoder = next(c.encoder for c in self.contexts if c.encoder is not None)
         facts = torch.stack([c.fact_embedding for c in self.contexts])
         nearest = (encoder.encode(list(prompts)) @ facts.T).argmax(-1).tolist()
         return [self.contexts[j].prefix + p for j, p in zip(nearest, prompts)]
 
     def config(self) -> dict:
-        return {"prefixes": [c.prefix for c in self.contexts]}
+        encoder = next((c.encoder for c in self.contexts if c.encoder is not None), None)
+        return {"prefixes": [c.prefix for c in self.contexts], "sentence_model": encoder.source if encoder else None}
+
+    @classmethod
+    def from_saved(cls, config: dict, state: dict[str, torch.Tensor], loaded: LoadedModel) -> "ContextRouter":
+        prefixes, embeddings = config["prefixes"], state.get("fact_embeddings")
+        if not prefixes or not all(isinstance(p, str) for p in prefixes) or set(state) != {"fact_embeddings"}:
+            raise CheckpointError("ike: a saved context router needs its prefixes (strings) and 'fact_embeddings' only")
+        if embeddings.dim() != 2 or embeddings.shape[0] != len(prefixes) or embeddings.dtype != torch.float32:
+            raise CheckpointError(f"ike: saved fact embeddings {embeddings.dtype} {list(embeddings.shape)} do not fit "
+                                  f"{len(prefixes)} contexts (float32, one row each)")
+        # the encoder picks among several contexts; with one it is never asked
+        encoder = SentenceEncoder(config["sentence_model"], loaded.device) if len(prefixes) > 1 else None
+        if encoder is not None and embeddings.shape[1] != encoder.model.config.hidden_size:
+            raise CheckpointError(f"ike: saved fact embeddings have width {embeddings.shape[1]}; sentence model "
+                                  f"{config['sentence_model']!r} gives {encoder.model.config.hidden_size}")
+        router = cls()
+        router.contexts = [IKEContext(p, e.cpu(), encoder) for p, e in zip(prefixes, embeddings)]
+        return router
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if not self.contexts:

@@ -65,18 +65,100 @@ class HookedMemory(Patch):
         self.values = dict(state)
 
     # ---- the declared state (Patch) ---------------------------------------------------------------
+    # ``values`` are split into plain JSON (numbers, labels, None) and tensors; a tuple of tensors (WISE's shards)
+    # is saved as ``name/0``, ``name/1``...; tuples come back as tuples.
+    module_name: str = ""
+
     def config(self) -> dict[str, Any]:
-        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in self.values.items() if not isinstance(v, torch.Tensor)}
-        return {"signature": self.signature, "values": plain}
+        plain, tensors = {}, {}
+        for k, v in self.values.items():
+            if isinstance(v, torch.Tensor):
+                tensors[k] = "tensor"
+            elif isinstance(v, tuple) and v and all(isinstance(x, torch.Tensor) for x in v):
+                tensors[k] = len(v)
+            else:
+                plain[k] = list(v) if isinstance(v, tuple) else v
+        return {"signature": self.signature, "module": self.module_name, "values": plain, "tensor_values": tensors}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.values.items() if isinstance(v, torch.Tensor)}
+        out: dict[str, torch.Tensor] = {}
+        for k, v in self.values.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v
+            elif isinstance(v, tuple) and v and all(isinstance(x, torch.Tensor) for x in v):
+                out.update({f"{k}/{i}": x for i, x in enumerate(v)})
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         current = self.state_dict()
         if set(state) != set(current):
             raise CheckpointError(f"{self.key} memory: saved tensors {sorted(state)} differ from the memory's {sorted(current)}")
-        self.values = {**self.values, **state}
+        layout = self.config()["tensor_values"]
+        self.values = {**self.values, **self._assemble(layout, state)}
+
+    @staticmethod
+    def _assemble(layout: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, how in layout.items():
+            if how == "tensor":
+                values[name] = state[name]
+            else:
+                values[name] = tuple(state[f"{name}/{i}"] for i in range(int(how)))
+        return values
+
+    @classmethod
+    def empty_for(cls, loaded: LoadedModel, config: dict[str, Any]) -> "HookedMemory":
+        """An empty memory of this kind for ``loaded``, built from a saved ``config`` (its module checked)."""
+        raise CheckpointError(f"memory kind {cls.kind!r} cannot be rebuilt from a saved file")
+
+    def check_values(self, template: dict[str, Any]) -> None:
+        """Raise CheckpointError if the restored ``values`` do not fit this memory. Here: each tensor the empty memory
+        (``template``) holds comes back with its dtype and shape (any length where the template's is 0, a growing
+        memory). Subclasses add what links the entries (counts, optional tensors)."""
+        for name, empty in template.items():
+            if isinstance(empty, torch.Tensor):
+                shape = tuple(None if i == 0 and empty.shape[0] == 0 else s for i, s in enumerate(empty.shape))
+                self.expect(name, self.values[name], shape, empty.dtype)
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], state: dict[str, torch.Tensor], loaded: LoadedModel) -> "HookedMemory":
+        memory = cls.empty_for(loaded, config)
+        layout = config["tensor_values"]
+        expected = {f"{n}/{i}" for n, how in layout.items() if how != "tensor" for i in range(int(how))}
+        expected |= {n for n, how in layout.items() if how == "tensor"}
+        if set(state) != expected:
+            raise CheckpointError(f"{cls.kind}: saved tensors {sorted(state)[:4]} do not match the declared {sorted(expected)[:4]}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config["values"].items()}
+        values.update(cls._assemble(layout, state))
+        if set(values) != set(memory.values):
+            raise CheckpointError(f"{cls.kind}: saved entries {sorted(values)} differ from this memory's {sorted(memory.values)}")
+        template, memory.values = memory.values, values
+        memory.check_values(template)
+        return memory
+
+    def expect(self, name: str, tensor: Any, shape: tuple, dtype: torch.dtype) -> None:
+        """``tensor`` (entry ``name``) has exactly ``shape`` (None: any size there) and ``dtype``."""
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{self.kind}: saved entry {name!r} is not a tensor")
+        ok = tensor.dim() == len(shape) and all(s is None or s == t for s, t in zip(shape, tensor.shape))
+        if not ok or tensor.dtype != dtype:
+            raise CheckpointError(f"{self.kind}: saved {name!r} is {tensor.dtype} {list(tensor.shape)}; this model needs "
+                                  f"{dtype} {['*' if s is None else s for s in shape]} (load the model in the dtype it was saved in)")
+
+
+def hidden_size(loaded: LoadedModel) -> int:
+    """Width of the residual stream (what an FFN reads and writes)."""
+    return int(loaded.model.get_input_embeddings().weight.shape[1])
+
+
+def saved_module(loaded: LoadedModel, config: dict[str, Any], kind: str) -> str:
+    """The saved memory's module name, checked to exist in ``loaded``."""
+    name = config["module"]
+    try:
+        loaded.model.get_submodule(name)
+    except AttributeError as err:
+        raise CheckpointError(f"{kind}: the saved memory sits on module {name!r}, which model {loaded.name!r} lacks") from err
+    return name
 
 
 def find_memory(loaded: LoadedModel, key: str) -> Optional[HookedMemory]:

@@ -30,7 +30,7 @@ import torch
 from ...errors import CheckpointError, ConfigError, EditFailedError
 from ...models.loading import LoadedModel
 from ...models.ops import pad_right, pad_token_id
-from ...models.patches import Patch
+from ...models.patches import Patch, register_patch
 from ...models.teacher_forcing import prompt_ids
 from ...requests import EditRequest
 from ..learned.hypernetwork import LearnedEditor, LearnedHyperParams
@@ -77,6 +77,7 @@ def prompt_keys(loaded: LoadedModel, network: SERACNetwork, layer: int, prompts:
     return network.classifier.embed(feats[torch.arange(len(rows), device=feats.device), last])
 
 
+@register_patch
 class SERACRouter(Patch):
     """In the model's patch registry while at least one SERAC edit is attached: holds the edit memory and routes
     each forward through hooks (a pre-hook that turns the key/value cache off, a hook recording the scope block's
@@ -101,11 +102,43 @@ class SERACRouter(Patch):
         prefixes = [ids for p in self.edits for ids in p.prefixes]
         return keys, prefixes
 
+    # ---- saved state: the memory, the trained network and the settings it was built with -----------
     def config(self) -> dict:
-        return {"prefixes": [ids for p in self.edits for ids in p.prefixes], "edits": [len(p.prefixes) for p in self.edits]}
+        return {"hparams": self.hparams.to_dict(), "prefixes": [ids for p in self.edits for ids in p.prefixes],
+                "edits": [len(p.prefixes) for p in self.edits]}
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"keys": self.memory()[0]} if self.edits else {}
+        network = {f"network/{k}": v.detach() for k, v in self.network.state_dict().items()}
+        return {"keys": self.memory()[0], **network} if self.edits else network
+
+    @classmethod
+    def from_saved(cls, config: dict, state: dict[str, torch.Tensor], loaded: LoadedModel) -> "SERACRouter":
+        hp = SERACHyperParams.from_dict(config["hparams"], source="saved serac patch")
+        if not 0 <= hp.scope_layer < loaded.layout.num_layers(loaded.model):
+            raise CheckpointError(f"serac: saved scope_layer {hp.scope_layer} is outside model {loaded.name!r}")
+        hidden = loaded.model.get_input_embeddings().weight.shape[1]
+        network = SERACNetwork(hidden, hp.scope_dim, lora_shapes(loaded, hp.lora_targets, hp.lora_layers), hp.lora_rank, hp.lora_alpha)
+        expected = {f"network/{k}": v for k, v in network.state_dict().items()}
+        saved = {k: v for k, v in state.items() if k.startswith("network/")}
+        wrong = sorted(k for k in set(expected) | set(saved) if k not in saved or k not in expected
+                       or saved[k].shape != expected[k].shape or saved[k].dtype != expected[k].dtype)
+        if wrong:
+            raise CheckpointError(f"serac: the saved network does not fit model {loaded.name!r} with the saved settings "
+                                  f"({len(wrong)} tensor(s) missing, extra or of another shape or dtype: {wrong[:3]})")
+        network.load_state_dict({k[len("network/"):]: v for k, v in saved.items()})
+        network.to(loaded.device).eval().requires_grad_(False)
+        sizes, prefixes, keys = [int(n) for n in config["edits"]], config["prefixes"], state.get("keys")
+        if keys is None or len(prefixes) != sum(sizes) or keys.shape != (sum(sizes), hp.scope_dim) or not sizes:
+            raise CheckpointError(f"serac: the saved memory holds {len(prefixes)} prefixes and keys of shape "
+                                  f"{None if keys is None else list(keys.shape)} for {sum(sizes)} edits of width {hp.scope_dim}")
+        if not all(isinstance(t, int) for ids in prefixes for t in ids) or any(
+                t < 0 or t >= len(loaded.tokenizer) for ids in prefixes for t in ids):
+            raise CheckpointError(f"serac: the saved prefixes are not token ids of model {loaded.name!r}'s tokenizer")
+        router = cls(loaded, network, hp)
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        router.edits = [SERACPatch(network, hp, [], part, prefixes[o: o + n])
+                        for o, n, part in zip(offsets, sizes, torch.split(keys, sizes))]
+        return router
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         keys = state.get("keys")
@@ -198,13 +231,15 @@ class SERACRouter(Patch):
 class SERACPatch:
     """Some edits in the memory of a model's SERAC router (an ``EditDelta`` patch)."""
 
-    def __init__(self, editor: "SERACEditor", requests: Sequence[EditRequest], keys: torch.Tensor, prefixes: list[list[int]]):
-        self.editor, self.requests, self.keys, self.prefixes = editor, list(requests), keys, prefixes
+    def __init__(self, network: SERACNetwork, hparams: SERACHyperParams, requests: Sequence[EditRequest], keys: torch.Tensor,
+                 prefixes: list[list[int]]):
+        self.network, self.hparams = network, hparams
+        self.requests, self.keys, self.prefixes = list(requests), keys, prefixes
 
     def attach(self, loaded: LoadedModel) -> None:
         router = loaded.patches.get(SERACRouter.key)
         if router is None:
-            router = loaded.patches.attach(SERACRouter(loaded, self.editor.network, self.editor.hparams))
+            router = loaded.patches.attach(SERACRouter(loaded, self.network, self.hparams))
         router.edits.append(self)
 
     def detach(self, loaded: LoadedModel) -> None:
@@ -250,6 +285,6 @@ class SERACEditor(LearnedEditor):
             # an attached router does not disturb this: the pass stops at the scope block, before any routing
             keys = prompt_keys(loaded, network, self.hparams.scope_layer, [r.prompt for r in requests])
         prefixes = [edit_prefix_ids(loaded, self.hparams.edit_template, r) for r in requests]
-        patch = SERACPatch(self, requests, keys, prefixes)
+        patch = SERACPatch(network, self.hparams, requests, keys, prefixes)
         patch.attach(loaded)
         return [patch]

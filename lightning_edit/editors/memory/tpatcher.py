@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ...errors import ConfigError, EditFailedError
+from ...errors import CheckpointError, ConfigError, EditFailedError
 from ...hooks import trace
 from ...models.loading import LoadedModel
 from ...models.teacher_forcing import build_target_batch
@@ -38,7 +38,8 @@ from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
-from .memory import HookedMemory, editing_memory
+from ...models.patches import register_patch
+from .memory import HookedMemory, editing_memory, hidden_size, saved_module
 from .pool import collect_inputs, load_memory_pool
 
 
@@ -79,9 +80,11 @@ def _positive_mean(x: torch.Tensor) -> torch.Tensor:
     return positive.mean() if positive.numel() else x.new_zeros(())
 
 
+@register_patch
 class PatchNeurons(HookedMemory):
     """keys (n, d), biases (n,), values (n, d_out) of every patch neuron, and the queries of past edits."""
 
+    kind = "t-patcher"
     key = "t-patcher"
 
     def __init__(self, signature: dict, module_name: str, d_in: int, d_out: int, device: torch.device, dtype: torch.dtype):
@@ -98,6 +101,19 @@ class PatchNeurons(HookedMemory):
     @property
     def size(self) -> int:
         return int(self.values["keys"].shape[0])
+
+    @classmethod
+    def empty_for(cls, loaded: LoadedModel, config: dict) -> "PatchNeurons":
+        module_name = saved_module(loaded, config, cls.kind)
+        p = next(loaded.model.get_submodule(module_name).parameters())
+        hidden = hidden_size(loaded)
+        return cls(dict(config["signature"]), module_name, hidden, hidden, p.device, p.dtype)
+
+    def check_values(self, template: dict) -> None:
+        super().check_values(template)
+        n = self.values["keys"].shape[0]
+        if self.values["biases"].shape[0] != n or self.values["values"].shape[0] != n:
+            raise CheckpointError(f"t-patcher: saved keys, biases and values differ in number of neurons (keys: {n})")
 
     def register_hooks(self, model: nn.Module) -> list:
         return [model.get_submodule(self.module_name).register_forward_hook(self._hook)]

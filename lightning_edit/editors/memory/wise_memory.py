@@ -10,7 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .memory import HookedMemory
+from ...errors import CheckpointError
+from ...models.loading import LoadedModel
+from ...models.patches import register_patch
+from .memory import HookedMemory, saved_module
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,13 @@ def ties_merge(base: torch.Tensor, weights: Sequence[torch.Tensor], density: flo
     return base + merged.view(base.shape)
 
 
+@register_patch
 class SideMemory(HookedMemory):
     """Side memories of one output projection: ``merged`` (or None), closed ``shards`` and the ``current``
-    shard, each with the lowest activation score of its edits (``*_min_act``)."""
+    shard, each with the lowest activation score of its edits (``*_min_act``). ``main`` (the projection's own
+    weight) is not saved: it is read from the model the memory is loaded onto."""
 
+    kind = "wise"
     key = "wise"
 
     def __init__(self, signature: dict, module_name: str, main_weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -49,6 +55,25 @@ class SideMemory(HookedMemory):
         self.training_weight: Optional[torch.Tensor] = None
         self.last_input: Optional[torch.Tensor] = None  # the projection's input in the last training pass
         self._valid: Optional[torch.Tensor] = None  # real-token mask of the running forward, read by the router
+
+    @classmethod
+    def empty_for(cls, loaded: LoadedModel, config: dict) -> "SideMemory":
+        module_name = saved_module(loaded, config, cls.kind)
+        module = loaded.model.get_submodule(module_name)
+        return cls(dict(config["signature"]), module_name, loaded.layout.linear_weight(module), getattr(module, "bias", None),
+                   loaded.layout.is_encoder_decoder)
+
+    def check_values(self, template: dict) -> None:
+        super().check_values(template)  # current: the projection's shape and dtype
+        v, shape = self.values, tuple(self.main.shape)
+        for i, shard in enumerate(v["shards"]):
+            self.expect(f"shards/{i}", shard, shape, self.main.dtype)
+        if v["merged"] is not None:
+            self.expect("merged", v["merged"], shape, self.main.dtype)
+        if v["current_mask"] is not None:
+            self.expect("current_mask", v["current_mask"], shape, torch.bool)
+        if len(v["shard_min_acts"]) != len(v["shards"]):
+            raise CheckpointError(f"wise: {len(v['shards'])} saved shards but {len(v['shard_min_acts'])} activation scores")
 
     def register_hooks(self, model: nn.Module) -> list:
         return [
