@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .cli import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_device, check_output_path
+from .options import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_device, check_output_path
 from .errors import ConfigError
 from .evaluation.tracing import KINDS, NOISE_MULTIPLE
 

@@ -14,7 +14,8 @@ from typing import Callable, Optional, Sequence
 
 
 from .errors import ConfigError, DataError, LightningEditError
-from .options import _non_negative_int, _positive_int, add_threads_option, parse_override  # noqa: F401  (importable from here too)
+from .options import (_non_negative_int, _positive_int, add_threads_option, apply_threads, check_device,  # noqa: F401
+                      check_output_path, parse_override)
 
 DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
@@ -34,13 +35,6 @@ request files (--data FILE.json): a JSON list of records, each
   (prompt and target_new required; subject for ROME/MEMIT/AlphaEdit/KN; ZsRE, CounterFact, KnowEdit and MQuAKE
   files are read as they are).
 """
-
-
-def apply_threads(threads: Optional[int]) -> None:
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,38 +157,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; every edit made so far was undone in memory, nothing was saved", file=sys.stderr)
         return 130
-
-
-def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
-    """Check an output path before any work (a missing folder is created now, not after the run): it must not
-    clash with what is there, and its folder must be writable."""
-    if path is None:
-        return
-    target = Path(path)
-    if directory:
-        if target.exists() and not target.is_dir():
-            raise ConfigError(f"{flag} {path} is an existing file; give a new folder name")
-        if target.is_dir() and any(target.iterdir()):
-            raise ConfigError(f"{flag} {path} is a folder that is not empty; give a new folder name or remove it")
-    elif target.is_dir():
-        raise ConfigError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'report.json'}")
-    parent = target.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"{flag} {path}: cannot create the folder {parent} ({err.strerror or err})") from err
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
-                          "or install a CUDA build of torch on a machine with a GPU")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
 
 
 def preflight(args: argparse.Namespace, n_requests: int):

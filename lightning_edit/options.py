@@ -1,9 +1,13 @@
-"""Command-line options shared by every command (edit, study, ask, stats): one parser for ``--set``, the
-number checks, ``--threads``."""
+"""Command-line options shared by every command (edit, study, ask, stats, trace): one parser for ``--set``, the
+number checks, ``--threads``, and the checks of devices and output paths made before any work."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+from .errors import ConfigError
 
 from .config import parse_override  # noqa: F401  (one --set parser: typed by the field, lightning_edit/config.py)
 
@@ -29,3 +33,42 @@ _non_negative_int = _int_at_least(0)
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default: the physical cores). With other work on the cores, 1 is faster")
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
+    """Check an output path before any work (a missing folder is created now, not after the run): it must not
+    clash with what is there, and its folder must be writable."""
+    if path is None:
+        return
+    target = Path(path)
+    if directory:
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"{flag} {path} is an existing file; give a new folder name")
+        if target.is_dir() and any(target.iterdir()):
+            raise ConfigError(f"{flag} {path} is a folder that is not empty; give a new folder name or remove it")
+    elif target.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name such as {Path(path) / 'report.json'}")
+    parent = target.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {path}: cannot create the folder {parent} ({err.strerror or err})") from err
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+                          "or install a CUDA build of torch on a machine with a GPU")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")
