@@ -40,7 +40,7 @@ def test_argument_errors_name_the_flag(argv, message, capsys):
     (["--output", "EMPTY"], "is a folder"),
     (["--method", "grace", "--save", "SAVE"], "--sequential"),  # a patch method saves too; the protocol is checked
     (["--save", "SAVE"], "--sequential"),  # 20 demo requests edited one at a time: no single model to save
-    (["--editor", "/no/such/checkpoint"], "--editor /no/such/checkpoint"),
+    (["--method", "mend", "--editor", "/no/such/checkpoint"], "--editor /no/such/checkpoint"),
     (["--data", "zsre", "--data-dir", "EMPTY"], "data get zsre"),
 ])
 def test_bad_input_refused_before_the_model_loads(argv, message, tmp_path, capsys, no_model_load):
@@ -158,7 +158,7 @@ def test_rollback_when_scoring_fails(tokenizer, monkeypatch):
 
     def failing_measure(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the first post-edit scoring
+        if calls["n"] == 1:  # the first post-edit scoring (pre-edit scores come from evaluation/pre_edit.py)
             raise RuntimeError("injected")
         return real_measure(*args, **kwargs)
 
