@@ -214,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
     L.seed_everything(args.seed, verbose=False)
     protocol = "sequential" if args.sequential else ("batch" if args.batch_size > 1 else "single")
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
+    if not requests:
+        raise DataError(f"--data {args.data}: no request to edit (--offset {args.offset} is past the end, or every record "
+                        "was skipped: the warnings above say why, e.g. an empty 'prompt' or 'target_new')")
     _, overrides = preflight(args, len(requests))
     if args.quiet:
         overrides.setdefault("progress", False)

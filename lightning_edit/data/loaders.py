@@ -158,8 +158,6 @@ def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: O
     from .records import convert_dataset, records_dataset
 
     raw = records_dataset(records)
-    if offset and offset >= len(raw):
-        raise ConfigError(f"--offset {offset} skips every record: {source} holds {len(raw)}; give an offset below {len(raw)}")
     if n is not None or offset:
         stop = len(raw) if n is None else min(len(raw), offset + n)
         raw = raw.select(range(offset, stop) if offset < stop else [])  # datasets refuses an empty range past the end
@@ -171,11 +169,7 @@ def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional
     """Requests from a named dataset, a JSON (list or JSON-lines) file or a hub file; ``n`` first after ``offset``."""
     from .records import requests_from_dataset
 
-    requests = requests_from_dataset(load_request_dataset(name_or_path, n, data_dir, offset, on_invalid))
-    if not requests and on_invalid == "skip":
-        raise DataError(f"{name_or_path}: no usable record (every one was skipped; the warnings above say why, e.g. an "
-                        "empty 'target_new' or 'prompt')")
-    return requests
+    return requests_from_dataset(load_request_dataset(name_or_path, n, data_dir, offset, on_invalid))
 
 
 def convert_records(records: Iterable[dict], source: str = "<records>", on_invalid: str = "skip", start: int = 0) -> list[EditRequest]:
