@@ -169,3 +169,18 @@ def test_study_shows_multihop_beside_portability(tiny, mquake_file, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     cell = results["cells"]["multihop"]["ft-m"]
     assert cell["protocol"] == "multihop" and "multihop_acc" in cell["summary"] and "multihop_acc" in cell["pre"]
+
+
+@pytest.mark.slow
+def test_rome_on_real_mquake_cases(smollm2):
+    """smollm2-135m, ROME, the first 2 MQuAKE cases (3 edits): every edit takes with the case's other edits in, and
+    the model is bit-exactly the same afterwards."""
+    from conftest import require_data
+    from lightning_edit.data import DATASETS
+
+    require_data(DATASETS["mquake"])
+    before = {n: p.detach().clone() for n, p in smollm2.model.state_dict().items()}
+    report = mh.evaluate_multihop(smollm2, build_editor("rome", smollm2), load_multihop_cases("mquake", n=2), progress=False)
+    assert report.config["edits"] == 3 and report.post["edit_success"] == 1.0 and report.pre["edit_success"] == 0.0
+    assert 0.0 <= report.post["multihop_acc"] <= 1.0
+    assert all(torch.equal(before[n], p) for n, p in smollm2.model.state_dict().items())

@@ -172,6 +172,8 @@ def multihop_verdict(report: Report) -> str:
     """One line in words."""
     post, pre = report.post, report.pre
     edits = report.config.get("edits")
+    generated = (f"; greedy answer contains it {pre['multihop_acc_generated']:.0%} → {post['multihop_acc_generated']:.0%}"
+                 if "multihop_acc_generated" in post else "")
     return (f"multi-hop accuracy {pre['multihop_acc']:.0%} before → {post['multihop_acc']:.0%} after "
-            f"({report.n} cases, {edits} edits; edit success {post['edit_success']:.0%}); "
+            f"({report.n} cases, {edits} edits; edit success {post['edit_success']:.0%}){generated}; "
             f"{report.efficiency['edit_seconds']:.1f} s per case's edits (median)")
