@@ -25,7 +25,7 @@ def run_multihop(args: argparse.Namespace) -> int:
     from .cli import _known_overrides, apply_threads, preflight
     from .data.multihop import load_multihop_cases
     from .editors import build_editor
-    from .evaluation.multihop import evaluate_multihop, format_multihop, multihop_verdict
+    from .evaluation.multihop import FEW_SHOT_TEMPLATE, ZERO_SHOT_TEMPLATE, evaluate_multihop, format_multihop, multihop_verdict
     from .models import load_model
     from .models.request_checks import check_context_length, check_special_tokens
 
@@ -41,7 +41,8 @@ def run_multihop(args: argparse.Namespace) -> int:
     check_special_tokens(requests, loaded.tokenizer)
     check_context_length(requests, loaded)
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
-    report = evaluate_multihop(loaded, editor, cases, generate_tokens=args.generate, progress=not args.quiet)
+    template = ZERO_SHOT_TEMPLATE if args.zero_shot else FEW_SHOT_TEMPLATE
+    report = evaluate_multihop(loaded, editor, cases, template, generate_tokens=args.generate, progress=not args.quiet)
     result = report.to_json()
     result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
     print(format_multihop(report))

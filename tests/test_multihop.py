@@ -94,14 +94,16 @@ def test_any_question_with_any_alias_counts(monkeypatch):
     case = MultiHopCase(case_id=1, requests=(EditRequest("X is in", "Y", subject="X"),), questions=("q1?", "q2?", "q3?"),
                         new_answers=("Obama", "Barack Obama"), old_answers=("Trump",))
     monkeypatch.setattr(mh, "score_targets", _fake_scores({("Q: q3? A:", "Barack Obama")}))
-    row = mh.score_case(None, case)
+    row = mh.score_case(None, case, mh.ZERO_SHOT_TEMPLATE)
     assert row["multihop_acc"] == 1.0 and row["multihop_question_acc"] == pytest.approx(1 / 3)
     assert row["answered_questions"] == [2] and row["multihop_old_answer_acc"] == 0.0 and row["edit_success"] == 0.0
     monkeypatch.setattr(mh, "score_targets", _fake_scores({("Q: q1? A:", "Trump"), ("X is in", "Y")}))
-    row = mh.score_case(None, case)
+    row = mh.score_case(None, case, mh.ZERO_SHOT_TEMPLATE)
     assert row["multihop_acc"] == 0.0 and row["multihop_old_answer_acc"] == 1.0 and row["edit_success"] == 1.0
     monkeypatch.setattr(mh, "score_targets", _fake_scores({("q2?", "Obama")}))
     assert mh.score_case(None, case, question_template="{question}")["answered_questions"] == [1]
+    monkeypatch.setattr(mh, "score_targets", _fake_scores({(mh.DEMONSTRATIONS + "Q: q1? A:", "Obama")}))
+    assert mh.score_case(None, case)["answered_questions"] == [0]  # the default: after the demonstrations
 
 
 def test_all_edits_of_a_case_applied_together_then_undone_bit_exactly(tiny, mquake_file, monkeypatch):

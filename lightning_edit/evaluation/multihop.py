@@ -7,8 +7,10 @@ batch where the method supports it; the editor applies them one after another wh
 A question is answered when the teacher-forced tokens of the new answer, or of any of its aliases, are all the
 model's argmax after the question (our ``exact`` protocol: what greedy decoding would emit); a case counts when any
 of its questions is answered (MQuAKE's rule: "regard the edit successful if the edited model can answer any of
-these questions"). MQuAKE prompts with in-context demonstrations and compares the generated answer; here the
-question is asked zero-shot in MQuAKE's "Q: ... A:" format (``question_template``), without demonstrations.
+these questions"). As MQuAKE does, the question follows in-context demonstrations in its "Q: ... A: ..." format, so
+that a base model answers instead of continuing the text (``FEW_SHOT_TEMPLATE``; the demonstrations are our own
+two-hop questions about true facts, not MQuAKE's); ``ZERO_SHOT_TEMPLATE`` asks the question alone. MQuAKE compares a
+generated answer; ``generate_tokens`` adds that view (the first generated line contains the answer).
 """
 from __future__ import annotations
 
@@ -26,7 +28,16 @@ from ..models.teacher_forcing import score_targets
 from .measure import generate_greedy
 from .protocols import Report, versions
 
-QUESTION_TEMPLATE = "Q: {question} A:"  # MQuAKE's multi-hop prompt format (prompts/multihop-prompts.txt), zero-shot
+ZERO_SHOT_TEMPLATE = "Q: {question} A:"  # MQuAKE's multi-hop prompt format (prompts/multihop-prompts.txt)
+DEMONSTRATIONS = (  # two-hop questions about stable facts, in MQuAKE's format
+    "Q: What is the capital of the country where the Eiffel Tower is located? A: Paris\n"
+    "Q: Which continent is the country whose capital is Nairobi located in? A: Africa\n"
+    "Q: What language is spoken in the country where the Colosseum is located? A: Italian\n"
+    "Q: In which country is the city where Mozart was born? A: Austria\n"
+    "Q: What is the currency of the country where Mount Fuji is located? A: Japanese yen\n"
+)
+FEW_SHOT_TEMPLATE = DEMONSTRATIONS + ZERO_SHOT_TEMPLATE
+QUESTION_TEMPLATE = FEW_SHOT_TEMPLATE
 
 MULTIHOP_KEY_PROTOCOLS = {
     "multihop_acc": "cases where, with all the case's edits applied, at least one multi-hop question is answered with "
@@ -36,8 +47,8 @@ MULTIHOP_KEY_PROTOCOLS = {
     "multihop_question_acc": "multi-hop questions answered with new_answer or an alias, over all questions",
     "edit_success": "edits of a case whose edit prompt is completed with target_new by greedy decoding (exact), with "
                     "all the case's edits applied; mean over edits (MQuAKE's edit-wise success rate)",
-    "multihop_acc_generated": "cases where the greedy continuation of at least one multi-hop question contains "
-                              "new_answer or an alias (case-insensitive)",
+    "multihop_acc_generated": "cases where the first line of the greedy continuation of at least one multi-hop question "
+                              "contains new_answer or an alias (case-insensitive)",
     "edit_seconds": "median wall-clock seconds of the editor's edit call per case (all its edits)",
     "peak_memory_mb": "peak process memory during edits",
 }
@@ -65,7 +76,7 @@ def _contains_answer(text: str, answers: Sequence[str]) -> bool:
 def score_case(loaded: LoadedModel, case: MultiHopCase, question_template: str = QUESTION_TEMPLATE,
                generate_tokens: int = 0) -> dict:
     """The case's multi-hop and edit scores on the model as it is now (one batched teacher-forced pass)."""
-    questions = [question_template.format(question=q) for q in case.questions]
+    questions = [question_template.replace("{question}", q) for q in case.questions]
     prompts, targets = [], []
     for answers in (case.new_answers, case.old_answers):
         for q in questions:
@@ -84,7 +95,8 @@ def score_case(loaded: LoadedModel, case: MultiHopCase, question_template: str =
         row["multihop_old_answer_acc"] = float(any(_answered(scores[n_new: n_new + n_old], len(questions), len(case.old_answers))))
     if generate_tokens:
         generations = generate_greedy(loaded, questions, generate_tokens)
-        row["multihop_acc_generated"] = float(any(_contains_answer(g, case.new_answers) for g in generations))
+        first_lines = [g.strip().split("\n")[0] for g in generations]  # after that, the model writes the next "Q: ..."
+        row["multihop_acc_generated"] = float(any(_contains_answer(g, case.new_answers) for g in first_lines))
         row["generations"] = generations
     return row
 
