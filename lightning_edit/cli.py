@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1; "
                                                                         "with --sequential: sequential batches)")
     p.add_argument("--sequential", action="store_true", help="keep every edit (or batch) and score all after the last (sequential protocol)")
+    p.add_argument("--multihop", action="store_true", help="MQuAKE multi-hop protocol: apply all edits of each case together, "
+                                                           "score its multi-hop questions (any answered counts), undo (--data mquake)")
+    p.add_argument("--zero-shot", action="store_true", help="with --multihop: ask the questions without in-context demonstrations")
     p.add_argument("--output", default=None, help="write the JSON report here (its folder is created if missing)")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
     p.add_argument("--save", default=None, help="save the edited model that was scored (safetensors HF directory, patches, edits.json, manifest.json); "
@@ -202,6 +205,12 @@ def preflight(args: argparse.Namespace, n_requests: int):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.zero_shot and not args.multihop:
+        raise ConfigError("--zero-shot is an option of --multihop (ask the multi-hop questions without demonstrations)")
+    if args.multihop:
+        from .multihop_cli import run_multihop
+
+        return run_multihop(args)
     import lightning as L
 
     from .data import load_requests

@@ -19,11 +19,13 @@ from typing import Optional
 import yaml
 
 from ..data import load_requests
+from ..data.multihop import load_multihop_cases
 from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
 from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
 from .pre_edit import default_pre_cache
+from .multihop import evaluate_multihop
 from .protocols import evaluate_editing, versions
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,8 @@ class StudyConfig:
     sequential_ns: list[int] = field(default_factory=lambda: [1, 10])
     sequential_offset: int = 0
     sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
+    multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
+    multihop_n: int = 0  # cases per multi-hop cell; 0: no multi-hop cells
     editor_checkpoints: dict[str, str] = field(default_factory=dict)  # learnt methods: method → checkpoint dir
     overrides: dict[str, dict] = field(default_factory=dict)  # method → hyperparameter overrides
     fluency: bool = False
@@ -122,11 +126,16 @@ class Study:
         path = self.cells_dir / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())
-        requests = load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
         start = time.perf_counter()
         try:
-            report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,
-                                      fluency=self.config.fluency, progress=self.progress, pre_cache=self._pre_cache)
+            if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
+                cases = load_multihop_cases(data, n=n, data_dir=self.data_dir, offset=offset)
+                report = evaluate_multihop(self.loaded, editor, cases, progress=self.progress)
+            else:
+                requests = load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
+                report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,
+                                          fluency=self.config.fluency, progress=self.progress,
+                                          pre_cache=self._pre_cache)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
@@ -142,7 +151,7 @@ class Study:
         c = self.config
         (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
         (self.results_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
-        single, batch, sequential = {}, {}, {}
+        single, batch, sequential, multihop = {}, {}, {}, {}
         # Method by method: its editor serves all its cells, then goes, so what one method prepared (pools,
         # statistics, checkpoints) neither stays resident nor counts in the next method's peak memory.
         for m in c.methods:
@@ -158,9 +167,11 @@ class Study:
             for n in c.sequential_ns:
                 sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, batch=seq_batch,
                                                offset=c.sequential_offset)
+            if c.multihop_n:
+                multihop[m] = self.cell(m, c.multihop_data, "multihop", n=c.multihop_n)
             self._editors.pop(m, None)
             gc.collect()
-        tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped)
+        tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped, multihop)
         write_figures(self.results_dir, c, single, batch, sequential)
         return tables
 
@@ -183,14 +194,27 @@ def _write(results_dir: Path, name: str, header: list[str], rows: list[list]) ->
     return md
 
 
-def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict, skipped: dict) -> dict:
+def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict, skipped: dict,
+                 multihop: Optional[dict] = None) -> dict:
+    multihop = multihop or {}
+
     def get(cell: Optional[dict], key: str):
         return None if cell is None else cell["summary"].get(key)
+
+    def get_pre(cell: Optional[dict], key: str):
+        return None if cell is None else cell.get("pre", {}).get(key)
 
     t2_header = ["method"] + [f"{d} {k}" for d in c.datasets for k in ("reliability", "generalization", "locality")]
     t2 = [[m] + [get(single[(m, d)], k) for d in c.datasets for k in ("reliability", "generalization", "locality")] for m in c.methods]
     port_sources = [d for d in c.datasets if d == c.portability_data]
     t3 = [[m] + [get(single.get((m, d)), "portability") for d in port_sources] for m in c.methods]
+    # MQuAKE beside portability: multi-hop accuracy after (and before) each case's edits, and the edits' own success
+    t3_header = ["method"] + [f"{d} portability" for d in port_sources]
+    if multihop:
+        name = Path(c.multihop_data).stem if c.multihop_data.endswith(".json") else c.multihop_data
+        t3_header += [f"{name} multihop_acc", f"{name} multihop_acc (pre)", f"{name} edit_success"]
+        t3 = [row + [get(multihop.get(m), "multihop_acc"), get_pre(multihop.get(m), "multihop_acc"),
+                     get(multihop.get(m), "edit_success")] for m, row in zip(c.methods, t3)]
     t4 = [[m] + [get(single[(m, d)], "edit_seconds") for d in c.datasets] for m in c.methods]
     f5 = [[m] + [get(single[(m, d)], "peak_memory_mb") for d in c.datasets] for m in c.methods]
     f6 = [[m, b, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, b), cell in batch.items()]
@@ -201,7 +225,7 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
     per_key = [[m, d] + [get(single.get((m, d)), k) for k in kinds] for m in c.methods for d in c.datasets]
     out = {
         "table2_reliability_generalization_locality": _write(results_dir, "table2", t2_header, t2),
-        "table3_portability": _write(results_dir, "table3", ["method"] + [f"{d} portability" for d in port_sources], t3),
+        "table3_portability": _write(results_dir, "table3", t3_header, t3),
         "table4_edit_seconds": _write(results_dir, "table4", ["method"] + [f"{d} seconds/edit" for d in c.datasets], t4),
         "fig5_peak_memory_mb": _write(results_dir, "fig5_memory", ["method"] + [f"{d} peak MB" for d in c.datasets], f5),
         "fig6_batch": _write(results_dir, "fig6_batch", ["method", "batch size", "reliability", "generalization", "locality"], f6),
@@ -213,12 +237,13 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
         "model": c.model, "skipped_methods": skipped,
         "cells": {"single": {f"{m}|{d}": v for (m, d), v in single.items()},
                   "batch": {f"{m}|{b}": v for (m, b), v in batch.items()},
-                  "sequential": {f"{m}|{n}": v for (m, n), v in sequential.items()}},
+                  "sequential": {f"{m}|{n}": v for (m, n), v in sequential.items()},
+                  "multihop": dict(multihop)},
     }
     (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     report = [f"# Study `{c.name}` on {c.model}", ""]
     titles = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
-              "table3_portability": "Table 3: portability", "table4_edit_seconds": "Table 4: seconds per edit (median)",
+              "table3_portability": "Table 3: portability and MQuAKE multi-hop accuracy", "table4_edit_seconds": "Table 4: seconds per edit (median)",
               "fig5_peak_memory_mb": "Fig. 5: peak memory (MB)", "fig6_batch": "Fig. 6: batch editing",
               "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit"
                                  + (f"; batches of {c.sequential_batch_size} for methods that batch)" if c.sequential_batch_size > 1 else ")"),
