@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if args.multihop:
         from .multihop_cli import run_multihop
 
-        return run_multihop(args)
+        return run_multihop(args, preflight=preflight, known_overrides=_known_overrides)
     import lightning as L
 
     from .data import load_requests

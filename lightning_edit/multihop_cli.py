@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 from .errors import ConfigError
 
@@ -19,10 +20,12 @@ def check_multihop_args(args: argparse.Namespace) -> None:
                           "model to save; drop --save (or run the case's edits without --multihop)")
 
 
-def run_multihop(args: argparse.Namespace) -> int:
+def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides: Callable) -> int:
+    """``edit.py --multihop``. ``preflight`` and ``known_overrides`` are edit.py's own checks (cli.py hands them over, so
+    this module does not import cli.py back)."""
     import lightning as L
 
-    from .cli import _known_overrides, apply_threads, preflight
+    from .options import apply_threads
     from .data.multihop import load_multihop_cases
     from .editors import build_editor
     from .evaluation.multihop import FEW_SHOT_TEMPLATE, ZERO_SHOT_TEMPLATE, evaluate_multihop, format_multihop, multihop_verdict
@@ -40,7 +43,7 @@ def run_multihop(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
     check_special_tokens(requests, loaded.tokenizer)
     check_context_length(requests, loaded)
-    editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
+    editor = build_editor(args.method, loaded, known_overrides(args.method, overrides, args))
     template = ZERO_SHOT_TEMPLATE if args.zero_shot else FEW_SHOT_TEMPLATE
     report = evaluate_multihop(loaded, editor, cases, template, generate_tokens=args.generate, progress=not args.quiet)
     result = report.to_json()
