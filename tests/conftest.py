@@ -49,9 +49,10 @@ def smollm2() -> LoadedModel:
     return load_model("smollm2-135m")
 
 
-def train_tiny_tokenizer(vocab_size: int = 1000, lines: int = 200):
-    """A byte-level BPE tokenizer trained in a few seconds on the WikiText excerpt shipped with the package: what the
-    tiny random models need, without loading a real model for its tokenizer."""
+def train_tiny_tokenizer(vocab_size: int = 2000, lines: int = 200):
+    """A byte-level BPE tokenizer trained in a few seconds on the WikiText excerpt shipped with the package and the
+    demo requests (repeated, so that their words — Paris, English, France... — are whole tokens, as in a real
+    model's vocabulary): what the tiny random models need, without loading a real model for its tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +63,15 @@ def train_tiny_tokenizer(vocab_size: int = 1000, lines: int = 200):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(STATS_TEXT_PATH.read_text(encoding="utf-8").splitlines()[:lines], trainer)
+    import json
+
+    from lightning_edit.paths import DEMO_PATH
+
+    demo = [" ".join(str(v) for k, v in r.items() if k in ("prompt", "target_new", "target_true", "subject"))
+            for r in json.loads(DEMO_PATH.read_text(encoding="utf-8"))]
+    common = "The capital of France is Paris. The capital of Italy is Rome. English French Italian German Spanish"
+    corpus = STATS_TEXT_PATH.read_text(encoding="utf-8").splitlines()[:lines] + (demo + [common]) * 30
+    bpe.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    pad_token="<|pad|>")
 

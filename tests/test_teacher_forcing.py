@@ -72,7 +72,10 @@ def _assert_same(shared, full) -> None:
 def test_shared_prefix_scores_equal_a_full_pass(tiny_decoder, monkeypatch):
     shared, full, lengths = _scores_with_and_without_sharing(tiny_decoder, monkeypatch)
     assert len(lengths) == 2 and min(lengths) >= MIN_SHARED  # both batches took the shortcut, the second from the cache
-    assert lengths[0] > lengths[1]  # the first batch's rows share one more token ("The"): its cache was cut for the second
+    # With smollm2's tokenizer the first batch's rows share one more token ("The") and its cache is cut for the second;
+    # whether the tiny tokenizer merges "The" onto the demonstrations' last newline decides that here, so only the
+    # order is checked (the cut itself: test_ike_context_scores_equal_a_full_pass_on_smollm2, slow).
+    assert lengths[0] >= lengths[1]
     _assert_same(shared, full)
 
 

@@ -149,7 +149,7 @@ class PromptTracer:
     def _block_returns_tuple(self) -> bool:
         """Whether a block returns a tuple (older transformers) or a tensor: stand-ins must return the same."""
         seen: list[bool] = []
-        block = self.loaded.layout.block(self.loaded.model, 0)
+        block = self.loaded.layout.module(self.loaded.model, self.loaded.layout.blocks)[0]
         with hooks(lambda: [block.register_forward_hook(lambda m, i, o: seen.append(isinstance(o, tuple)))]), torch.no_grad():
             self.loaded.model(input_ids=self.ids[:, :1], use_cache=False)
         return seen[0]
@@ -220,7 +220,7 @@ class PromptTracer:
         fixed = {}
         for i in range(min(start, self.n_layers)):
             value = self.corrupted[i][:, t:].repeat(n, 1, 1)
-            fixed[self.loaded.layout.block(model, i)] = (value,) if self.block_returns_tuple else value
+            fixed[self.loaded.layout.module(model, self.loaded.layout.blocks)[i]] = (value,) if self.block_returns_tuple else value
         kwargs = dict(self._keep, use_cache=t > 0)
         if t > 0:  # positions before t are the corrupted run's: their keys and values come from its cache
             from transformers import DynamicCache
