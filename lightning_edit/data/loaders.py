@@ -138,23 +138,30 @@ def read_records(path: Path) -> list:
     return records
 
 
-def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None,
-                         offset: int = 0, on_invalid: str = "skip") -> "Dataset":
-    """A named dataset, a JSON (list or JSON-lines) file or a hub file (``hf://datasets/OWNER/NAME/PATH``) as a
-    ``datasets.Dataset`` of requests (columns: records.REQUEST_FEATURES): ``n`` records after ``offset`` (``.select``),
-    converted by a ``.map``. ``load_requests`` turns it into ``EditRequest``s."""
+def read_source(name_or_path: str, data_dir: Optional[Union[str, Path]], n: Optional[int], offset: int,
+                unit: str = "records") -> tuple[str, list]:
+    """``(source name, raw records)`` of a named dataset, a JSON/JSON-lines file or a hub file, after checking ``n`` and
+    ``offset``; an unreadable file or a folder is a DataError naming it."""
     if offset < 0 or (n is not None and n < 0):
-        raise ConfigError(f"n ({n}) and offset ({offset}) must be ≥ 0 (--n counts records, --offset skips them)")
+        raise ConfigError(f"n ({n}) and offset ({offset}) must be ≥ 0 (--n counts {unit}, --offset skips them)")
     path = resolve_dataset_path(name_or_path, data_dir)
     source = name_or_path if is_hub_url(name_or_path) else str(path)
     try:
-        records = read_records(path)
+        return source, read_records(path)
     except IsADirectoryError as err:
         raise DataError(f"{path}: is a folder, not a file; give a JSON or JSON-lines file") from err
     except DataError:
         raise
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from err
+
+
+def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None,
+                         offset: int = 0, on_invalid: str = "skip") -> "Dataset":
+    """A named dataset, a JSON (list or JSON-lines) file or a hub file (``hf://datasets/OWNER/NAME/PATH``) as a
+    ``datasets.Dataset`` of requests (columns: records.REQUEST_FEATURES): ``n`` records after ``offset`` (``.select``),
+    converted by a ``.map``. ``load_requests`` turns it into ``EditRequest``s."""
+    source, records = read_source(name_or_path, data_dir, n, offset)
     from .records import convert_dataset, records_dataset
 
     raw = records_dataset(records)

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..errors import ConfigError, DataError, RequestError, RequestTypeError
+from ..errors import DataError, RequestError, RequestTypeError
 from ..requests import EditRequest
 from .formats import _string, _string_list, detect_format
-from .hub import is_hub_url
-from .loaders import read_records, resolve_dataset_path
+from .loaders import read_source
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +65,7 @@ def load_multihop_cases(name_or_path: str, n: Optional[int] = None, data_dir: Op
     (``"raise"``), as in ``load_requests``; a field of the wrong type always raises ``DataError`` naming it."""
     from .records import convert_dataset, records_dataset, requests_from_dataset
 
-    if offset < 0 or (n is not None and n < 0):
-        raise ConfigError(f"n ({n}) and offset ({offset}) must be ≥ 0 (--n counts cases, --offset skips them)")
-    path = resolve_dataset_path(name_or_path, data_dir)
-    source = name_or_path if is_hub_url(name_or_path) else str(path)
-    try:
-        records = read_records(path)
-    except OSError as err:
-        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from err
+    source, records = read_source(name_or_path, data_dir, n, offset, unit="cases")
     chosen = records[offset: None if n is None else offset + n]
     if not chosen:
         raise DataError(f"{source}: no records after --offset {offset} (the file has {len(records)})")

@@ -32,7 +32,7 @@ from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
 from ...models.patches import register_patch
-from .memory import HookedMemory, editing_memory, hidden_size, saved_module
+from .memory import FFNMemory, editing_memory
 
 VALUE_INITS = ("warm", "cold")
 
@@ -60,7 +60,7 @@ def _label(request: EditRequest) -> str:
 
 
 @register_patch
-class GraceCodebook(HookedMemory):
+class GraceCodebook(FFNMemory):
     """keys (N, d_in), values (N, d_out), radii (N,), labels (N strings), on one FFN module."""
 
     kind = "grace"
@@ -82,13 +82,6 @@ class GraceCodebook(HookedMemory):
     @property
     def size(self) -> int:
         return int(self.values["keys"].shape[0])
-
-    @classmethod
-    def empty_for(cls, loaded: LoadedModel, config: dict) -> "GraceCodebook":
-        module_name = saved_module(loaded, config, cls.kind)
-        p = next(loaded.model.get_submodule(module_name).parameters())
-        hidden = hidden_size(loaded)
-        return cls(dict(config["signature"]), module_name, hidden, hidden, p.device, p.dtype)
 
     def check_values(self, template: dict) -> None:
         super().check_values(template)

@@ -39,7 +39,7 @@ from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
 from ...models.patches import register_patch
-from .memory import HookedMemory, editing_memory, hidden_size, saved_module
+from .memory import FFNMemory, editing_memory
 from .pool import collect_inputs, load_memory_pool
 
 
@@ -81,7 +81,7 @@ def _positive_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_patch
-class PatchNeurons(HookedMemory):
+class PatchNeurons(FFNMemory):
     """keys (n, d), biases (n,), values (n, d_out) of every patch neuron, and the queries of past edits."""
 
     kind = "t-patcher"
@@ -101,13 +101,6 @@ class PatchNeurons(HookedMemory):
     @property
     def size(self) -> int:
         return int(self.values["keys"].shape[0])
-
-    @classmethod
-    def empty_for(cls, loaded: LoadedModel, config: dict) -> "PatchNeurons":
-        module_name = saved_module(loaded, config, cls.kind)
-        p = next(loaded.model.get_submodule(module_name).parameters())
-        hidden = hidden_size(loaded)
-        return cls(dict(config["signature"]), module_name, hidden, hidden, p.device, p.dtype)
 
     def check_values(self, template: dict) -> None:
         super().check_values(template)
