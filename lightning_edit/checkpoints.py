@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError, ModelNotAvailableError
 from .hashing import sha256_file
+from .manifest import check_listed_files
 from .models.loading import LoadedModel
 
 WEIGHTS_FILE = "editor.safetensors"
@@ -231,20 +232,7 @@ def verify_files(directory: Union[str, Path], manifest: Optional[dict] = None) -
     """Check every file listed in the manifest against its sha256; return the manifest."""
     directory = Path(directory)
     manifest = manifest or read_manifest(directory)
-    files = manifest.get("files") or {}
-    for required in (WEIGHTS_FILE, CONFIG_FILE):
-        if required not in files:
-            raise CheckpointError(f"{directory / MANIFEST_FILE} lists no sha256 for {required}; the checkpoint is damaged")
-    for name, expected in files.items():
-        path = directory / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise CheckpointError(f"{directory / MANIFEST_FILE} names file {name!r} outside the checkpoint directory")
-        if not path.exists():
-            raise CheckpointError(f"editor checkpoint {directory}: file {name} listed in the manifest is missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise CheckpointError(f"editor checkpoint {directory}: {name} has sha256 {actual[:16]}…, the manifest says "
-                                  f"{expected[:16]}…; the file was changed or corrupted, refusing to load it")
+    check_listed_files(directory, manifest.get("files") or {}, required=(WEIGHTS_FILE, CONFIG_FILE))
     return manifest
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .errors import CheckpointError
 from .hashing import sha256_file
@@ -40,7 +40,15 @@ def verify_manifest(directory: Path, format: str, required: Iterable[str] = ()) 
         raise CheckpointError(f"{path}: not valid JSON ({err}); save the directory again") from err
     if not isinstance(manifest, dict) or manifest.get("format") != format or not isinstance(manifest.get("files"), dict):
         raise CheckpointError(f"{path}: not a {format!r} manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
-    files: dict = manifest["files"]
+    check_listed_files(directory, manifest["files"], required)
+    return manifest
+
+
+def check_listed_files(directory: Path, files: dict, required: Sequence[str] = ()) -> None:
+    """Every ``required`` file is listed, and every listed file (inside ``directory``) is there with its recorded
+    SHA-256; else a ``CheckpointError`` naming the file. Shared by saved edits, ``--save`` directories and editor
+    checkpoints."""
+    path = directory / MANIFEST_FILE
     missing = [name for name in required if name not in files]
     if missing:
         raise CheckpointError(f"{path} does not cover {missing}; the directory was altered after saving")
@@ -52,6 +60,5 @@ def verify_manifest(directory: Path, format: str, required: Iterable[str] = ()) 
             raise CheckpointError(f"{target} is missing (listed in {path}); the directory is incomplete")
         actual = sha256_file(target)
         if actual != expected:
-            raise CheckpointError(f"{target} has SHA-256 {actual[:16]}…, the manifest records {str(expected)[:16]}…: the file "
-                                  "changed after saving; nothing was applied")
-    return manifest
+            raise CheckpointError(f"{target} has SHA-256 {actual[:16]}…, the manifest records sha256 {str(expected)[:16]}…: "
+                                  "the file changed after saving; nothing was applied")
