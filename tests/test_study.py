@@ -30,8 +30,10 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
     monkeypatch.setattr(study_mod, "evaluate_editing", counting)
     monkeypatch.setattr(study_mod, "build_editor", counting_builds)
     tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
-    assert calls == ["single", "single", "batch", "sequential", "sequential"]
-    assert built.count("ft-m") == 1  # one editor serves all five cells (what it prepared is reused)
+    # The curves' first points are the single-edit cell (2 records, each edited alone), not cells of one record
+    assert calls == ["single", "batch", "sequential"]
+    # one editor for the single-edit phase, dropped before the next method's; one for the batch and the sequence
+    assert built.count("ft-m") == 2
     for name in ("table2", "table3", "table4", "fig5_memory", "fig6_batch", "fig7_sequential"):
         assert (tmp_path / f"{name}.md").exists() and (tmp_path / f"{name}.csv").exists()
     for png in ("fig5_memory.png", "fig6_batch.png", "fig7_sequential.png"):
@@ -40,6 +42,10 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
     results = json.loads((tmp_path / "results.json").read_text())
     assert "no-such-method" in results["skipped_methods"]
     assert results["cells"]["sequential"]["ft-m|2"]["summary"]["protocol"] == "sequential"
+    assert results["cells"]["batch"]["ft-m|1"] == results["cells"]["single"]["ft-m|demo"]
+    assert results["cells"]["sequential"]["ft-m|1"] == results["cells"]["single"]["ft-m|demo"]
+    # each request's own values are kept (what the intervals resample)
+    assert len(results["cells"]["sequential"]["ft-m|2"]["per_request"]) == 2
     assert (tmp_path / "versions.json").exists() and (tmp_path / "config.yaml").exists()
 
     calls.clear()  # a rerun reads every cell from disk
@@ -47,7 +53,7 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
     assert calls == []
     config.overrides["ft-m"]["num_steps"] = 3  # a changed hyperparameter recomputes its cells only
     Study(config, tmp_path, progress=False, loaded=loaded).run()
-    assert len(calls) == 5
+    assert len(calls) == 3
 
 
 def test_study_config_errors(tmp_path):

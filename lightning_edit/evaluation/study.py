@@ -40,12 +40,17 @@ class StudyConfig:
     portability_data: str = "zsre"
     batch_data: str = "counterfact"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 10])
+    # method → its batch sizes (the study batches some methods further than others: MEMIT to 1000); when given,
+    # only the methods listed get batch cells, otherwise every method that batches gets ``batch_sizes``
+    batch_sizes_by_method: dict[str, list[int]] = field(default_factory=dict)
     sequential_data: str = "zsre"
     sequential_ns: list[int] = field(default_factory=lambda: [1, 10])
     sequential_offset: int = 0
+    sequential_methods: Optional[list[str]] = None  # None: every method
     sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
     multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
     multihop_n: int = 0  # cases per multi-hop cell; 0: no multi-hop cells
+    multihop_methods: Optional[list[str]] = None  # None: every method
     editor_checkpoints: dict[str, str] = field(default_factory=dict)  # learnt methods: method → checkpoint dir
     overrides: dict[str, dict] = field(default_factory=dict)  # method → hyperparameter overrides
     fluency: bool = False
@@ -141,36 +146,69 @@ class Study:
             return None
         result = {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
                   "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
-                  "hparams": editor.hparams.to_dict()}
+                  "hparams": editor.hparams.to_dict(),
+                  # each request's own values: what the bootstrap intervals of the tables resample
+                  "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {})}
+                                  for row in report.requests]}
         tmp = path.with_suffix(".partial")
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.rename(path)  # a cell is either complete on disk or absent
         return result
+
+    def _batch_sizes(self, method: str) -> list[int]:
+        c = self.config
+        if c.batch_sizes_by_method:
+            return list(c.batch_sizes_by_method.get(method, []))
+        try:
+            return [b for b in c.batch_sizes if b == 1 or get_editor_class(method).supports_batch]
+        except ConfigError as err:
+            self.skipped[method] = str(err)
+            return []
+
+    def _done_with(self, method: str) -> None:
+        # What one method prepared (pools, statistics, checkpoints) neither stays resident nor counts in the next
+        # method's peak memory; the next phase prepares it again (statistics come from the disk cache).
+        self._editors.pop(method, None)
+        gc.collect()
 
     def run(self) -> dict:
         c = self.config
         (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
         (self.results_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
         single, batch, sequential, multihop = {}, {}, {}, {}
-        # Method by method: its editor serves all its cells, then goes, so what one method prepared (pools,
-        # statistics, checkpoints) neither stays resident nor counts in the next method's peak memory.
+        # Phase by phase (single edits of every method, multi-hop, then batches and sequences by growing size): an
+        # interrupted or still running study has whole tables first, and the cheap cells before the expensive ones.
         for m in c.methods:
             for d, n in c.datasets.items():
                 single[(m, d)] = self.cell(m, d, "single", n)
-            try:
-                sizes = [b for b in c.batch_sizes if b == 1 or get_editor_class(m).supports_batch]
-            except ConfigError as err:
-                self.skipped[m], sizes = str(err), []
-            for b in sizes:
-                batch[(m, b)] = self.cell(m, c.batch_data, "batch" if b > 1 else "single", n=b, batch=b)
-            seq_batch = c.sequential_batch_size if self._batching_methods([m]) else 1
-            for n in c.sequential_ns:
-                sequential[(m, n)] = self.cell(m, c.sequential_data, "sequential", n=n, batch=seq_batch,
-                                               offset=c.sequential_offset)
-            if c.multihop_n:
+            self._done_with(m)
+        if c.multihop_n:
+            for m in c.methods if c.multihop_methods is None else c.multihop_methods:
                 multihop[m] = self.cell(m, c.multihop_data, "multihop", n=c.multihop_n)
-            self._editors.pop(m, None)
-            gc.collect()
+                self._done_with(m)
+        # A curve's first point (one edit, scored) is the single-edit cell of that data: n records each edited
+        # alone give it an interval, where a cell of one record would not.
+        for (m, b) in [(m, b) for m in c.methods for b in self._batch_sizes(m) if b == 1]:
+            batch[(m, 1)] = single.get((m, c.batch_data)) or self.cell(m, c.batch_data, "single", n=1)
+        seq_methods = c.methods if c.sequential_methods is None else c.sequential_methods
+        if 1 in c.sequential_ns:
+            for m in seq_methods:
+                reuse = c.sequential_offset == 0 and (m, c.sequential_data) in single
+                sequential[(m, 1)] = (single[(m, c.sequential_data)] if reuse else
+                                      self.cell(m, c.sequential_data, "sequential", n=1, offset=c.sequential_offset))
+        # Then batches and sequences together by growing size, so the most expensive cells (MEMIT's batch of
+        # 1000, sequences of 100) come last.
+        grown = sorted([(b, 0, m) for m in c.methods for b in self._batch_sizes(m) if b > 1]
+                       + [(n, 1, m) for m in seq_methods for n in c.sequential_ns if n > 1])
+        for i, (size, is_sequence, m) in enumerate(grown):
+            if is_sequence:
+                seq_batch = c.sequential_batch_size if self._batching_methods([m]) else 1
+                sequential[(m, size)] = self.cell(m, c.sequential_data, "sequential", n=size, batch=seq_batch,
+                                                  offset=c.sequential_offset)
+            else:
+                batch[(m, size)] = self.cell(m, c.batch_data, "batch", n=size, batch=size)
+            if all(m != later for _, _, later in grown[i + 1:]):
+                self._done_with(m)
         tables = write_tables(self.results_dir, c, single, batch, sequential, self.skipped, multihop)
         write_figures(self.results_dir, c, single, batch, sequential)
         return tables
