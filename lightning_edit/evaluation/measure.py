@@ -4,12 +4,14 @@ Editors never evaluate; this module never edits.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
 from ..models.loading import LoadedModel
+from ..models.row_weights import row_weight_changes
 from ..models.teacher_forcing import TargetScore, contextualize, score_targets
 from ..requests import EditRequest
 
@@ -71,18 +73,29 @@ def measure(loaded: LoadedModel, requests: Sequence[EditRequest], batch_size: in
 
 
 @torch.no_grad()
-def generate_greedy(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 40, batch_size: int = 16) -> list[str]:
-    """Greedy continuations (transformers' ``generate``), left-padded batches; returns only the new text."""
+def generate_greedy(loaded: LoadedModel, prompts: Sequence[str], max_new_tokens: int = 40, batch_size: int = 16,
+                    row_changes: Optional[Sequence[Mapping[str, torch.Tensor]]] = None,
+                    groups: Optional[Sequence[int]] = None) -> list[str]:
+    """Greedy continuations (transformers' ``generate``), left-padded batches; returns only the new text.
+
+    ``row_changes`` and ``groups``: prompt ``i`` is continued by the model with weight changes
+    ``row_changes[groups[i]]`` added (``models/row_weights.py``): the generations of many edits in one batch.
+    """
     tok = loaded.tokenizer
     prompts = contextualize(loaded, prompts)
+    if row_changes is not None and (groups is None or len(groups) != len(prompts)):
+        raise ValueError("generate_greedy: row_changes needs one group index per prompt")
     texts: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"
     try:
         for i in range(0, len(prompts), batch_size):
             enc = tok(list(prompts[i: i + batch_size]), return_tensors="pt", padding=True).to(loaded.device)
-            out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tok.pad_token_id)
+            changed = (row_weight_changes(loaded.model, row_changes, groups[i: i + batch_size])
+                       if row_changes is not None else nullcontext())
+            with changed:
+                out = loaded.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                            pad_token_id=tok.pad_token_id)
             new = out if loaded.layout.is_encoder_decoder else out[:, enc["input_ids"].shape[1]:]
             texts.extend(tok.batch_decode(new, skip_special_tokens=True))
     finally:

@@ -21,11 +21,14 @@ from ..editors.base import EditDelta, Editor
 from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, PeakMemoryMonitor, ProbabilityPreference,
                        TargetAccuracy)
 from ..models.loading import LoadedModel
+from ..models.row_weights import supports_row_changes
 from ..requests import EditRequest
 from .measure import RequestScores, fluency_prompts, generate_greedy, measure
 from .pre_edit import PreEditCache, pre_edit_results
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
+GENERATION_ROWS = 32  # prompts per batched generation of deferred weight edits
+PENDING_BYTES = 512 * 2**20  # weight differences held for deferred generation before they are generated
 
 # What each summary key measures, written into every report.
 KEY_PROTOCOLS = {
@@ -95,8 +98,7 @@ class MetricSet:
         put("paraphrase_magnitude", s.rephrase_new, s.rephrase_true)
         put("neighborhood_score", s.locality, s.locality_new)
         put("neighborhood_magnitude", s.locality, s.locality_new)
-        if generations:
-            put("fluency", generations)
+        row.update(self.add_generations(generations or []))
         if request is not None:
             for kind in _kinds(request.locality):
                 idx = [i for i, probe in enumerate(request.locality) if probe.kind == kind]
@@ -104,6 +106,10 @@ class MetricSet:
             for kind in _kinds(request.portability):
                 put(f"portability/{kind}", [s.portability[i] for i, probe in enumerate(request.portability) if probe.kind == kind])
         return row
+
+    def add_generations(self, generations: list[str]) -> dict[str, float]:
+        """Update the fluency score with one request's generations; return its value (nothing without any)."""
+        return {"fluency": float(self.m["fluency"](generations))} if generations else {}
 
     def summary(self) -> dict[str, float]:
         out = {}
@@ -199,23 +205,62 @@ def evaluate_editing(
     kept: list[EditDelta] = []
     bar = tqdm(total=len(requests), desc=f"{editor.name} ({protocol})", disable=not progress, unit="req")
 
-    def score_post(idx: list[int]) -> None:
+    # Weight edits wait here (as their weight differences) to have their generations made together, many edits'
+    # rows in one batch on the unedited model (models/row_weights.py): on a CPU a greedy step costs about as much
+    # for one row as for many. Edits that attach patches are generated on the edited model at once.
+    pending: list[tuple[list[int], dict[str, torch.Tensor]]] = []
+
+    def score_post(idx: list[int], delta: Optional[EditDelta] = None) -> None:
         start = time.perf_counter()
         with timer("scoring"):
             post = measure(loaded, [requests[i] for i in idx])
-        gens: list[str] = []
-        if gen_tokens:
-            with timer("generation"):
-                gens = generate_greedy(loaded, [p for i in idx for p in fluency_prompts(requests[i])], gen_tokens)
-        per_request = (time.perf_counter() - start) / len(idx)
-        pos = 0
         for i, s in zip(idx, post):
-            k = len(fluency_prompts(requests[i]))
-            rows[i]["post"] = post_metrics.add(s, pre_scores[i], gens[pos: pos + k] if fluency else None, requests[i])
-            if gen_tokens:
+            rows[i]["post"] = post_metrics.add(s, pre_scores[i], None, requests[i])
+            rows[i]["score_seconds"] = round((time.perf_counter() - start) / len(idx), 4)
+        if not gen_tokens:
+            return
+        # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model
+        changes = delta.weight_deltas if delta is not None and not delta.patches else None
+        if changes is not None and supports_row_changes(loaded.model, [changes]):
+            pending.append((idx, changes))
+        else:
+            generate_for([(idx, None)])
+
+    def generate_pending(only_if_full: bool = False) -> None:
+        """Generate for the waiting edits (the model must hold none of them); with ``only_if_full``, only once
+        they fill a generation batch or hold ``PENDING_BYTES`` of weight differences."""
+        rows_waiting = sum(len(fluency_prompts(requests[i])) for idx, _ in pending for i in idx)
+        bytes_waiting = sum(t.numel() * t.element_size() for _, c in pending for t in c.values())
+        if pending and (not only_if_full or rows_waiting >= GENERATION_ROWS or bytes_waiting >= PENDING_BYTES):
+            generate_for(pending)
+            pending.clear()
+
+    def generate_for(groups: list[tuple[list[int], Optional[dict[str, torch.Tensor]]]]) -> None:
+        """Greedy generations of the groups' requests (each group: its requests and its edit's weight changes,
+        or None for the model as it is now); fluency and the answers shown come from them."""
+        prompts, owners = [], []
+        for g, (idx, _) in enumerate(groups):
+            for i in idx:
+                prompts += fluency_prompts(requests[i])
+                owners += [g] * len(fluency_prompts(requests[i]))
+        changes = [c for _, c in groups]
+        start = time.perf_counter()
+        with timer("generation"):
+            if any(c is not None for c in changes):
+                gens = generate_greedy(loaded, prompts, gen_tokens, batch_size=GENERATION_ROWS,
+                                       row_changes=[c or {} for c in changes], groups=owners)
+            else:
+                gens = generate_greedy(loaded, prompts, gen_tokens)
+        share = (time.perf_counter() - start) / sum(len(idx) for idx, _ in groups)
+        pos = 0
+        for idx, _ in groups:
+            for i in idx:
+                k = len(fluency_prompts(requests[i]))
+                if fluency:
+                    rows[i]["post"].update(post_metrics.add_generations(gens[pos: pos + k]))
                 rows[i]["post_generations"] = gens[pos: pos + k]
-            rows[i]["score_seconds"] = round(per_request, 4)
-            pos += k
+                rows[i]["score_seconds"] = round(rows[i]["score_seconds"] + share, 4)
+                pos += k
 
     try:
         for chunk in chunks:
@@ -227,10 +272,12 @@ def evaluate_editing(
                 seconds_metric.update(delta.seconds / len(chunk))
                 rows[i]["edit_seconds"] = round(delta.seconds / len(chunk), 4)
             if protocol != "sequential":
-                score_post(chunk)
+                score_post(chunk, None if keep_edits else delta)
                 if not keep_edits:
                     applied.pop().undo(loaded)
+                    generate_pending(only_if_full=True)
             bar.update(len(chunk))
+        generate_pending()
         if protocol == "sequential":
             score_post(list(range(len(requests))))
         if keep_edits:
