@@ -1,3 +1,4 @@
+import csv
 import json
 
 import pytest
@@ -6,6 +7,7 @@ from conftest import build_tiny
 from lightning_edit.errors import ConfigError
 from lightning_edit.evaluation import study as study_mod
 from lightning_edit.evaluation.study import Study, StudyConfig
+from lightning_edit.metrics.intervals import bootstrap_interval
 
 
 def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatch):
@@ -55,6 +57,11 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
     Study(config, tmp_path, progress=False, loaded=loaded).run()
     assert len(calls) == 3
 
+    calls.clear()  # tables only: nothing computed, the missing cells named
+    Study(config, tmp_path / "empty", progress=False, loaded=loaded, compute=False).run()
+    assert calls == []
+    assert "Cells not computed" in (tmp_path / "empty" / "README.md").read_text()
+
 
 def test_study_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
@@ -85,3 +92,36 @@ def test_study_sequential_batches_and_per_key_table(tmp_path, tokenizer, monkeyp
     header = (tmp_path / "per_key.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["method", "data"] and any(h.startswith("locality/") for h in header)
     assert "per_key_scores" in tables
+
+
+def test_tables_give_bootstrap_intervals_beside_values(tmp_path):
+    """A cell's values with the 95% interval over its requests, in the markdown and as CSV columns of their own."""
+    from lightning_edit.evaluation.study import write_tables
+
+    config = StudyConfig(name="t", model="m", methods=["rome"], datasets={"zsre": 4}, portability_data="zsre",
+                         batch_data="zsre", sequential_data="zsre")
+    cell = {"summary": {"reliability": 0.75, "generalization": 0.5, "locality": 1.0, "edit_seconds": 2.0,
+                        "peak_memory_mb": 900.0},
+            "per_request": [{"post": {"reliability": v, "generalization": g, "locality": 1.0}, "edit_seconds": t}
+                            for v, g, t in ((1.0, 1.0, 1.0), (1.0, 0.0, 2.0), (1.0, 1.0, 2.0), (0.0, 0.0, 3.0))]}
+    write_tables(tmp_path, config, {("rome", "zsre"): cell}, {}, {}, {})
+    md = (tmp_path / "table2.md").read_text()
+    low, high = bootstrap_interval([1.0, 1.0, 1.0, 0.0])
+    assert f"0.750 [{low:.3f}, {high:.3f}]" in md and low < 0.75 < high
+    assert "1.000 [1.000, 1.000]" in md  # every request kept its neighbours: no spread
+    rows = list(csv.reader(open(tmp_path / "table2.csv")))
+    assert rows[0][:4] == ["method", "zsre reliability", "zsre reliability 95% low", "zsre reliability 95% high"]
+    assert [float(x) for x in rows[1][1:4]] == pytest.approx([0.75, low, high])
+    assert "[" in (tmp_path / "table4.md").read_text()  # seconds per edit: an interval of the median
+    assert "[" not in (tmp_path / "fig5_memory.md").read_text()  # a maximum: no interval
+
+
+def test_bootstrap_interval():
+    assert bootstrap_interval([0.5] * 10) == (0.5, 0.5)
+    assert bootstrap_interval([1.0]) is None
+    values = [0.0, 1.0] * 20
+    low, high = bootstrap_interval(values)
+    assert low < 0.5 < high and bootstrap_interval(values) == (low, high)  # seeded: the same every time
+    assert high - low < bootstrap_interval([0.0, 1.0] * 3)[1] - bootstrap_interval([0.0, 1.0] * 3)[0]  # more → narrower
+    with pytest.raises(ValueError, match="statistic"):
+        bootstrap_interval(values, statistic="mode")

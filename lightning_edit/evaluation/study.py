@@ -22,6 +22,7 @@ from ..data import load_requests
 from ..data.multihop import load_multihop_cases
 from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
+from ..metrics.intervals import bootstrap_interval
 from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
 from .pre_edit import default_pre_cache
@@ -78,13 +79,14 @@ def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: 
 
 class Study:
     def __init__(self, config: StudyConfig, results_dir: Path, data_dir: Optional[str] = None, progress: bool = True,
-                 loaded: Optional[LoadedModel] = None):
+                 loaded: Optional[LoadedModel] = None, compute: bool = True):
         self.config = config
         self.results_dir = Path(results_dir)
         self.cells_dir = self.results_dir / "cells"
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self.progress = progress
+        self.compute = compute  # False: tables and figures from the cells on disk only (missing cells stay missing)
         self.skipped: dict[str, str] = {}
         # One editor per method, kept while that method's cells run: what it prepares once (statistics, context
         # prefixes, memory pools, sentence encoders, trained checkpoints) serves them all instead of being rebuilt.
@@ -131,6 +133,8 @@ class Study:
         path = self.cells_dir / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())
+        if not self.compute:
+            return None
         start = time.perf_counter()
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
@@ -148,8 +152,8 @@ class Study:
                   "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
                   "hparams": editor.hparams.to_dict(),
                   # each request's own values: what the bootstrap intervals of the tables resample
-                  "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {})}
-                                  for row in report.requests]}
+                  "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),
+                                   "edit_seconds": row.get("edit_seconds")} for row in report.requests]}
         tmp = path.with_suffix(".partial")
         tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.rename(path)  # a cell is either complete on disk or absent
@@ -214,7 +218,40 @@ class Study:
         return tables
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A cell's value and its bootstrap 95% interval over the cell's requests (None: too few requests, or a cell
+    written before requests' values were kept)."""
+
+    value: float
+    interval: Optional[tuple[float, float]] = None
+
+    def __str__(self) -> str:
+        if self.interval is None:
+            return _fmt(self.value)
+        return f"{_fmt(self.value)} [{_fmt(self.interval[0])}, {_fmt(self.interval[1])}]"
+
+
+def estimate(cell: Optional[dict], key: str, pre: bool = False, statistic: str = "mean") -> Optional[Estimate]:
+    """``key`` of a cell after its edits (``pre``: before them) with the bootstrap interval of its requests' values;
+    None where the cell is missing or does not report ``key``. ``edit_seconds`` is each request's own edit time."""
+    if cell is None:
+        return None
+    moment = "pre" if pre else "post"
+    value = (cell.get("pre", {}) if pre else cell["summary"]).get(key)
+    if value is None:
+        return None
+    rows = cell.get("per_request", [])
+    if key == "edit_seconds":
+        values = [row["edit_seconds"] for row in rows if row.get("edit_seconds") is not None]
+    else:
+        values = [row[moment][key] for row in rows if key in row.get(moment, {})]
+    return Estimate(value, bootstrap_interval(values, statistic))
+
+
 def _fmt(value) -> str:
+    if isinstance(value, Estimate):
+        return str(value)
     return "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
 
 
@@ -225,8 +262,25 @@ def _markdown(header: list[str], rows: list[list]) -> str:
 
 
 def _write(results_dir: Path, name: str, header: list[str], rows: list[list]) -> str:
+    """``name``.md (values with their intervals in brackets) and ``name``.csv (a column each for the value and the
+    interval's ends, ``<column> 95% low`` / ``<column> 95% high``, beside every column that has intervals)."""
+    with_interval = {j for row in rows for j, v in enumerate(row) if isinstance(v, Estimate)}
+    csv_header: list[str] = []
+    for j, h in enumerate(header):
+        csv_header += [h, f"{h} 95% low", f"{h} 95% high"] if j in with_interval else [h]
+    csv_rows = []
+    for row in rows:
+        out: list = []
+        for j, v in enumerate(row):
+            if j not in with_interval:
+                out.append(v)
+            elif v is None:
+                out += [None, None, None]
+            else:
+                out += [v.value, *(v.interval or (None, None))]
+        csv_rows.append(out)
     with open(results_dir / f"{name}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+        csv.writer(f).writerows([csv_header, *csv_rows])
     md = _markdown(header, rows)
     (results_dir / f"{name}.md").write_text(md + "\n")
     return md
@@ -236,11 +290,10 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
                  multihop: Optional[dict] = None) -> dict:
     multihop = multihop or {}
 
-    def get(cell: Optional[dict], key: str):
-        return None if cell is None else cell["summary"].get(key)
+    get = estimate
 
-    def get_pre(cell: Optional[dict], key: str):
-        return None if cell is None else cell.get("pre", {}).get(key)
+    def get_pre(cell: Optional[dict], key: str) -> Optional[Estimate]:
+        return estimate(cell, key, pre=True)
 
     t2_header = ["method"] + [f"{d} {k}" for d in c.datasets for k in ("reliability", "generalization", "locality")]
     t2 = [[m] + [get(single[(m, d)], k) for d in c.datasets for k in ("reliability", "generalization", "locality")] for m in c.methods]
@@ -253,8 +306,11 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
         t3_header += [f"{name} multihop_acc", f"{name} multihop_acc (pre)", f"{name} edit_success"]
         t3 = [row + [get(multihop.get(m), "multihop_acc"), get_pre(multihop.get(m), "multihop_acc"),
                      get(multihop.get(m), "edit_success")] for m, row in zip(c.methods, t3)]
-    t4 = [[m] + [get(single[(m, d)], "edit_seconds") for d in c.datasets] for m in c.methods]
-    f5 = [[m] + [get(single[(m, d)], "peak_memory_mb") for d in c.datasets] for m in c.methods]
+    t4 = [[m] + [estimate(single[(m, d)], "edit_seconds", statistic="median") for d in c.datasets]
+          for m in c.methods]
+    # a maximum over the cell's edits, not a mean: no interval
+    f5 = [[m] + [None if single[(m, d)] is None else single[(m, d)]["summary"].get("peak_memory_mb") for d in c.datasets]
+          for m in c.methods]
     f6 = [[m, b, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, b), cell in batch.items()]
     f7 = [[m, n, get(cell, "reliability"), get(cell, "generalization"), get(cell, "locality")] for (m, n), cell in sequential.items()]
     # KnowEdit-style per-key scores: every locality/<kind> and portability/<kind> the single cells report
@@ -282,10 +338,23 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
     report = [f"# Study `{c.name}` on {c.model}", ""]
     titles = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
               "table3_portability": "Table 3: portability and MQuAKE multi-hop accuracy", "table4_edit_seconds": "Table 4: seconds per edit (median)",
-              "fig5_peak_memory_mb": "Fig. 5: peak memory (MB)", "fig6_batch": "Fig. 6: batch editing",
+              "fig5_peak_memory_mb": "Fig. 5: peak memory (MB; the maximum over a cell's edits, so no interval)",
+              "fig6_batch": "Fig. 6: batch editing (batch size 1: the single-edit cell)",
               "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit"
-                                 + (f"; batches of {c.sequential_batch_size} for methods that batch)" if c.sequential_batch_size > 1 else ")"),
+                                 + (f"; batches of {c.sequential_batch_size} for methods that batch" if c.sequential_batch_size > 1 else "")
+                                 + "; 1 edit: the single-edit cell)",
               "per_key_scores": "Per-key scores (locality and portability by kind, as the data names them; single edits)"}
+    report += ["Every value is followed by its bootstrap 95% interval over the cell's requests in brackets (1000 resamples "
+               "of the requests with replacement, seeded; `*.csv` has the ends in columns of their own). The interval "
+               "says how much the value depends on which requests were drawn, for this model and these edits; a batch "
+               "or sequential cell is one run of the edits, so the run-to-run spread of an editor is not in it.", ""]
+    for k, md in out.items():
+        report += [f"## {titles[k]}", "", md, ""]
+    missing = [f"{kind} {key}" for kind, cells in (("single", single), ("batch", batch), ("sequential", sequential),
+                                                  ("multihop", multihop)) for key, cell in cells.items()
+               if cell is None and (key[0] if isinstance(key, tuple) else key) not in skipped]
+    if missing:
+        report += ["## Cells not computed", "", "Shown as `-`: " + ", ".join(missing), ""]
     for k, md in out.items():
         report += [f"## {titles[k]}", "", md, ""]
     if skipped:
@@ -310,10 +379,14 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
         xs = sorted({x for (_, x), cell in cells.items() if cell})
         for ax, key in zip(axes, ("reliability", "generalization", "locality")):
             for m in c.methods:
-                pts = sorted((x, cell["summary"].get(key)) for (mm, x), cell in cells.items() if mm == m and cell)
-                pts = [(x, y) for x, y in pts if y is not None]
+                pts = sorted((x, estimate(cell, key)) for (mm, x), cell in cells.items() if mm == m and cell)
+                pts = [(x, e) for x, e in pts if e is not None]
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], label=m, **styles[m])
+                    ax.plot([x for x, _ in pts], [e.value for _, e in pts], label=m, **styles[m])
+                    banded = [(x, e.interval) for x, e in pts if e.interval is not None]
+                    if banded:  # the bootstrap 95% interval of each point, as a band
+                        ax.fill_between([x for x, _ in banded], [i[0] for _, i in banded], [i[1] for _, i in banded],
+                                        color=styles[m]["color"], alpha=0.12, linewidth=0)
             ax.set_xscale("log")
             ax.set_xticks(xs, [str(x) for x in xs])
             ax.minorticks_off()
