@@ -102,3 +102,14 @@ def test_alphaedit_first_edits_survive_100_sequential(smollm2):
     finally:
         for d in reversed(deltas):
             d.undo(smollm2)
+
+
+def test_memit_keys_weigh_the_plain_prompt_half_whatever_the_prefixes():
+    """MEMIT's compute_ks averages per context type (the plain prompt; the prefixed prompts), then over types."""
+    from lightning_edit.editors.locate.memit import context_average
+
+    keys = torch.zeros(2, 6, 3)  # 2 requests, plain prompt + 5 prefixes
+    keys[:, 0] = 1.0
+    keys[:, 1:] = torch.arange(5.0)[None, :, None]  # prefixed keys 0..4, mean 2
+    torch.testing.assert_close(context_average(keys), torch.full((2, 3), 0.5 * 1.0 + 0.5 * 2.0))
+    torch.testing.assert_close(context_average(keys[:, :1]), keys[:, 0])  # no prefixes: the plain key

@@ -163,3 +163,20 @@ def test_rome_counterfact_quality(smollm2):
     # the edit must keep what it had, not reach a level the unedited model misses.
     assert post["neighborhood_score"] >= report.pre["neighborhood_score"] - 0.05
     assert post["reliability"] >= 0.9
+
+
+def test_context_prefixes_are_sampled_by_generate_deterministically(tokenizer):
+    """ROME's context prefixes: the plain prompt first, then one sampled text per seed word, each ending in ". ";
+    the same for the same seed, and the caller's random state is left as it was."""
+    from lightning_edit.editors.locate.keys import PREFIX_SEEDS, generate_context_prefixes
+
+    loaded = build_tiny("llama", tokenizer)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    prefixes = generate_context_prefixes(loaded, n=3, length=4, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert prefixes[0] == "" and len(prefixes) == 4
+    for seed_word, text in zip(PREFIX_SEEDS, prefixes[1:]):
+        assert text.startswith(seed_word) and text.endswith(". ") and len(text) > len(seed_word) + 2
+    assert generate_context_prefixes(loaded, n=3, length=4, seed=0) == prefixes
+    assert generate_context_prefixes(loaded, n=0) == [""]

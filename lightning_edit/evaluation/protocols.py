@@ -220,7 +220,9 @@ def evaluate_editing(
         if not gen_tokens:
             return
         # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model
-        changes = delta.weight_deltas if delta is not None and not delta.patches else None
+        # in float32: a bf16 difference of two bf16 weights would round the change away
+        changes = ({name: after.float() - delta.weights_before[name].float() for name, after in delta.weights_after.items()}
+                   if delta is not None and not delta.patches else None)
         if changes is not None and supports_row_changes(loaded.model, [changes]):
             pending.append((idx, changes))
         else:

@@ -54,6 +54,7 @@ class LocateHyperParams(HyperParams):
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
     v_early_stop_loss: float = 0.05
+    v_early_stop_on: str = "nll"  # "nll": the NLL term < v_early_stop_loss; "loss": all of L(δ), as ROME's/MEMIT's code
     v_early_stop_prob: Optional[float] = None
     mom2_n_tokens: int = DEFAULT_TOKENS
     stats_text: Optional[str] = None  # text file for the statistics (default: WikiText-2 test)
@@ -73,11 +74,15 @@ class LocateHyperParams(HyperParams):
             raise ConfigError("fields 'clamp_norm_factor' (>0), 'kl_factor' (≥0), 'v_weight_decay' (≥0) are out of range")
         if self.mom2_n_tokens < 1:
             raise ConfigError("field 'mom2_n_tokens' must be ≥ 1")
+        if self.v_early_stop_on not in ("loss", "nll"):
+            raise ConfigError(f"field 'v_early_stop_on' must be 'loss' (the whole loss, as ROME and MEMIT) or 'nll' "
+                              f"(its new-object term), got {self.v_early_stop_on!r}")
 
     def value_hparams(self) -> ValueHParams:
         return ValueHParams(steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
                             clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor,
-                            early_stop_loss=self.v_early_stop_loss, early_stop_prob=self.v_early_stop_prob)
+                            early_stop_loss=self.v_early_stop_loss, early_stop_on=self.v_early_stop_on,
+                            early_stop_prob=self.v_early_stop_prob)
 
 
 @dataclass

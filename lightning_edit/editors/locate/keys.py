@@ -74,27 +74,27 @@ def encode_subject_texts(tokenizer, prefixes: Sequence[str], requests: Sequence[
 # ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate_context_prefixes(loaded: LoadedModel, n: int = 5, length: int = 10, seed: int = 0) -> list[str]:
-    """``[""]`` plus ``n`` short texts sampled from the model (top-5, fixed seed), each ending in ". ".
+    """``[""]`` plus ``n`` short texts sampled from the model (top-5 at temperature 1, fixed seed), each ending in ". ".
 
-    As in ROME/MEMIT: keys and values are averaged over these so an edit does not hinge on the prompt
-    opening the text. Deterministic for a given model and seed; callers compute them once per model."""
+    As in ROME/MEMIT: keys and values are averaged over these so an edit does not hinge on the prompt opening the
+    text. All ``n`` are sampled in one batch by transformers' ``generate`` (with its key/value cache). Deterministic
+    for a given model, seed and device; callers compute them once per model."""
     if n <= 0:
         return [""]
     tok, model = loaded.tokenizer, loaded.model
     seeds = [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(n)]
-    out = [""]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for text in seeds:
-            ids = torch.tensor([tok(text)["input_ids"]], device=loaded.device)
-            for _ in range(length):
-                logits = model(input_ids=ids).logits[0, -1].float()
-                top = torch.topk(logits, 5)
-                choice = top.indices[torch.multinomial(torch.softmax(top.values, -1), 1)]
-                ids = torch.cat([ids, choice.view(1, 1)], dim=1)
-            generated = tok.decode(ids[0], skip_special_tokens=True)
-            out.append(generated.replace("{", " ").replace("}", " ").strip() + ". ")
-    return out
+    side = tok.padding_side
+    tok.padding_side = "left"  # decoder-only: the sampled tokens follow each seed directly
+    try:
+        enc = tok(seeds, return_tensors="pt", padding=True).to(loaded.device)
+        with torch.random.fork_rng(devices=[loaded.device] if loaded.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            ids = model.generate(**enc, do_sample=True, top_k=5, top_p=1.0, temperature=1.0, max_new_tokens=length,
+                                 min_new_tokens=length, pad_token_id=tok.pad_token_id)
+    finally:
+        tok.padding_side = side
+    texts = tok.batch_decode(ids, skip_special_tokens=True)
+    return [""] + [text.replace("{", " ").replace("}", " ").strip() + ". " for text in texts]
 
 
 # ---------------------------------------------------------------------------------------------------

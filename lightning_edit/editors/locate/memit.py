@@ -2,9 +2,9 @@
 
 For each request a target z for the residual stream (the output of the last edited block, at the
 subject's last token) is optimised as in ROME. The change z − h is then spread over the edited layers
-from the lowest up: at layer l, with keys K (mlp_out inputs at the subject, averaged over context
-prefixes; one column per request) and residual R = (z − h_current) / (layers left),
-ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, where C = E[k kᵀ] over text and λ = ``mom2_update_weight``.
+from the lowest up: at layer l, with keys K (mlp_out inputs at the subject: ½ the plain prompt's + ½ the
+mean over the context prefixes, as MEMIT's code averages per context type; one column per request) and
+residual R = (z − h_current) / (layers left), ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, where C = E[k kᵀ] over text and λ = ``mom2_update_weight``.
 """
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ from ..base import register_editor
 from .common import LocateEditor, LocateHyperParams, add_to_weight
 from .keys import subject_keys_and_outputs
 from .values import optimise_values
+
+
+def context_average(keys: torch.Tensor) -> torch.Tensor:
+    """Each request's key from its keys over the contexts, (n, 1 + prefixes, d) → (n, d), as MEMIT's ``compute_ks``
+    forms it: the mean over two context types, the plain prompt and the prefixed prompts (each type averaged first).
+    The plain prompt weighs ½ however many prefixes there are (ROME's flat mean gives it 1/(1 + prefixes))."""
+    if keys.shape[1] == 1:
+        return keys[:, 0]
+    return 0.5 * (keys[:, 0] + keys[:, 1:].mean(dim=1))
 
 
 @dataclass
@@ -53,7 +62,7 @@ class MEMITEditor(LocateEditor):
         for i, layer in enumerate(layers):
             # keys and current z with the lower layers already updated
             keys, outs = subject_keys_and_outputs(loaded, requests, [layer], res.prefixes, output_modules=[z_site])
-            k = keys[layer].mean(1).double().T  # (d_in, n)
+            k = context_average(keys[layer]).double().T  # (d_in, n)
             resid = (values.targets - outs[z_site]).double().T / (len(layers) - i)  # (d_out, n)
             add_to_weight(loaded, layer, self._layer_update(loaded, layer, k, resid).float())
             all_keys[layer] = k
