@@ -6,10 +6,10 @@ MEMIT: one batch of ``--n`` CounterFact records (from ``--offset``, records the 
 per variant; ROME: ``--n`` single edits. Each is scored as the study does (reliability = teacher-forced token accuracy of target_new, EasyEdit's
 ``rewrite_acc``; generalization = on the paraphrases; locality = neighbourhood tokens unchanged):
 
-* ``early_stop_on``: "nll" (what this code did: stop a request's value optimisation once its new-object NLL is
-  below ``v_early_stop_loss``) against "loss" (the whole loss, NLL + KL + weight decay, as ROME's, MEMIT's and
+* ``early_stop_on`` (``--early-stop-on``): "nll" (the default: stop a request's value optimisation once its
+  new-object NLL is below ``v_early_stop_loss``) against "loss" (the whole loss, NLL + KL + weight decay, as ROME's, MEMIT's and
   EasyEdit's ``compute_z`` do);
-* ``context_prefixes``: 3 (the smollm2 configuration) against 5 (MEMIT's default).
+* ``context_prefixes`` (``--prefixes``): 3 (the smollm2 configuration) against 5 (MEMIT's default).
 
 Also the seconds to sample the context prefixes with this code and, with ``--prefix-ref``, with the
 ``generate_context_prefixes`` of that git commit (loaded from ``git show``; nothing in the checkout changes).
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--offset", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--early-stop-on", default="nll,loss", help="comma-separated v_early_stop_on values to compare")
+    p.add_argument("--prefixes", default="3,5", help="comma-separated context_prefixes values to compare")
     p.add_argument("--prefix-ref", default=None, help="git commit whose prefix sampler is timed beside this one")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
@@ -105,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     out = {"method": args.method, "model": args.model, "n": args.n, "offset": args.offset, "threads": args.threads,
            "load_1min_before": round(os.getloadavg()[0], 2), "prefix_sampling": prefix_seconds(loaded, 5, args.prefix_ref),
            "variants": []}
-    variants = [{"v_early_stop_on": stop, "context_prefixes": k} for k in (3, 5) for stop in ("nll", "loss")]
-    for overrides in variants if args.method == "memit" else variants[:2]:
+    variants = [{"v_early_stop_on": stop, "context_prefixes": int(k)} for k in args.prefixes.split(",")
+                for stop in args.early_stop_on.split(",")]
+    for overrides in variants:
         out["variants"].append(run_variant(loaded, requests, args.method, overrides))
         print(json.dumps(out["variants"][-1]), file=sys.stderr)
     out["load_1min_after"] = round(os.getloadavg()[0], 2)

@@ -27,7 +27,7 @@ from .measure import RequestScores, fluency_prompts, generate_greedy, measure
 from .pre_edit import PreEditCache, pre_edit_results
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
-GENERATION_ROWS = 32  # prompts per batched generation of deferred weight edits
+GENERATION_ROWS = 64  # prompts per batched generation of deferred weight edits (the demo's 20 requests: one batch)
 PENDING_BYTES = 512 * 2**20  # weight differences held for deferred generation before they are generated
 
 # What each summary key measures, written into every report.
