@@ -86,10 +86,12 @@ def test_generate_greedy_with_row_changes_matches_the_edited_models(tokenizer):
                     params[n].copy_(t)
 
 
-def test_single_edits_generations_batched_equal_generated_one_edit_at_a_time(tokenizer, monkeypatch):
+@pytest.mark.parametrize("rows", [64, 4])  # 4: the waiting edits are generated (and cleared) between edits too
+def test_single_edits_generations_batched_equal_generated_one_edit_at_a_time(tokenizer, monkeypatch, rows):
     loaded = build_tiny("llama", tokenizer)
     requests = load_requests("demo", n=3)
     editor = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2})
+    monkeypatch.setattr(protocols, "GENERATION_ROWS", rows)
     batched = evaluate_editing(loaded, editor, requests, fluency=True, fluency_tokens=5, progress=False)
     monkeypatch.setattr(protocols, "supports_row_changes", lambda model, changes: False)  # generate on each edit
     one_by_one = evaluate_editing(loaded, editor, requests, fluency=True, fluency_tokens=5, progress=False)
