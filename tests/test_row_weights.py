@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import build_tiny
+from test_rome import stats_cache, stats_text  # noqa: F401  (fixtures)
 from lightning_edit.data import load_requests
 from lightning_edit.editors import build_editor
 from lightning_edit.evaluation import protocols
@@ -98,3 +99,27 @@ def test_single_edits_generations_batched_equal_generated_one_edit_at_a_time(tok
     assert [r["post_generations"] for r in batched.requests] == [r["post_generations"] for r in one_by_one.requests]
     assert batched.post["fluency"] == pytest.approx(one_by_one.post["fluency"])
     assert all("fluency" in r["post"] for r in batched.requests)
+
+
+def test_alphaedit_edits_are_generated_together_its_key_memory_being_bookkeeping(tokenizer, monkeypatch, stats_text,
+                                                                                  stats_cache):
+    """AlphaEdit's edit returns a patch (its key memory), which does not change what the model computes: its
+    generations are batched like any weight edit's, and equal generating on each edited model."""
+    from test_rome import tiny_overrides
+
+    loaded = build_tiny("llama", tokenizer)
+    requests = load_requests("demo", n=2)
+    editor = build_editor("alphaedit", loaded, tiny_overrides(stats_text, stats_cache, layers=[1], nullspace_threshold=1e9))
+    batched_calls = []
+    real = protocols.generate_greedy
+
+    def recording(*args, **kwargs):
+        batched_calls.append(kwargs.get("row_changes") is not None)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(protocols, "generate_greedy", recording)
+    batched = evaluate_editing(loaded, editor, requests, fluency=True, fluency_tokens=4, progress=False)
+    assert batched_calls == [True]  # one batched call for both edits (pre-edit generations: evaluation/pre_edit.py)
+    monkeypatch.setattr(protocols, "supports_row_changes", lambda model, changes: False)
+    one_by_one = evaluate_editing(loaded, editor, requests, fluency=True, fluency_tokens=4, progress=False)
+    assert [r["post_generations"] for r in batched.requests] == [r["post_generations"] for r in one_by_one.requests]

@@ -221,8 +221,9 @@ def evaluate_editing(
             return
         # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model
         # in float32: a bf16 difference of two bf16 weights would round the change away
+        weights_only = delta is not None and not any(getattr(p, "changes_outputs", True) for p in delta.patches)
         changes = ({name: after.float() - delta.weights_before[name].float() for name, after in delta.weights_after.items()}
-                   if delta is not None and not delta.patches else None)
+                   if weights_only else None)
         if changes is not None and supports_row_changes(loaded.model, [changes]):
             pending.append((idx, changes))
         else:

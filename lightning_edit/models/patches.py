@@ -28,6 +28,7 @@ class Patch(ABC):
 
     kind: ClassVar[str] = ""  # registered name; written into saved patches
     key: str = ""  # the slot on the model: at most one patch per key
+    changes_outputs: ClassVar[bool] = True  # False: bookkeeping only, the model computes as without it
 
     # ---- installing (called by the registry only) -------------------------------------------------
     def on_attach(self, loaded: "LoadedModel") -> None:

@@ -11,6 +11,7 @@ the edit (``EditDelta.undo``) also removes its keys from the memory and re-apply
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -52,6 +53,7 @@ class KeyMemoryPatch:
 
     memory: KeyMemory
     keys: dict[int, torch.Tensor]
+    changes_outputs: ClassVar[bool] = False  # the model computes as without it (evaluation may replay the weights alone)
 
     def attach(self, loaded: LoadedModel) -> None:
         for layer, k in self.keys.items():
