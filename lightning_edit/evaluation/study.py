@@ -277,7 +277,7 @@ def _write(results_dir: Path, name: str, header: list[str], rows: list[list]) ->
             elif v is None:
                 out += [None, None, None]
             else:
-                out += [v.value, *(v.interval or (None, None))]
+                out += [v.value, *(round(x, 4) for x in v.interval)] if v.interval else [v.value, None, None]
         csv_rows.append(out)
     with open(results_dir / f"{name}.csv", "w", newline="") as f:
         csv.writer(f).writerows([csv_header, *csv_rows])
