@@ -187,14 +187,14 @@ class Study:
                 single[(m, d)] = self.cell(m, d, "single", n)
             self._done_with(m)
         if c.multihop_n:
-            for m in c.methods if c.multihop_methods is None else c.multihop_methods:
+            for m in [m for m in c.methods if c.multihop_methods is None or m in c.multihop_methods]:
                 multihop[m] = self.cell(m, c.multihop_data, "multihop", n=c.multihop_n)
                 self._done_with(m)
         # A curve's first point (one edit, scored) is the single-edit cell of that data: n records each edited
         # alone give it an interval, where a cell of one record would not.
         for (m, b) in [(m, b) for m in c.methods for b in self._batch_sizes(m) if b == 1]:
             batch[(m, 1)] = single.get((m, c.batch_data)) or self.cell(m, c.batch_data, "single", n=1)
-        seq_methods = c.methods if c.sequential_methods is None else c.sequential_methods
+        seq_methods = [m for m in c.methods if c.sequential_methods is None or m in c.sequential_methods]
         if 1 in c.sequential_ns:
             for m in seq_methods:
                 reuse = c.sequential_offset == 0 and (m, c.sequential_data) in single
