@@ -216,11 +216,13 @@ def evaluate_editing(
             post = measure(loaded, [requests[i] for i in idx])
         for i, s in zip(idx, post):
             rows[i]["post"] = post_metrics.add(s, pre_scores[i], None, requests[i])
-            rows[i]["score_seconds"] = round((time.perf_counter() - start) / len(idx), 4)
+        per_request = (time.perf_counter() - start) / len(idx)
+        for i in idx:
+            rows[i]["score_seconds"] = round(per_request, 4)
         if not gen_tokens:
             return
-        # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model
-        # in float32: a bf16 difference of two bf16 weights would round the change away
+        # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model.
+        # The differences are kept in float32: a bf16 difference of two bf16 weights would round the change away.
         weights_only = delta is not None and not any(getattr(p, "changes_outputs", True) for p in delta.patches)
         changes = ({name: after.float() - delta.weights_before[name].float() for name, after in delta.weights_after.items()}
                    if weights_only else None)
