@@ -113,3 +113,27 @@ def test_memit_keys_weigh_the_plain_prompt_half_whatever_the_prefixes():
     keys[:, 1:] = torch.arange(5.0)[None, :, None]  # prefixed keys 0..4, mean 2
     torch.testing.assert_close(context_average(keys), torch.full((2, 3), 0.5 * 1.0 + 0.5 * 2.0))
     torch.testing.assert_close(context_average(keys[:, :1]), keys[:, 0])  # no prefixes: the plain key
+
+
+def test_mlp_change_for_a_normalised_mlp_output_moves_the_stream_as_wanted():
+    """Gemma normalises an MLP's output before the residual add: MEMIT's share of z − h is mapped through that norm.
+    What the norm can give (the change tangent to its sphere) is reached; adding the share to the MLP output as it
+    is (what MEMIT does where nothing normalises) is scaled away."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from lightning_edit.editors.locate.memit import mlp_change_for
+
+    torch.manual_seed(0)
+    d = 64
+    norm = Gemma3RMSNorm(d)
+    with torch.no_grad():
+        norm.weight.copy_(0.3 * torch.randn(d))
+        m, r = 5 * torch.randn(3, d), 0.1 * torch.randn(3, d)
+        y, gain = norm(m), norm(torch.ones(1, d))
+        normal = y / gain**2  # the normal of the reachable set {gain ⊙ v : rms(v) = 1} at y
+        normal = normal / normal.norm(dim=-1, keepdim=True)
+        reachable = r - (r * normal).sum(-1, keepdim=True) * normal
+        mapped = norm(m + mlp_change_for(norm, m, r)) - y
+        as_is = norm(m + r) - y
+    assert ((mapped - reachable).norm(dim=-1) < 0.25 * reachable.norm(dim=-1)).all()
+    assert ((as_is - reachable).norm(dim=-1) > 0.5 * reachable.norm(dim=-1)).all()

@@ -26,6 +26,8 @@ class ModelLayout:
     lm_head: str
     is_encoder_decoder: bool = False
     conv1d_weights: bool = False  # GPT-2's Conv1D stores weights as (in, out)
+    # a norm the MLP's output passes through before it is added to the residual stream (Gemma 2/3); None: added as is
+    mlp_post_norm: Optional[str] = None
 
     def module(self, model: nn.Module, path_template: str, layer: Optional[int] = None) -> nn.Module:
         path = path_template.format(layer) if layer is not None else path_template
@@ -68,7 +70,7 @@ class ModelLayout:
         """Resolve every path once, so a wrong layout fails at load time with the path named."""
         for path in (self.embeddings, self.blocks, self.final_norm, self.lm_head):
             self.module(model, path)
-        for template in (self.mlp_in, self.mlp_out, self.attn_out):
+        for template in (self.mlp_in, self.mlp_out, self.attn_out) + ((self.mlp_post_norm,) if self.mlp_post_norm else ()):
             self.module(model, template, 0)
 
 
@@ -116,7 +118,7 @@ FAMILY_LAYOUTS: dict[str, ModelLayout] = {
     ),
     "llama": ModelLayout(family="llama", **_LLAMA_LIKE),
     "qwen2": ModelLayout(family="qwen2", **_LLAMA_LIKE),
-    "gemma3_text": ModelLayout(family="gemma3_text", **_LLAMA_LIKE),
+    "gemma3_text": ModelLayout(family="gemma3_text", **_LLAMA_LIKE, mlp_post_norm="model.layers.{}.post_feedforward_layernorm"),
     "t5": ModelLayout(
         family="t5",
         embeddings="shared",

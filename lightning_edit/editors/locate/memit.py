@@ -5,6 +5,7 @@ subject's last token) is optimised as in ROME. The change z − h is then spread
 from the lowest up: at layer l, with keys K (mlp_out inputs at the subject: ½ the plain prompt's + ½ the
 mean over the context prefixes, as MEMIT's code averages per context type; one column per request) and
 residual R = (z − h_current) / (layers left), ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹, where C = E[k kᵀ] over text and λ = ``mom2_update_weight``.
+Where the layout names a norm after the MLP (Gemma), R is first mapped through it (``mlp_change_for``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ def context_average(keys: torch.Tensor) -> torch.Tensor:
     if keys.shape[1] == 1:
         return keys[:, 0]
     return 0.5 * (keys[:, 0] + keys[:, 1:].mean(dim=1))
+
+
+@torch.no_grad()
+def mlp_change_for(post_norm: torch.nn.Module, mlp_out: torch.Tensor, stream_change: torch.Tensor) -> torch.Tensor:
+    """The change of the MLP outputs ``mlp_out`` (n, d) that moves what their norm adds to the residual stream by
+    ``stream_change`` (n, d), as nearly as a norm allows: for models that normalise an MLP's output before adding it
+    (Gemma's ``post_feedforward_layernorm``), where MEMIT's ΔW k = (share of z − h) would be rescaled away.
+
+    RMS-normalised outputs y = w ⊙ m / rms(m) lie on a sphere; the wanted y + r generally does not, so the nearest
+    reachable direction u = (y + r) / w is taken, kept at the MLP output's own norm (the norm ignores scale)."""
+    m = mlp_out.to(next(post_norm.parameters()).dtype)
+    y = post_norm(m).float()
+    weight = post_norm(torch.ones_like(m[:1])).float()  # the per-feature gain as the norm applies it (Gemma: 1 + w)
+    u = (y + stream_change.float()) / weight
+    wanted = u * (mlp_out.float().norm(dim=-1, keepdim=True) / u.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return wanted - mlp_out.float()
 
 
 @dataclass
@@ -59,12 +76,17 @@ class MEMITEditor(LocateEditor):
         z_site = loaded.layout.block_name(layers[-1])
         values = optimise_values(loaded, requests, z_site, res.prefixes, self.hparams.value_hparams())
         all_keys: dict[int, torch.Tensor] = {}
+        layout = loaded.layout
         for i, layer in enumerate(layers):
             # keys and current z with the lower layers already updated
-            keys, outs = subject_keys_and_outputs(loaded, requests, [layer], res.prefixes, output_modules=[z_site])
+            mlp_out = layout.mlp_out.format(layer)
+            keys, outs = subject_keys_and_outputs(loaded, requests, [layer], res.prefixes,
+                                                  output_modules=[z_site] + ([mlp_out] if layout.mlp_post_norm else []))
             k = context_average(keys[layer]).double().T  # (d_in, n)
-            resid = (values.targets - outs[z_site]).double().T / (len(layers) - i)  # (d_out, n)
-            add_to_weight(loaded, layer, self._layer_update(loaded, layer, k, resid).float())
+            resid = (values.targets - outs[z_site]) / (len(layers) - i)  # (n, d): this layer's share of z − h
+            if layout.mlp_post_norm:
+                resid = mlp_change_for(layout.module(loaded.model, layout.mlp_post_norm, layer), outs[mlp_out], resid)
+            add_to_weight(loaded, layer, self._layer_update(loaded, layer, k, resid.double().T).float())
             all_keys[layer] = k
         return self._after_edit(loaded, all_keys)
 
