@@ -35,17 +35,34 @@ def context_average(keys: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def mlp_change_for(post_norm: torch.nn.Module, mlp_out: torch.Tensor, stream_change: torch.Tensor) -> torch.Tensor:
     """The change of the MLP outputs ``mlp_out`` (n, d) that moves what their norm adds to the residual stream by
-    ``stream_change`` (n, d), as nearly as a norm allows: for models that normalise an MLP's output before adding it
+    ``stream_change`` (n, d), as nearly as the norm allows: for models that normalise an MLP's output before adding it
     (Gemma's ``post_feedforward_layernorm``), where MEMIT's ΔW k = (share of z − h) would be rescaled away.
 
-    RMS-normalised outputs y = w ⊙ m / rms(m) lie on a sphere; the wanted y + r generally does not, so the nearest
-    reachable direction u = (y + r) / w is taken, kept at the MLP output's own norm (the norm ignores scale)."""
+    An RMS norm gives y = g ⊙ v with v = m / rms(m), so its outputs lie on {g ⊙ v : ‖v‖² = d}. The wanted t = y + r
+    generally does not; the nearest point, min ‖g ⊙ v − t‖² with ‖v‖² = d, is v = g t / (g² + λ) for the λ > −min g²
+    that puts v on the sphere (found by bisection). Features the norm silences (g = 0) keep no share, the smallest
+    gains are not divided by, and the new output keeps the MLP output's own scale (which the norm ignores)."""
     m = mlp_out.to(next(post_norm.parameters()).dtype)
-    y = post_norm(m).float()
-    weight = post_norm(torch.ones_like(m[:1])).float()  # the per-feature gain as the norm applies it (Gemma: 1 + w)
-    u = (y + stream_change.float()) / weight
-    wanted = u * (mlp_out.float().norm(dim=-1, keepdim=True) / u.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-    return wanted - mlp_out.float()
+    y = post_norm(m).double()
+    gain = post_norm(torch.ones_like(m[:1])).double()  # the per-feature gain as the norm applies it (Gemma: 1 + w)
+    target = y + stream_change.double()
+    d = m.shape[-1]
+    g2 = gain**2
+
+    def norm_sq(lam: torch.Tensor) -> torch.Tensor:
+        return ((gain * target / (g2 + lam)) ** 2).sum(-1, keepdim=True)
+
+    low = torch.full_like(target[:, :1], float(-g2.min()) + 1e-9)
+    high = torch.ones_like(low)
+    while bool((norm_sq(high) > d).any()):  # grow until every row's v is inside the sphere
+        high = torch.where(norm_sq(high) > d, high * 4, high)
+    for _ in range(100):
+        mid = (low + high) / 2
+        inside = norm_sq(mid) <= d
+        high, low = torch.where(inside, mid, high), torch.where(inside, low, mid)
+    v = gain * target / (g2 + high)
+    rms = mlp_out.double().pow(2).mean(-1, keepdim=True).sqrt()
+    return (v * rms - mlp_out.double()).to(mlp_out.dtype)
 
 
 @dataclass
