@@ -355,8 +355,6 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
                if cell is None and (key[0] if isinstance(key, tuple) else key) not in skipped]
     if missing:
         report += ["## Cells not computed", "", "Shown as `-`: " + ", ".join(missing), ""]
-    for k, md in out.items():
-        report += [f"## {titles[k]}", "", md, ""]
     if skipped:
         report += ["## Methods not run", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
     (results_dir / "README.md").write_text("\n".join(report) + "\n")
