@@ -327,12 +327,15 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
     }
     if kinds:
         out["per_key_scores"] = _write(results_dir, "per_key", ["method", "data"] + kinds, per_key)
+    def brief(cell: Optional[dict]) -> Optional[dict]:  # each request's values stay in cells/*.json, once
+        return None if cell is None else {k: v for k, v in cell.items() if k != "per_request"}
+
     summary = {
-        "model": c.model, "skipped_methods": skipped,
-        "cells": {"single": {f"{m}|{d}": v for (m, d), v in single.items()},
-                  "batch": {f"{m}|{b}": v for (m, b), v in batch.items()},
-                  "sequential": {f"{m}|{n}": v for (m, n), v in sequential.items()},
-                  "multihop": dict(multihop)},
+        "model": c.model, "skipped_methods": skipped, "per_request_values": "cells/*.json",
+        "cells": {"single": {f"{m}|{d}": brief(v) for (m, d), v in single.items()},
+                  "batch": {f"{m}|{b}": brief(v) for (m, b), v in batch.items()},
+                  "sequential": {f"{m}|{n}": brief(v) for (m, n), v in sequential.items()},
+                  "multihop": {m: brief(v) for m, v in multihop.items()}},
     }
     (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     report = [f"# Study `{c.name}` on {c.model}", ""]
