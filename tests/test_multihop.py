@@ -133,6 +133,34 @@ def test_all_edits_of_a_case_applied_together_then_undone_bit_exactly(tiny, mqua
     assert [len(r["edits"]) for r in out["requests"]] == [2, 1]
 
 
+def test_pre_edit_rows_are_found_again_by_a_later_method(tiny, mquake_file, monkeypatch):
+    """A study's multi-hop cells share one dict of pre-edit rows: the second method scores only after its edits,
+    and finds the same pre values the first computed."""
+    real_score, scored = mh.score_case, []
+
+    def score(loaded, case, *a):
+        scored.append(case.case_id)
+        return real_score(loaded, case, *a)
+
+    monkeypatch.setattr(mh, "score_case", score)
+    cases, kept = load_multihop_cases(str(mquake_file)), {}
+    first = mh.evaluate_multihop(tiny, build_editor("ft-m", tiny, FT_M), cases, progress=False, pre_scores=kept)
+    assert scored == [7, 7, 9, 9] and len(kept) == 2
+    scored.clear()
+    second = mh.evaluate_multihop(tiny, build_editor("ft-l", tiny, FT_M), cases, progress=False, pre_scores=kept)
+    assert scored == [7, 9]  # post-edit only
+    assert [r["pre"] for r in second.requests] == [r["pre"] for r in first.requests]
+    with torch.no_grad():  # other weights: nothing found, everything scored again
+        tiny.model.get_input_embeddings().weight[0] += 1.0
+    try:
+        scored.clear()
+        mh.evaluate_multihop(tiny, build_editor("ft-m", tiny, FT_M), cases[:1], progress=False, pre_scores=kept)
+        assert scored == [7, 7]
+    finally:
+        with torch.no_grad():
+            tiny.model.get_input_embeddings().weight[0] -= 1.0
+
+
 def test_edits_undone_when_scoring_fails(tiny, mquake_file, monkeypatch):
     before = {n: p.detach().clone() for n, p in tiny.model.state_dict().items()}
     real_score, seen = mh.score_case, []

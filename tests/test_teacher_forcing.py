@@ -1,4 +1,4 @@
-"""Teacher-forced scoring: rows sharing a long prefix (an in-context editor's demonstrations) run it once,
+"""Teacher-forced scoring: rows sharing a long prefix (an in-context editor's demonstrations, few-shot prompts) run it once,
 and must score exactly as a full pass does."""
 from __future__ import annotations
 
@@ -112,14 +112,6 @@ def test_ike_context_scores_equal_a_full_pass_on_smollm2(smollm2, monkeypatch):
     _assert_same(shared, full)
 
 
-def test_without_an_in_context_editor_every_row_runs_whole(tokenizer, monkeypatch):
-    """Hooks that pool over a row (WISE's router) must see whole rows, so plain prompts are never split."""
-    loaded = build_tiny("llama", tokenizer)
-    monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", lambda *a: pytest.fail("prompt was split"))
-    scores = score_targets(loaded, [DEMONSTRATIONS + p for p in PROMPTS], TARGETS)
-    assert len(scores) == len(PROMPTS)
-
-
 def test_prompts_routed_to_different_contexts_are_grouped_and_scored_as_given(tokenizer, monkeypatch):
     """Several in-context edits: each prompt gets its own edit's demonstrations. Rows are grouped by context
     (each batch shares one) and the scores come back in the caller's order."""
@@ -139,3 +131,41 @@ def test_prompts_routed_to_different_contexts_are_grouped_and_scored_as_given(to
     assert len(taken) == 2  # prompts 0, 2 share one context and 1, 3 the other: a batch each, both take the shortcut
     monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
     _assert_same(grouped, score_targets(loaded, PROMPTS, TARGETS, batch_size=2))
+
+
+def _spy_shared_lengths(monkeypatch) -> list[int]:
+    lengths: list[int] = []
+    real = teacher_forcing._logits_after_shared_prefix
+
+    def spy(loaded_, batch, shared, caches):
+        logits, used = real(loaded_, batch, shared, caches)
+        lengths.append(used)
+        return logits, used
+
+    monkeypatch.setattr(teacher_forcing, "_logits_after_shared_prefix", spy)
+    return lengths
+
+
+def test_prompts_written_with_a_long_shared_prefix_run_it_once(tiny_decoder, monkeypatch):
+    """Few-shot prompts (the multi-hop questions) share their demonstrations without any editor: on a model with
+    no hooks they run once, and the scores are those of a full pass."""
+    prompts = [DEMONSTRATIONS + p for p in PROMPTS]
+    lengths = _spy_shared_lengths(monkeypatch)
+    shared = score_targets(tiny_decoder, prompts, TARGETS, batch_size=2)
+    assert len(lengths) == 2 and min(lengths) >= MIN_SHARED
+    monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
+    _assert_same(shared, score_targets(tiny_decoder, prompts, TARGETS, batch_size=2))
+
+
+def test_a_model_carrying_a_hook_runs_whole_rows(tiny_decoder, monkeypatch):
+    """A forward hook may depend on a row's every token (WISE's router pools over them): no shortcut then."""
+    prompts = [DEMONSTRATIONS + p for p in PROMPTS]
+    lengths = _spy_shared_lengths(monkeypatch)
+    handle = tiny_decoder.model.get_output_embeddings().register_forward_hook(lambda module, args, output: None)
+    try:
+        assert not tiny_decoder.computes_from_weights_alone
+        score_targets(tiny_decoder, prompts, TARGETS, batch_size=2)
+    finally:
+        handle.remove()
+    assert lengths == []
+    assert tiny_decoder.computes_from_weights_alone

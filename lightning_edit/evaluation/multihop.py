@@ -15,7 +15,7 @@ generated answer; ``generate_tokens`` adds that view (the first generated line c
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 from torchmetrics import MeanMetric
 from tqdm.auto import tqdm
@@ -63,11 +63,6 @@ class MultiHopReport(Report):
         return out
 
 
-def _answered(scores, n_questions: int, n_answers: int) -> list[bool]:
-    """Per question: is any answer's whole target the argmax? ``scores`` run question-major."""
-    return [any(scores[q * n_answers + a].exact_match == 1.0 for a in range(n_answers)) for q in range(n_questions)]
-
-
 def _contains_answer(text: str, answers: Sequence[str]) -> bool:
     low = text.lower()
     return any(a.lower() in low for a in answers)
@@ -75,24 +70,22 @@ def _contains_answer(text: str, answers: Sequence[str]) -> bool:
 
 def score_case(loaded: LoadedModel, case: MultiHopCase, question_template: str = QUESTION_TEMPLATE,
                generate_tokens: int = 0) -> dict:
-    """The case's multi-hop and edit scores on the model as it is now (one batched teacher-forced pass)."""
+    """The case's multi-hop and edit scores on the model as it is now: teacher-forced, one batched pass per
+    question (its demonstrations and question run once, then every answer and alias after them) and one for
+    the edit prompts."""
     questions = [question_template.replace("{question}", q) for q in case.questions]
-    prompts, targets = [], []
-    for answers in (case.new_answers, case.old_answers):
-        for q in questions:
-            prompts += [q] * len(answers)
-            targets += list(answers)
-    prompts += [r.prompt for r in case.requests]
-    targets += [r.target_new for r in case.requests]
-    scores = score_targets(loaded, prompts, targets)
-    n_new = len(questions) * len(case.new_answers)
-    n_old = len(questions) * len(case.old_answers)
-    new_hits = _answered(scores[:n_new], len(questions), len(case.new_answers))
+    answers = list(case.new_answers) + list(case.old_answers)
+    new_hits, old_hits = [], []
+    for q in questions:
+        scores = score_targets(loaded, [q] * len(answers), answers)
+        new_hits.append(any(s.exact_match == 1.0 for s in scores[: len(case.new_answers)]))
+        old_hits.append(any(s.exact_match == 1.0 for s in scores[len(case.new_answers):]))
+    edit_scores = score_targets(loaded, [r.prompt for r in case.requests], [r.target_new for r in case.requests])
     row = {"multihop_acc": float(any(new_hits)), "multihop_question_acc": sum(new_hits) / len(new_hits),
-           "edit_success": sum(s.exact_match for s in scores[n_new + n_old:]) / len(case.requests),
+           "edit_success": sum(s.exact_match for s in edit_scores) / len(case.requests),
            "answered_questions": [i for i, hit in enumerate(new_hits) if hit]}
     if case.old_answers:
-        row["multihop_old_answer_acc"] = float(any(_answered(scores[n_new: n_new + n_old], len(questions), len(case.old_answers))))
+        row["multihop_old_answer_acc"] = float(any(old_hits))
     if generate_tokens:
         generations = generate_greedy(loaded, questions, generate_tokens)
         first_lines = [g.strip().split("\n")[0] for g in generations]  # after that, the model writes the next "Q: ..."
@@ -122,8 +115,12 @@ class _Means:
 
 
 def evaluate_multihop(loaded: LoadedModel, editor: Editor, cases: Sequence[MultiHopCase], question_template: str = QUESTION_TEMPLATE,
-                      generate_tokens: int = 0, progress: bool = True) -> MultiHopReport:
-    """Run the multi-hop protocol over ``cases``; the model is left exactly as it was (every edit undone)."""
+                      generate_tokens: int = 0, progress: bool = True,
+                      pre_scores: Optional[dict[tuple, dict]] = None) -> MultiHopReport:
+    """Run the multi-hop protocol over ``cases``; the model is left exactly as it was (every edit undone).
+
+    ``pre_scores``: a dict the caller keeps (a study: one for all its methods) where each case's pre-edit row is
+    kept and found again, under the unedited weights' fingerprint, the case, the template and ``generate_tokens``."""
     if not cases:
         raise ValueError("evaluate_multihop needs at least one case")
     if "{question}" not in question_template:
@@ -132,6 +129,7 @@ def evaluate_multihop(loaded: LoadedModel, editor: Editor, cases: Sequence[Multi
     start_prepare = time.perf_counter()
     editor.prepare(loaded)
     prepare_seconds = time.perf_counter() - start_prepare
+    weights = loaded.weights_fingerprint() if pre_scores is not None else ""
     pre_means, post_means = _Means(), _Means()
     seconds_metric, memory_metric = EditSeconds(), PeakMemory()
     rows: list[dict] = []
@@ -139,7 +137,13 @@ def evaluate_multihop(loaded: LoadedModel, editor: Editor, cases: Sequence[Multi
     for case, requests in tqdm(list(zip(cases, edits)), desc=f"{editor.name} (multihop)", disable=not progress, unit="case"):
         row = {"case_id": case.case_id, "edits": [{"prompt": r.prompt, "target_new": r.target_new} for r in requests],
                "questions": list(case.questions), "new_answer": case.new_answers[0]}
-        row["pre"] = score_case(loaded, case, question_template, generate_tokens)
+        pre_key = (weights, case, question_template, generate_tokens)  # a case is a frozen, hashable value
+        if pre_scores is not None and pre_key in pre_scores:
+            row["pre"] = pre_scores[pre_key]
+        else:
+            row["pre"] = score_case(loaded, case, question_template, generate_tokens)
+            if pre_scores is not None:
+                pre_scores[pre_key] = row["pre"]
         with PeakMemoryMonitor(loaded.device) as mem:
             delta = editor.edit(loaded, requests)
         try:

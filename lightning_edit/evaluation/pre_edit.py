@@ -50,9 +50,7 @@ def model_fingerprint(loaded: LoadedModel) -> str:
 
 def cacheable(loaded: LoadedModel) -> bool:
     """Whether the model's outputs are those of its weights alone (no hooks, no in-context prompt rewriting)."""
-    if getattr(loaded, "prompt_context", None) is not None:
-        return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in loaded.model.modules())
+    return loaded.computes_from_weights_alone
 
 
 def default_pre_cache(cache_dir: Union[str, Path, None] = None) -> "PreEditCache":

@@ -93,6 +93,7 @@ class Study:
         self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
         self._pre_cache = default_pre_cache()  # pre-edit scores shared by every method and cell on this model
+        self._multihop_pre: dict[tuple, dict] = {}  # pre-edit rows of MQuAKE cases, shared by the multi-hop cells
 
     @property
     def loaded(self) -> LoadedModel:
@@ -139,7 +140,7 @@ class Study:
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
                 cases = load_multihop_cases(data, n=n, data_dir=self.data_dir, offset=offset)
-                report = evaluate_multihop(self.loaded, editor, cases, progress=self.progress)
+                report = evaluate_multihop(self.loaded, editor, cases, progress=self.progress, pre_scores=self._multihop_pre)
             else:
                 requests = load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
                 report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,

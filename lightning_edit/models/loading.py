@@ -81,6 +81,14 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def computes_from_weights_alone(self) -> bool:
+        """Whether its outputs are those of its weights and the prompt as given: no forward hook on any module
+        (patches, row weights, traces) and no patch rewriting prompts (an in-context editor's context)."""
+        if self.patches.rewrites_prompts:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules())
+
     def weights_fingerprint(self, replace: Optional[dict[str, torch.Tensor]] = None) -> str:
         """A short hash of every parameter (ordered by name): ties caches and checkpoints to these exact weights.
 

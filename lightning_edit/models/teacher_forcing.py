@@ -138,9 +138,8 @@ MIN_SHARED_TOKENS = 64
 
 def shared_prefix_length(batch: TargetBatch) -> int:
     """Leading tokens common to every row that can be run once for all: they end before the first target
-    token is predicted in any row, so every scored position lies after them. (Exact for the model itself; an
-    editor hook that pools over a row's tokens, like WISE's router, would see the two parts apart, so
-    ``score_targets`` takes this route only for an in-context editor's prompts.)"""
+    token is predicted in any row, so every scored position lies after them (``score_targets`` says when that
+    is exact)."""
     if batch.decoder_input_ids is not None or batch.prompt_lengths is None:
         return 0  # a single row counts too: later batches may reuse its cached prefix
     limit = min(batch.prompt_lengths) - 1
@@ -212,9 +211,12 @@ def _batches_by_shared_prefix(loaded: LoadedModel, prompts: Sequence[str], batch
 def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[TargetScore]:
     """Teacher-forced scores of each target after its prompt.
 
-    Under an in-context editor, rows that start with the same long run of tokens (its demonstrations) run it
-    once; the scores are those of a full pass."""
+    Rows of a batch that start with the same long run of tokens (an in-context editor's demonstrations, the
+    few-shot examples ahead of every multi-hop question) run it once; the scores are those of a full pass. That
+    holds for the model itself and for prompt rewriting, not for every forward hook (a hook pooling over a
+    row's tokens, like WISE's router, would see the two parts apart), so a model carrying hooks runs whole rows."""
     in_context = loaded.patches.rewrites_prompts
+    share_prefixes = in_context or loaded.computes_from_weights_alone
     if in_context:
         prompts = contextualize(loaded, prompts)
         batches = _batches_by_shared_prefix(loaded, prompts, batch_size)
@@ -224,7 +226,7 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
     prefix_caches: dict[tuple[int, ...], list] = {}  # the latest shared prefix's keys/values, dropped on return
     for rows in batches:
         batch = build_target_batch(loaded, [prompts[k] for k in rows], [targets[k] for k in rows], read_in_context=False)
-        shared = shared_prefix_length(batch) if in_context else 0
+        shared = shared_prefix_length(batch) if share_prefixes else 0
         if shared >= MIN_SHARED_TOKENS:
             logits, shared = _logits_after_shared_prefix(loaded, batch, shared, prefix_caches)
             logits, labels = logits.float(), batch.labels[:, shared:]
