@@ -16,7 +16,6 @@ directory is what ``EditorCheckpoint.save_pretrained`` writes, ``push_to_hub`` u
 from __future__ import annotations
 
 import json
-import platform
 import re
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from .errors import CheckpointError, ModelNotAvailableError
 from .hashing import sha256_file
 from .manifest import check_listed_files
 from .models.loading import LoadedModel
+from .version import package_versions
 
 WEIGHTS_FILE = "editor.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -42,19 +42,6 @@ FORMAT_VERSION = 1
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # user/repo, nothing more
 # the upstream hub model of registered models shipped as a GGUF (the card's ``base_model``)
 GGUF_UPSTREAM = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
-def package_versions() -> dict[str, str]:
-    import lightning
-    import safetensors
-    import torchmetrics
-    import transformers
-
-    from .version import __version__
-
-    return {"lightning_edit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__,
-            "safetensors": safetensors.__version__, "python": platform.python_version()}
-
 
 @dataclass
 class EditorCheckpoint:

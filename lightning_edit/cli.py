@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         from .multihop_cli import run_multihop
 
         return run_multihop(args, preflight=preflight, known_overrides=_known_overrides)
-    import lightning as L
+    from transformers import set_seed
 
     from .data import load_requests
     from .editors import build_editor
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     from .models.request_checks import check_context_length, check_special_tokens
 
     apply_threads(args.threads)
-    L.seed_everything(args.seed, verbose=False)
+    set_seed(args.seed)  # Python, NumPy and torch (every device), as Lightning's seed_everything
     protocol = "sequential" if args.sequential else ("batch" if args.batch_size > 1 else "single")
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
     if not requests:

@@ -23,7 +23,7 @@ def check_multihop_args(args: argparse.Namespace) -> None:
 def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides: Callable) -> int:
     """``edit.py --multihop``. ``preflight`` and ``known_overrides`` are edit.py's own checks (cli.py hands them over, so
     this module does not import cli.py back)."""
-    import lightning as L
+    from transformers import set_seed
 
     from .options import apply_threads
     from .data.multihop import load_multihop_cases
@@ -34,7 +34,7 @@ def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides:
 
     check_multihop_args(args)
     apply_threads(args.threads)
-    L.seed_everything(args.seed, verbose=False)
+    set_seed(args.seed)  # Python, NumPy and torch (every device), as Lightning's seed_everything
     cases = load_multihop_cases(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
     requests = [r for case in cases for r in case.requests]
     _, overrides = preflight(args, len(requests))

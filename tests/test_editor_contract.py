@@ -134,16 +134,23 @@ def test_every_registered_method_has_a_default_config():
         assert (Path(__file__).parents[1] / "configs" / method / "default.yaml").exists(), method
 
 
-def test_failure_message_claims_only_what_the_checksums_show(tokenizer, monkeypatch):
+def _one_ulp_up(x: torch.Tensor) -> torch.Tensor:
+    return torch.nextafter(x, torch.tensor(float("inf"), dtype=x.dtype))
+
+
+@pytest.mark.parametrize("corrupt", [lambda x: torch.full_like(x, float("nan")), _one_ulp_up], ids=["nan", "one-ulp"])
+def test_failure_message_claims_only_what_the_checksums_show(tokenizer, monkeypatch, corrupt):
     """A method that writes a parameter it did not declare, then fails: the declared weights are restored, and the
-    message says the other one changed instead of claiming the weights were restored."""
+    message says the other one changed instead of claiming the weights were restored. The smallest change a
+    float32 value can take shows too (a float sum of the whole tensor would round it away)."""
     loaded = build_tiny("llama", tokenizer)
     editor = build_editor("ft-m", loaded, {"layers": [1], "num_steps": 2})
     undeclared = "model.embed_tokens.weight"
 
     def corrupt_then_fail(loaded, requests):
         with torch.no_grad():
-            dict(loaded.model.named_parameters())[undeclared][0, 0] = float("nan")
+            weight = dict(loaded.model.named_parameters())[undeclared]
+            weight[0, 0] = corrupt(weight[0, 0])
         raise RuntimeError("injected")
 
     monkeypatch.setattr(editor, "_apply", corrupt_then_fail)

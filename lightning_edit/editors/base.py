@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 import typing
 from abc import ABC, abstractmethod
@@ -176,7 +175,7 @@ class Editor(ABC):
                 loaded.patches.detach(key)
             # Only what the checksums show may be claimed: a method can write where it did not declare.
             after_failure = _checksums({n: params[n] for n in others})
-            changed = [n for n, value in others.items() if not _same(value, after_failure[n])]
+            changed = [n for n, value in others.items() if value != after_failure[n]]
             if changed and isinstance(err, KeyboardInterrupt):
                 log.warning("%s: interrupted; %d parameter(s) it did not declare changed (%s): reload the model",
                             self.name, len(changed), changed[:3])
@@ -203,14 +202,20 @@ class Editor(ABC):
         return [self.edit(loaded, [r]) for r in requests]
 
 
-def _checksums(params: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Per parameter, its float64 sum: one read pass, no copy; NaN, Inf or a changed value all show."""
+def _checksums(params: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Per parameter, the wrapping integer sum of its bits: one read pass, no copy, as fast as a float sum
+    (a float64 sum costs ~9× more, on every edit). Any one changed value changes it, a NaN or a change below a
+    float sum's rounding included; several changes cancelling exactly is all it could miss."""
     with torch.no_grad():
-        return {n: float(torch.sum(p.detach(), dtype=torch.float64)) for n, p in params.items()}
+        return {n: _bit_sum(p.detach()) for n, p in params.items()}
 
 
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
+def _bit_sum(t: torch.Tensor) -> int:
+    flat = t.contiguous().reshape(-1).view(torch.uint8)
+    for dtype, width in ((torch.int32, 4), (torch.int16, 2)):
+        if flat.numel() % width == 0:
+            return int(flat.view(dtype).sum(dtype=dtype))  # wraps around: equality is all that is asked
+    return int(flat.sum(dtype=torch.int64))
 
 
 def add_update(weight: torch.Tensor, update: torch.Tensor) -> None:

@@ -26,7 +26,8 @@ from ..metrics import EditSeconds, PeakMemory, PeakMemoryMonitor
 from ..models.loading import LoadedModel
 from ..models.teacher_forcing import score_targets
 from .measure import generate_greedy
-from .protocols import Report, versions
+from .protocols import Report
+from ..version import package_versions
 
 ZERO_SHOT_TEMPLATE = "Q: {question} A:"  # MQuAKE's multi-hop prompt format (prompts/multihop-prompts.txt)
 DEMONSTRATIONS = (  # two-hop questions about stable facts, in MQuAKE's format
@@ -166,7 +167,7 @@ def evaluate_multihop(loaded: LoadedModel, editor: Editor, cases: Sequence[Multi
         method=editor.name, model=loaded.name, protocol="multihop", n=n, batch_size=1, requests=rows,
         pre=pre_means.summary(), post=post_means.summary(), efficiency=efficiency,
         config={"hparams": editor.hparams.to_dict(), "question_template": question_template, "generate_tokens": generate_tokens,
-                "edits": sum(len(e) for e in edits), "versions": versions(), "device": str(loaded.device),
+                "edits": sum(len(e) for e in edits), "versions": package_versions(), "device": str(loaded.device),
                 "scored": "each case's edits applied together from the unedited model, its questions scored, then undone"})
 
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, Peak
 from ..models.loading import LoadedModel
 from ..models.row_weights import supports_row_changes
 from ..requests import EditRequest
+from ..version import package_versions
 from .measure import RequestScores, fluency_prompts, generate_greedy, measure
 from .pre_edit import PreEditCache, pre_edit_results
 
@@ -306,7 +306,7 @@ def evaluate_editing(
         method=editor.name, model=loaded.name, protocol=protocol, n=n, batch_size=batch_size,
         requests=rows, pre=pre_metrics.summary(), post=post_metrics.summary(), efficiency=efficiency,
         config={"hparams": editor.hparams.to_dict(), "fluency_tokens": gen_tokens if fluency else 0,
-                "generate_tokens": gen_tokens, "versions": versions(), "device": str(loaded.device),
+                "generate_tokens": gen_tokens, "versions": package_versions(), "device": str(loaded.device),
                 "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "batch_size": batch_size,
                 "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size)},
@@ -340,17 +340,6 @@ class _Timer:
             yield
         finally:
             self.total[phase] += time.perf_counter() - start
-
-
-def versions() -> dict[str, str]:
-    import lightning
-    import torchmetrics
-    import transformers
-
-    from ..version import __version__
-
-    return {"lightning_edit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "lightning": lightning.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version()}
 
 
 TABLE_KEYS = ("reliability", "generalization", "locality", "portability", "efficacy_score")

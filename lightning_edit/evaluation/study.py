@@ -27,7 +27,8 @@ from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
 from .pre_edit import default_pre_cache
 from .multihop import evaluate_multihop
-from .protocols import evaluate_editing, versions
+from .protocols import evaluate_editing
+from ..version import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class Study:
     def run(self) -> dict:
         c = self.config
         (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
-        (self.results_dir / "versions.json").write_text(json.dumps(versions(), indent=2))
+        (self.results_dir / "versions.json").write_text(json.dumps(package_versions(), indent=2))
         single, batch, sequential, multihop = {}, {}, {}, {}
         # Phase by phase (single edits of every method, multi-hop, then batches and sequences by growing size): an
         # interrupted or still running study has whole tables first, and the cheap cells before the expensive ones.
