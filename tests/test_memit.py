@@ -137,3 +137,17 @@ def test_mlp_change_for_a_normalised_mlp_output_moves_the_stream_as_wanted():
         as_is = norm(m + r) - y
     assert ((mapped - reachable).norm(dim=-1) < 0.25 * reachable.norm(dim=-1)).all()
     assert ((as_is - reachable).norm(dim=-1) > 0.5 * reachable.norm(dim=-1)).all()
+
+
+def test_mlp_change_for_a_change_that_is_not_finite_stops_with_an_error():
+    """The search for the norm's multiplier grows its bracket a bounded number of times: an infinite wanted change
+    (a diverged value vector) raises, which the editor contract turns into a rolled-back edit, instead of looping."""
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    from lightning_edit.editors.locate.memit import mlp_change_for
+
+    norm = Gemma3RMSNorm(8)
+    change = torch.zeros(2, 8)
+    change[1, 3] = float("inf")
+    with torch.no_grad(), pytest.raises(FloatingPointError, match="not finite"):
+        mlp_change_for(norm, torch.randn(2, 8), change)

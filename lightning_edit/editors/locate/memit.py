@@ -54,8 +54,13 @@ def mlp_change_for(post_norm: torch.nn.Module, mlp_out: torch.Tensor, stream_cha
 
     low = torch.full_like(target[:, :1], float(-g2.min()) + 1e-9)
     high = torch.ones_like(low)
-    while bool((norm_sq(high) > d).any()):  # grow until every row's v is inside the sphere
-        high = torch.where(norm_sq(high) > d, high * 4, high)
+    for _ in range(64):  # grow until every row's v is inside the sphere (4**64 ≈ 3e38: any finite target is)
+        outside = norm_sq(high) > d
+        if not bool(outside.any()):
+            break
+        high = torch.where(outside, high * 4, high)
+    else:
+        raise FloatingPointError("MEMIT's norm mapping: a wanted residual-stream change is not finite")
     for _ in range(100):
         mid = (low + high) / 2
         inside = norm_sq(mid) <= d
