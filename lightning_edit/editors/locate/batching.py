@@ -4,16 +4,18 @@
   steps rerun only the tokens from the subject on;
 - ``length_buckets``: rows of similar length share a forward pass, cut to a token budget;
 - ``final_hidden_and_logits``: the model run to its final norm, the vocabulary projection paid only at the positions
-  that are scored.
+  that are scored;
+- ``BlockReplay``: steps after a set of rows' first run only the blocks from the edited one on.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
 
 import torch
 
-from ...hooks import run_until, trace
+from ...hooks import hooks, run_until, trace
 from ...models.loading import LoadedModel
 from ...models.ops import pad_right, pad_token_id
 from ...models.teacher_forcing import cache_argument
@@ -118,3 +120,101 @@ def length_buckets(rows: torch.Tensor, lengths: torch.Tensor, tokens_per_pass: i
             start = end - 1
     chunks.append(order[start:])
     return chunks
+
+
+def _detached(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detached(v) for v in value)
+    return value
+
+
+@dataclass
+class ReplayCheck:
+    """Whether replaying recorded blocks reproduced a full pass on a model: checked on first use and kept by the
+    editor with what it prepared for that model (None: not checked yet)."""
+
+    reproduces: Optional[bool] = None
+
+
+class BlockReplay:
+    """Optimisation steps that run only the blocks from ``start`` (the block holding the optimised site) on.
+
+    Nothing below that block depends on the vector being optimised, so what each block from ``start`` on received
+    in a set of rows' first full pass (hidden states, masks, position embeddings) is recorded, and later steps on
+    the same rows replay those blocks with a fresh key/value cache of the rows' prefixes, then the final norm.
+    The first replay on a model is compared with the full pass it follows (``ReplayCheck``); where it does not
+    reproduce it (a family whose blocks take more than their recorded inputs) every step runs the full model.
+    """
+
+    def __init__(self, loaded: LoadedModel, site_module: torch.nn.Module, check: ReplayCheck):
+        layout = loaded.layout
+        self.blocks = layout.module(loaded.model, layout.blocks)
+        self.final_norm = layout.module(loaded.model, layout.final_norm)
+        self.start = next((i for i, block in enumerate(self.blocks) if any(m is site_module for m in block.modules())), None)
+        self.check = check
+        self.records: dict[tuple[int, ...], dict[int, tuple[tuple, dict]]] = {}
+
+    @property
+    def usable(self) -> bool:
+        return self.start is not None and self.check.reproduces is not False
+
+    def has(self, rows: torch.Tensor) -> bool:
+        return self.usable and tuple(rows.tolist()) in self.records
+
+    @contextlib.contextmanager
+    def recording(self, rows: torch.Tensor) -> Iterator[None]:
+        """Record what the blocks from ``start`` on receive during the full pass run inside the block."""
+        if not self.usable:
+            yield
+            return
+        calls: dict[int, tuple[tuple, dict]] = {}
+
+        def recorder(i: int):
+            def pre_hook(module, args, kwargs):
+                # detached: a model whose weights require grad would otherwise tie later steps to this pass's graph
+                calls[i] = (tuple(_detached(a) for a in args), {k: _detached(v) for k, v in kwargs.items()})
+            return pre_hook
+
+        with hooks(lambda: [self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
+                            for i in range(self.start, len(self.blocks))]):
+            yield
+        if len(calls) == len(self.blocks) - self.start:
+            self.records[tuple(rows.tolist())] = calls
+
+    def run(self, rows: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The final norm's output for ``rows``, from block ``start`` on; ``inputs``: ``PrefixCache.inputs(rows)``
+        (its fresh cache takes the place of the one the recorded pass filled)."""
+        from transformers import Cache
+
+        calls = self.records[tuple(rows.tolist())]
+        fresh = next((v for v in inputs.values() if isinstance(v, Cache)), None)
+
+        def swap(v):
+            return fresh if isinstance(v, Cache) else v
+
+        args, kwargs = calls[self.start]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        for i in range(self.start, len(self.blocks)):
+            args, kwargs = calls[i]
+            kwargs = {k: swap(v) for k, v in kwargs.items()}
+            if args:
+                out = self.blocks[i](hidden, *[swap(a) for a in args[1:]], **kwargs)
+            else:
+                out = self.blocks[i](**{**kwargs, "hidden_states": hidden})
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+        return self.final_norm(hidden)
+
+    def verify(self, rows: torch.Tensor, inputs: dict, full: torch.Tensor) -> None:
+        """Once per model: does a replay of the pass just recorded give its output ``full``?"""
+        if self.check.reproduces is not None or not self.has(rows):
+            return
+        with torch.no_grad():
+            try:
+                replayed = self.run(rows, inputs)
+                self.check.reproduces = replayed.shape == full.shape and bool(torch.allclose(replayed, full, atol=1e-5, rtol=1e-4))
+            except (TypeError, RuntimeError, KeyError, ValueError):  # a block that cannot be called alone
+                self.check.reproduces = False
+        if not self.check.reproduces:
+            self.records.clear()

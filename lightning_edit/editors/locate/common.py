@@ -17,6 +17,7 @@ from ...models.ops import resolve_layers
 from ...requests import EditRequest
 from ...stats import DEFAULT_TOKENS
 from ..base import Editor, HyperParams, add_update
+from .batching import ReplayCheck
 from .keys import generate_context_prefixes
 from .values import ValueHParams
 
@@ -93,6 +94,7 @@ class ModelResources:
     prefixes: list[str]
     mom2: dict[int, torch.Tensor] = field(default_factory=dict)
     derived: dict = field(default_factory=dict)
+    replay: ReplayCheck = field(default_factory=ReplayCheck)  # whether value steps may replay the top blocks only
 
 
 class LocateEditor(Editor):

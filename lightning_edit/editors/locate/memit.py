@@ -96,7 +96,8 @@ class MEMITEditor(LocateEditor):
         res = self.resources(loaded)
         layers = self.layers(loaded)
         z_site = loaded.layout.block_name(layers[-1])
-        values = optimise_values(loaded, requests, z_site, res.prefixes, self.hparams.value_hparams())
+        values = optimise_values(loaded, requests, z_site, res.prefixes, self.hparams.value_hparams(),
+                                 replay_check=res.replay)
         all_keys: dict[int, torch.Tensor] = {}
         layout = loaded.layout
         for i, layer in enumerate(layers):

@@ -58,7 +58,8 @@ class ROMEEditor(LocateEditor):
         key_avg, key_plain = k_all.mean(0), k_all[0]
         left = res.derived["inv_mom2"][layer].to(key_avg.device) @ key_avg if self.hparams.mom2_adjustment else key_avg
         left = left / left.norm()
-        values = optimise_values(loaded, requests, site, res.prefixes, self.hparams.value_hparams())
+        values = optimise_values(loaded, requests, site, res.prefixes, self.hparams.value_hparams(),
+                                 replay_check=res.replay)
         # (v* − W k) where W k is the layer's current output at the plain prompt (``values.initial``).
         right = (values.targets[0] - values.initial[0]).double() / torch.dot(key_plain, left)
         add_to_weight(loaded, layer, torch.outer(right, left).float())

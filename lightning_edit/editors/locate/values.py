@@ -27,7 +27,7 @@ from ...hooks import edit_output, trace
 from ...models.loading import LoadedModel
 from ...models.teacher_forcing import target_ids
 from ...requests import EditRequest
-from .batching import PrefixCache, final_hidden_and_logits, length_buckets, output_width
+from .batching import BlockReplay, PrefixCache, ReplayCheck, final_hidden_and_logits, length_buckets, output_width
 from .keys import encode_subject_texts
 
 log = logging.getLogger(__name__)
@@ -84,12 +84,14 @@ def optimise_values(
     site: str,
     prefixes: Sequence[str],
     hp: ValueHParams,
+    replay_check: Optional[ReplayCheck] = None,
 ) -> ValueResult:
     """For each request, a vector added at the subject's last token to the output of module ``site`` so
     that every ``prefix + prompt`` continues with ``target_new`` (ROME's compute_v / MEMIT's compute_z).
 
     Requests are optimised together (one delta each, independent losses); a request that reaches the
-    early-stop criterion leaves the batch."""
+    early-stop criterion leaves the batch. ``replay_check`` (the editor's, per model): later steps run only the
+    blocks from the site's on (``BlockReplay``); without it every step runs the whole model."""
     tok, model, device = loaded.tokenizer, loaded.model, loaded.device
     module = model.get_submodule(site)
     n_req, n_pref = len(requests), len(prefixes)
@@ -132,6 +134,7 @@ def optimise_values(
     plain_rows_t = torch.tensor([i * (n_pref + 1) for i in range(n_req)], device=device)
 
     hidden_of, to_logits = final_hidden_and_logits(loaded)
+    replay = BlockReplay(loaded, module, replay_check) if replay_check is not None else None
 
     d_site = output_width(model, site)
     delta = torch.zeros(n_req, d_site, device=device, requires_grad=True)
@@ -172,9 +175,17 @@ def optimise_values(
                 out[:, 0] = out[:, 0] + delta[chunk_owner].to(out.dtype)
                 return out
 
-            record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
-            with edit_output(module, add_delta), record_site as site_trace, hidden_of() as run:
-                hidden = run(**prefix.inputs(chunk))
+            if step > 0 and replay is not None and replay.has(chunk):
+                with edit_output(module, add_delta):
+                    hidden = replay.run(chunk, prefix.inputs(chunk))
+            else:
+                record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
+                recording = replay.recording(chunk) if replay is not None else contextlib.nullcontext()
+                with edit_output(module, add_delta), record_site as site_trace, recording, hidden_of() as run:
+                    hidden = run(**prefix.inputs(chunk))
+                if replay is not None:
+                    with edit_output(module, add_delta):
+                        replay.verify(chunk, prefix.inputs(chunk), hidden)
             pos_in_chunk = {int(r): i for i, r in enumerate(chunk.tolist())}
             entries = [e for r in chunk.tolist() for e in score_of_row[r]]
             entries_t = torch.tensor(entries, dtype=torch.long, device=device)
