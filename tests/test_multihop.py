@@ -84,7 +84,7 @@ def test_bad_multihop_files_are_refused_by_name(tmp_path, mquake_file):
 
 def _fake_scores(hits: set):
     """A stand-in for score_targets: a (prompt, target) pair is the model's greedy answer iff it is in ``hits``."""
-    def score(loaded, prompts, targets, batch_size=32):
+    def score(loaded, prompts, targets, batch_size=32, prefix_cache=None):
         return [TargetScore(torch.tensor([1, 2]), torch.tensor([1, 2] if (p, t) in hits else [1, 0]), torch.zeros(2))
                 for p, t in zip(prompts, targets)]
     return score

@@ -72,10 +72,8 @@ def _assert_same(shared, full) -> None:
 def test_shared_prefix_scores_equal_a_full_pass(tiny_decoder, monkeypatch):
     shared, full, lengths = _scores_with_and_without_sharing(tiny_decoder, monkeypatch)
     assert len(lengths) == 2 and min(lengths) >= MIN_SHARED  # both batches took the shortcut, the second from the cache
-    # With smollm2's tokenizer the first batch's rows share one more token ("The") and its cache is cut for the second;
-    # whether the tiny tokenizer merges "The" onto the demonstrations' last newline decides that here, so only the
-    # order is checked (the cut itself: test_ike_context_scores_equal_a_full_pass_on_smollm2, slow).
-    assert lengths[0] >= lengths[1]
+    # The second batch's rows may share a token more than the first's ("The"): the cached demonstrations serve it and
+    # that token runs on top of them, so each batch runs everything its rows share once.
     _assert_same(shared, full)
 
 
@@ -169,3 +167,24 @@ def test_a_model_carrying_a_hook_runs_whole_rows(tiny_decoder, monkeypatch):
         handle.remove()
     assert lengths == []
     assert tiny_decoder.computes_from_weights_alone
+
+
+def test_a_prefix_kept_across_calls_serves_as_far_as_it_agrees(tiny_decoder, monkeypatch):
+    """Questions after the same demonstrations, one call each with a kept cache: the demonstrations run once, each
+    question's own tokens run on top of them, and every score is that of a full pass."""
+    questions = [DEMONSTRATIONS + f"Q: question number {i} about the city of Paris? A:" for i in range(3)]
+    model_calls: list[int] = []
+    real_forward = tiny_decoder.model.forward
+
+    def counting_forward(*args, **kwargs):
+        model_calls.append(int(kwargs["input_ids"].shape[1]))
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_decoder.model, "forward", counting_forward)
+    kept: dict = {}
+    shared = [score_targets(tiny_decoder, [q] * 2, ["Paris", "France"], prefix_cache=kept) for q in questions]
+    prefix_runs = model_calls[0::2]  # each call: the prefix's new tokens (batch of one), then the rows' suffixes
+    assert prefix_runs[0] > MIN_SHARED and all(n < MIN_SHARED // 2 for n in prefix_runs[1:])
+    monkeypatch.setattr(teacher_forcing, "MIN_SHARED_TOKENS", 10**9)
+    for q, scores in zip(questions, shared):
+        _assert_same(scores, score_targets(tiny_decoder, [q] * 2, ["Paris", "France"]))

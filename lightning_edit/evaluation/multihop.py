@@ -72,16 +72,18 @@ def _contains_answer(text: str, answers: Sequence[str]) -> bool:
 def score_case(loaded: LoadedModel, case: MultiHopCase, question_template: str = QUESTION_TEMPLATE,
                generate_tokens: int = 0) -> dict:
     """The case's multi-hop and edit scores on the model as it is now: teacher-forced, one batched pass per
-    question (its demonstrations and question run once, then every answer and alias after them) and one for
-    the edit prompts."""
+    question and one for the edit prompts. What comes before the answers runs once: the demonstrations (and an
+    in-context editor's context) for all questions, each question for its answers and aliases."""
     questions = [question_template.replace("{question}", q) for q in case.questions]
     answers = list(case.new_answers) + list(case.old_answers)
     new_hits, old_hits = [], []
+    shared_prefix: dict = {}  # this case's scoring only: the model does not change in between
     for q in questions:
-        scores = score_targets(loaded, [q] * len(answers), answers)
+        scores = score_targets(loaded, [q] * len(answers), answers, prefix_cache=shared_prefix)
         new_hits.append(any(s.exact_match == 1.0 for s in scores[: len(case.new_answers)]))
         old_hits.append(any(s.exact_match == 1.0 for s in scores[len(case.new_answers):]))
-    edit_scores = score_targets(loaded, [r.prompt for r in case.requests], [r.target_new for r in case.requests])
+    edit_scores = score_targets(loaded, [r.prompt for r in case.requests], [r.target_new for r in case.requests],
+                                prefix_cache=shared_prefix)
     row = {"multihop_acc": float(any(new_hits)), "multihop_question_acc": sum(new_hits) / len(new_hits),
            "edit_success": sum(s.exact_match for s in edit_scores) / len(case.requests),
            "answered_questions": [i for i, hit in enumerate(new_hits) if hit]}

@@ -157,22 +157,26 @@ def _logits_after_shared_prefix(loaded: LoadedModel, batch: TargetBatch, shared:
                                 prefix_caches: dict[tuple[int, ...], list]) -> tuple[torch.Tensor, int]:
     """Logits of the positions after the shared tokens, and how many tokens that is. The shared tokens run once
     (batch of one) into a key/value cache that every row reuses, and so do later batches: a cached prefix whose
-    first ``MIN_SHARED_TOKENS`` or more tokens this batch also starts with serves it, cut to what they share."""
+    first ``MIN_SHARED_TOKENS`` or more tokens this batch also starts with serves it as far as they agree, and only
+    the rest of this batch's shared tokens run on top of it (the same demonstrations before another question)."""
     from transformers import DynamicCache
 
     model, arg = loaded.model, cache_argument(loaded.model)
     first_row = batch.input_ids[0, :shared].tolist()
-    cached = None
+    common, cached = 0, None
     for key, layers in prefix_caches.items():
-        common = _common_length(key, first_row)
-        if common >= MIN_SHARED_TOKENS:  # keys/values of a token depend only on the tokens up to it: crop
-            shared, cached = common, [(k[:, :, :common], v[:, :, :common]) for k, v in layers]
-            break
-    if cached is None:
+        agree = _common_length(key, first_row)
+        if agree >= MIN_SHARED_TOKENS and agree > common:  # keys/values of a token depend only on the tokens up to it
+            common, cached = agree, [(k[:, :, :agree], v[:, :, :agree]) for k, v in layers]
+    if cached is None or common < shared:
         cache = DynamicCache()  # keeps every token in every layer; sliding-window layers mask by position
-        model(input_ids=batch.input_ids[:1, :shared], attention_mask=batch.attention_mask[:1, :shared],
-              use_cache=True, **{arg: cache})
-        prefix_caches.clear()  # batches come sorted by their tokens: a context left behind does not come back
+        for i, (keys, values) in enumerate(cached or []):
+            cache.update(keys, values, i)
+        start = common if cached is not None else 0
+        new_ids = batch.input_ids[:1, start:shared]
+        model(input_ids=new_ids, attention_mask=batch.attention_mask[:1, :shared],
+              position_ids=torch.arange(start, shared, device=new_ids.device)[None], use_cache=True, **{arg: cache})
+        prefix_caches.clear()  # the new prefix holds what the old one shared with it; one prefix is kept at a time
         cached = prefix_caches[tuple(first_row)] = [(layer.keys, layer.values) for layer in cache.layers]
     rows = batch.input_ids.shape[0]
     cache = DynamicCache()
@@ -208,13 +212,17 @@ def _batches_by_shared_prefix(loaded: LoadedModel, prompts: Sequence[str], batch
 
 
 @torch.no_grad()
-def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32) -> list[TargetScore]:
+def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str], batch_size: int = 32,
+                  prefix_cache: Optional[dict] = None) -> list[TargetScore]:
     """Teacher-forced scores of each target after its prompt.
 
     Rows of a batch that start with the same long run of tokens (an in-context editor's demonstrations, the
     few-shot examples ahead of every multi-hop question) run it once; the scores are those of a full pass. That
     holds for the model itself and for prompt rewriting, not for every forward hook (a hook pooling over a
-    row's tokens, like WISE's router, would see the two parts apart), so a model carrying hooks runs whole rows."""
+    row's tokens, like WISE's router, would see the two parts apart), so a model carrying hooks runs whole rows.
+
+    ``prefix_cache``: a dict the caller keeps across calls on the model as it is now (several questions after the
+    same demonstrations); by default the keys and values of a prefix are dropped on return."""
     in_context = loaded.patches.rewrites_prompts
     share_prefixes = in_context or loaded.computes_from_weights_alone
     if in_context:
@@ -223,7 +231,8 @@ def score_targets(loaded: LoadedModel, prompts: Sequence[str], targets: Sequence
     else:
         batches = _consecutive(len(prompts), batch_size)
     out: list[Optional[TargetScore]] = [None] * len(prompts)
-    prefix_caches: dict[tuple[int, ...], list] = {}  # the latest shared prefix's keys/values, dropped on return
+    # the latest shared prefix's keys/values
+    prefix_caches: dict[tuple[int, ...], list] = prefix_cache if prefix_cache is not None else {}
     for rows in batches:
         batch = build_target_batch(loaded, [prompts[k] for k in rows], [targets[k] for k in rows], read_in_context=False)
         shared = shared_prefix_length(batch) if share_prefixes else 0
