@@ -151,3 +151,11 @@ def test_mlp_change_for_a_change_that_is_not_finite_stops_with_an_error():
     change[1, 3] = float("inf")
     with torch.no_grad(), pytest.raises(FloatingPointError, match="not finite"):
         mlp_change_for(norm, torch.randn(2, 8), change)
+
+
+def test_tokens_per_pass_is_checked_by_name():
+    from lightning_edit.editors import get_editor_class
+    from lightning_edit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="v_tokens_per_pass"):
+        get_editor_class("memit").HParams.from_dict({"v_tokens_per_pass": 0})

@@ -127,3 +127,16 @@ def test_bootstrap_interval():
     assert high - low < bootstrap_interval([0.0, 1.0] * 3)[1] - bootstrap_interval([0.0, 1.0] * 3)[0]  # more → narrower
     with pytest.raises(ValueError, match="statistic"):
         bootstrap_interval(values, statistic="mode")
+
+
+def test_a_speed_only_setting_keeps_a_cells_key():
+    """Cells are cached under a hash of what can change their results: the padded tokens per optimisation pass
+    (memory and time only) is left out, a layer is not."""
+    from lightning_edit.editors import get_editor_class
+    from lightning_edit.evaluation.study import _cell_key
+
+    hp_class = get_editor_class("memit").HParams
+    base, faster, other = (hp_class.from_dict(v) for v in ({}, {"v_tokens_per_pass": 64}, {"layers": [2, 3]}))
+    key = lambda hp: _cell_key("memit", "m", "zsre", "single", 1, 5, hp.result_dict())  # noqa: E731
+    assert "v_tokens_per_pass" in faster.to_dict() and "v_tokens_per_pass" not in faster.result_dict()
+    assert key(base) == key(faster) != key(other)

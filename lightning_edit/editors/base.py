@@ -88,6 +88,14 @@ class HyperParams:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def result_dict(self) -> dict:
+        """``to_dict`` without the fields declared ``field(..., metadata={SPEED_ONLY: True})``: settings of how fast
+        or in how much memory the same result is computed (a study keys its cached cells by this)."""
+        return {f.name: v for f, v in zip(dataclasses.fields(self), self.to_dict().values()) if not f.metadata.get(SPEED_ONLY)}
+
+
+SPEED_ONLY = "speed_only"  # dataclass field metadata: the field changes time and memory, not results
+
 
 class ModelPatch(Protocol):
     """Something an editor adds to a model besides changing weights (a module, a memory)."""

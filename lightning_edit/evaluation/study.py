@@ -131,7 +131,7 @@ class Study:
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
-        key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.to_dict())
+        key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.result_dict())
         path = self.cells_dir / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())

@@ -122,11 +122,20 @@ def length_buckets(rows: torch.Tensor, lengths: torch.Tensor, tokens_per_pass: i
     return chunks
 
 
-def _detached(value):
+_CACHE_SLOT = object()  # where a recorded call held the pass's key/value cache; a replay puts a fresh one there
+
+
+def _recordable(value):
+    """A block's argument as kept for replays: tensors detached, the pass's cache (all its rows' keys and values in
+    every layer, which no replay reads) left out."""
+    from transformers import Cache
+
+    if isinstance(value, Cache):
+        return _CACHE_SLOT
     if isinstance(value, torch.Tensor):
         return value.detach()
     if isinstance(value, tuple):
-        return tuple(_detached(v) for v in value)
+        return tuple(_recordable(v) for v in value)
     return value
 
 
@@ -163,6 +172,12 @@ class BlockReplay:
     def has(self, rows: torch.Tensor) -> bool:
         return self.usable and tuple(rows.tolist()) in self.records
 
+    def keep_only(self, chunks: Sequence[torch.Tensor]) -> None:
+        """Drop what was recorded for sets of rows no step will run again (requests that stopped leave them)."""
+        live = {tuple(c.tolist()) for c in chunks}
+        for key in [k for k in self.records if k not in live]:
+            del self.records[key]
+
     @contextlib.contextmanager
     def recording(self, rows: torch.Tensor) -> Iterator[None]:
         """Record what the blocks from ``start`` on receive during the full pass run inside the block."""
@@ -173,8 +188,12 @@ class BlockReplay:
 
         def recorder(i: int):
             def pre_hook(module, args, kwargs):
-                # detached: a model whose weights require grad would otherwise tie later steps to this pass's graph
-                calls[i] = (tuple(_detached(a) for a in args), {k: _detached(v) for k, v in kwargs.items()})
+                # detached: a model whose weights require grad would otherwise tie later steps to this pass's graph;
+                # the hidden states only for block ``start``: above it the replay passes its own
+                if i > self.start:
+                    args = (None, *args[1:]) if args else args
+                    kwargs = {k: (None if k == "hidden_states" else v) for k, v in kwargs.items()}
+                calls[i] = (tuple(_recordable(a) for a in args), {k: _recordable(v) for k, v in kwargs.items()})
             return pre_hook
 
         with hooks(lambda: [self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
@@ -192,7 +211,7 @@ class BlockReplay:
         fresh = next((v for v in inputs.values() if isinstance(v, Cache)), None)
 
         def swap(v):
-            return fresh if isinstance(v, Cache) else v
+            return fresh if v is _CACHE_SLOT else v
 
         args, kwargs = calls[self.start]
         hidden = args[0] if args else kwargs["hidden_states"]

@@ -162,6 +162,8 @@ def optimise_values(
             break
         row_sel = torch.isin(owner_t, act_idx).nonzero().flatten()
         chunks = length_buckets(row_sel, suffix_len, hp.tokens_per_pass)
+        if replay is not None:
+            replay.keep_only(chunks)
         last_step = step == hp.steps - 1
         opt.zero_grad(set_to_none=True)
         nll = torch.zeros(n_req, device=device)
