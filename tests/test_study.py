@@ -140,3 +140,23 @@ def test_a_speed_only_setting_keeps_a_cells_key():
     key = lambda hp: _cell_key("memit", "m", "zsre", "single", 1, 5, hp.result_dict())  # noqa: E731
     assert "v_tokens_per_pass" in faster.to_dict() and "v_tokens_per_pass" not in faster.result_dict()
     assert key(base) == key(faster) != key(other)
+
+
+def test_a_bumped_results_version_computes_a_cell_again(tmp_path, tokenizer, monkeypatch):
+    """A method whose code now edits differently bumps ``results_version``: its cached cells are not read back.
+    Version 1 (every method today) leaves the keys cells were written under."""
+    from lightning_edit.editors import get_editor_class
+    from lightning_edit.evaluation.study import _cell_key
+
+    hp = {"layers": [1]}
+    assert _cell_key("ft-m", "m", "zsre", "single", 1, 2, hp, {"editor": 1, "evaluation": 1}) == \
+        _cell_key("ft-m", "m", "zsre", "single", 1, 2, hp)
+    assert _cell_key("ft-m", "m", "zsre", "single", 1, 2, hp, {"editor": 2, "evaluation": 1}) != \
+        _cell_key("ft-m", "m", "zsre", "single", 1, 2, hp)
+    loaded = build_tiny("llama", tokenizer)
+    config = StudyConfig(name="t", model="tiny-llama", methods=["ft-m"], datasets={"demo": 1},
+                         overrides={"ft-m": {"layers": [1], "num_steps": 1}})
+    Study(config, tmp_path, progress=False, loaded=loaded).cell("ft-m", "demo", "single", 1)
+    monkeypatch.setattr(get_editor_class("ft-m"), "results_version", 2)
+    Study(config, tmp_path, progress=False, loaded=loaded).cell("ft-m", "demo", "single", 1)
+    assert len(list((tmp_path / "cells").glob("ft-m__*.json"))) == 2

@@ -119,6 +119,9 @@ class Editor(ABC):
     edits_weights_only: ClassVar[bool] = True
     # Why this method's edited model cannot be saved (None: it can); --save is refused before any work with it.
     cannot_save: ClassVar[Optional[str]] = None
+    # Bump when a change of this method's code changes what its edits do with the same hyperparameters: results
+    # cached under the old version (a study's cells) are then computed again instead of being read back.
+    results_version: ClassVar[int] = 1
 
     def __init__(self, hparams: HyperParams):
         if not isinstance(hparams, self.HParams):

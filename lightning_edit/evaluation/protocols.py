@@ -26,6 +26,10 @@ from ..version import package_versions
 from .measure import RequestScores, fluency_prompts, generate_greedy, measure
 from .pre_edit import PreEditCache, pre_edit_results
 
+# Bump when a change of the evaluation (what is scored, how a metric is computed) changes results: cached study
+# cells of an older version are computed again.
+EVALUATION_VERSION = 1
+
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
 GENERATION_ROWS = 64  # prompts per batched generation of deferred weight edits (the demo's 20 requests: one batch)
 PENDING_BYTES = 512 * 2**20  # weight differences held for deferred generation before they are generated

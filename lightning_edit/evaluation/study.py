@@ -2,7 +2,8 @@
 
 A *cell* is one (method, model, data, protocol, batch size, n) run of ``evaluate_editing``. Each finished cell
 is written to ``<results>/cells/<key>.json`` at once, so a rerun only computes missing or changed cells (the key
-includes a hash of the method's hyperparameters) and an interrupted study resumes where it stopped.
+includes a hash of the method's hyperparameters, less the speed-only ones, and of the method's and the evaluation's
+``results_version`` once bumped) and an interrupted study resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
 from .pre_edit import default_pre_cache
 from .multihop import evaluate_multihop
-from .protocols import evaluate_editing
+from .protocols import EVALUATION_VERSION, evaluate_editing
 from ..version import package_versions
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,15 @@ class StudyConfig:
             raise ConfigError(f"{path}: {err}") from err
 
 
-def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: int, hparams: dict) -> str:
-    digest = hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:10]
+def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: int, hparams: dict,
+              code_versions: Optional[dict[str, int]] = None) -> str:
+    """The cell's file name: what it ran, and a hash of what can change its results (hyperparameters, and the
+    method's and the evaluation's ``results_version`` once either is past 1, so cells of earlier code keep
+    their keys until a version is bumped)."""
+    hashed = dict(hparams)
+    if code_versions and any(v != 1 for v in code_versions.values()):
+        hashed["__code_versions__"] = code_versions
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}".replace("/", "_")
 
 
@@ -131,7 +139,8 @@ class Study:
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
-        key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.result_dict())
+        key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.result_dict(),
+                        {"editor": editor.results_version, "evaluation": EVALUATION_VERSION})
         path = self.cells_dir / f"{key}.json"
         if path.exists():
             return json.loads(path.read_text())
