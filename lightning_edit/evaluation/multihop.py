@@ -25,9 +25,9 @@ from ..editors.base import Editor
 from ..metrics import EditSeconds, PeakMemory, PeakMemoryMonitor
 from ..models.loading import LoadedModel
 from ..models.teacher_forcing import score_targets
+from ..version import package_versions
 from .measure import generate_greedy
 from .protocols import Report
-from ..version import package_versions
 
 ZERO_SHOT_TEMPLATE = "Q: {question} A:"  # MQuAKE's multi-hop prompt format (prompts/multihop-prompts.txt)
 DEMONSTRATIONS = (  # two-hop questions about stable facts, in MQuAKE's format

@@ -26,10 +26,10 @@ from ..errors import ConfigError, LightningEditError
 from ..metrics.intervals import bootstrap_interval
 from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
+from ..version import package_versions
 from .pre_edit import default_pre_cache
 from .multihop import evaluate_multihop
 from .protocols import EVALUATION_VERSION, evaluate_editing
-from ..version import package_versions
 
 log = logging.getLogger(__name__)
 
