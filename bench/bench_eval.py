@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import emit  # bench/_report.py: this folder is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMING_KEYS = ("edit_seconds", "edit_seconds_mean", "scoring_seconds_per_request", "seconds_per_request",
                "peak_memory_mb", "prepare_seconds", "time_split_seconds")
@@ -119,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
            "runs": runs}
     if len(runs) > 1:
         out["wall_speedup_last_over_first"] = round(runs[0]["wall_seconds"] / runs[-1]["wall_seconds"], 2)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
-    return 0
+    return emit(out, args.output)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import tempfile
 import time
@@ -20,6 +19,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from _report import emit  # bench/_report.py: this folder is on sys.path when a script runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -180,11 +181,7 @@ def main(argv=None) -> int:
         for name in args.dtypes.split(","):
             dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}[name.strip()]
             out["results"][str(dtype).split(".")[-1]] = bench_dtype(dtype, args, tok, device, cache)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
-    return 0
+    return emit(out, args.output)
 
 
 if __name__ == "__main__":

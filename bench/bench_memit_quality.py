@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from _report import emit  # bench/_report.py: this folder is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -113,11 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         out["variants"].append(run_variant(loaded, requests, args.method, overrides))
         print(json.dumps(out["variants"][-1]), file=sys.stderr)
     out["load_1min_after"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
-    return 0
+    return emit(out, args.output)
 
 
 if __name__ == "__main__":

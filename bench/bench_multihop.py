@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from _report import emit  # bench/_report.py: this folder is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -97,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     out.update(whole_rows_seconds=round(total_whole, 1), shared_prefixes_seconds=round(total_shared, 1),
                speedup=round(total_whole / total_shared, 2), all_scores_equal=all(c["scores_equal"] for c in out["cases"]),
                load_1min_after=round(os.getloadavg()[0], 2))
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.output:
-        Path(args.output).write_text(text)
-    return 0
+    return emit(out, args.output)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from lightning_edit.data import load_requests  # noqa: E402
 from lightning_edit.metrics import PeakMemoryMonitor  # noqa: E402
