@@ -89,12 +89,12 @@ REPLAY_REQUESTS = [
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3_text", "gpt_neox"])
 @pytest.mark.parametrize("site_kind", ["mlp_out", "block"])
-def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, family, site_kind):
+def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, family, site_kind, monkeypatch):
     """Later optimisation steps run only the blocks from the site's on (ROME's MLP output, MEMIT's block output),
     replaying what they received: the vectors are those of full passes, with early stopping (rows leave) and
     passes split by length, and the check that allowed it passed on every family. Weights that require grad (a
     model a Trainer is about to train) change nothing: what is replayed is detached from the first pass."""
-    from lightning_edit.editors.locate.batching import ReplayCheck
+    from lightning_edit.editors.locate.batching import BlockReplay, ReplayCheck
     from lightning_edit.editors.locate.values import ValueHParams, optimise_values
     from lightning_edit.requests import EditRequest
 
@@ -104,19 +104,30 @@ def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, f
     layout = loaded.layout
     site = layout.mlp_out.format(2) if site_kind == "mlp_out" else layout.block_name(2)
     loaded.model.requires_grad_(family == "llama")
+    replays = []
+    real_run = BlockReplay.run
+
+    def counted_run(self, *args):
+        replays.append(1)
+        return real_run(self, *args)
+
+    monkeypatch.setattr(BlockReplay, "run", counted_run)
     for hp in (ValueHParams(steps=5, lr=0.5, early_stop_loss=0.0), ValueHParams(steps=6, lr=1.0, early_stop_loss=2.5, tokens_per_pass=16)):
         full = optimise_values(loaded, requests, site, prefixes, hp)
+        assert not replays  # without a check object no step replays
         check = ReplayCheck()
         replayed = optimise_values(loaded, requests, site, prefixes, hp, replay_check=check)
         assert check.reproduces is True
+        assert len(replays) >= hp.steps - 1  # the check's replay, then the later steps did replay
+        replays.clear()
         assert replayed.steps_run == full.steps_run
         torch.testing.assert_close(replayed.initial, full.initial, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(replayed.targets, full.targets, atol=1e-5, rtol=1e-4)
 
 
-def test_value_steps_run_whole_passes_where_a_replay_did_not_reproduce_one(tokenizer):
+def test_value_steps_run_whole_passes_where_a_replay_did_not_reproduce_one(tokenizer, monkeypatch):
     """A model whose replay failed the check keeps running full passes (and the check is not repeated)."""
-    from lightning_edit.editors.locate.batching import ReplayCheck
+    from lightning_edit.editors.locate.batching import BlockReplay, ReplayCheck
     from lightning_edit.editors.locate.values import ValueHParams, optimise_values
     from lightning_edit.requests import EditRequest
 
@@ -125,6 +136,7 @@ def test_value_steps_run_whole_passes_where_a_replay_did_not_reproduce_one(token
     hp = ValueHParams(steps=3, early_stop_loss=0.0)
     site = loaded.layout.mlp_out.format(1)
     check = ReplayCheck(reproduces=False)
+    monkeypatch.setattr(BlockReplay, "run", lambda *a: pytest.fail("replayed after a failed check"))
     replayed = optimise_values(loaded, requests, site, [""], hp, replay_check=check)
     full = optimise_values(loaded, requests, site, [""], hp)
     assert check.reproduces is False

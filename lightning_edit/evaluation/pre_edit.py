@@ -48,11 +48,6 @@ def model_fingerprint(loaded: LoadedModel) -> str:
     return digest.hexdigest()
 
 
-def cacheable(loaded: LoadedModel) -> bool:
-    """Whether the model's outputs are those of its weights alone (no hooks, no in-context prompt rewriting)."""
-    return loaded.computes_from_weights_alone
-
-
 def default_pre_cache(cache_dir: Union[str, Path, None] = None) -> "PreEditCache":
     """``pre_edit/`` under ``cache_dir``, else under the cache root (``$LIGHTNING_EDIT_CACHE``, ``checkpoints/``...)."""
     return PreEditCache(Path(cache_dir or default_cache_root()) / "pre_edit")
@@ -142,7 +137,7 @@ def pre_edit_results(loaded: LoadedModel, requests: Sequence[EditRequest], gen_t
     expected: list[list[list[int]]] = [[] for _ in requests]
     found: list[Optional[tuple[RequestScores, list[str]]]] = [None] * len(requests)
     with timer("scoring"):
-        if cache is not None and cacheable(loaded):
+        if cache is not None and loaded.computes_from_weights_alone:
             fingerprint = model_fingerprint(loaded)
             for i, r in enumerate(requests):
                 expected[i] = [target_ids(loaded.tokenizer, t) for _, t, _ in scored_pairs(r)]
