@@ -100,6 +100,7 @@ def bench_dtype(dtype: torch.dtype, args, tok, device: torch.device, cache: Path
         p.requires_grad_(False)
     sync(device)
     res["build_s"] = round(time.perf_counter() - t0, 2)
+    print(f"{dtype} built in {res['build_s']} s", flush=True)
     res["params"] = sum(p.numel() for p in model.parameters())
     name = f"gptj-6b-shaped-{str(dtype).split('.')[-1]}" + ("-smoke" if args.smoke else "")
     loaded = LoadedModel(name=name, model=model, tokenizer=tok, layout=layout_for(model))
@@ -111,6 +112,7 @@ def bench_dtype(dtype: torch.dtype, args, tok, device: torch.device, cache: Path
     def step(key, fn):
         try:
             res[key] = fn()
+            print(f"{name} {key}: {res[key]}", flush=True)  # seen in the log even if a time limit stops the run
         except Exception as err:  # a failing method is reported, the others still run
             res[key] = None
             res.setdefault("errors", {})[key] = f"{type(err).__name__}: {err}"[:500]

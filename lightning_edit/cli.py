@@ -86,6 +86,7 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the configuration's methods")
     p.add_argument("--results-dir", default=None, help="output folder (default results/<config>-<model>)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the model is loaded and every cell computed")
     p.add_argument("--tables-only", action="store_true",
                    help="write tables and figures from the cells already computed; compute none (a study still running)")
     add_threads_option(p)
@@ -99,11 +100,13 @@ def run_study(argv: Sequence[str]) -> int:
 
     args = build_study_parser().parse_args(argv)
     apply_threads(args.threads)
+    check_device(args.device)
     config = StudyConfig.load(args.config, model=args.model)
     if args.methods:
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = Path(args.results_dir or f"results/{config.name}-{config.model}")
-    tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only).run()
+    tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
+                   device=args.device).run()
     for name, md in tables.items():
         print(f"\n## {name}\n{md}")
     print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")

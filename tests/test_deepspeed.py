@@ -117,3 +117,29 @@ def test_precision_plugins_leave_text_batches_alone():
 
     ds = trainer_precision_kwargs("bf16-mixed", DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}}))["plugins"][0]
     assert isinstance(ds, DeepSpeedPrecision) and ds.convert_input(batch) is batch
+
+
+@pytest.mark.parametrize("method", ["mend", "ke", "serac"])
+def test_trained_networks_have_no_zero_dim_parameters(method, tokenizer):
+    """DeepSpeed's engine broadcasts every parameter viewed as bytes at start, which a 0-dim bf16 tensor refuses
+    ("self.dim() cannot be 0 to view BFloat16 as Byte", SERAC's scalars on an H200): every trained parameter has a shape."""
+    from conftest import build_tiny
+    from test_devices import LEARNED_ARCH
+
+    from lightning_edit.editors import build_editor
+
+    loaded = build_tiny("llama", tokenizer)
+    network = build_editor(method, loaded, dict(LEARNED_ARCH[method])).build_network(loaded)
+    scalars = [name for name, p in network.named_parameters() if p.dim() == 0]
+    assert not scalars, f"{method}: 0-dim parameters {scalars}"
+
+
+def test_serac_reads_checkpoints_with_scalar_classifier_parameters():
+    from lightning_edit.editors.memory.serac_network import ScopeClassifier
+
+    classifier = ScopeClassifier(hidden_dim=4, scope_dim=3)
+    old = {k: (v.reshape(()) if k in ("log_scale", "bias") else v) for k, v in classifier.state_dict().items()}
+    old["bias"] = torch.tensor(-7.0)
+    classifier.load_state_dict(old)
+    assert classifier.bias.shape == (1,) and float(classifier.bias) == -7.0
+

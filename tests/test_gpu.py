@@ -10,6 +10,7 @@ Run on a GPU machine with ``bench/run_gpu_check.sh`` (this suite + ``bench/bench
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -40,9 +41,14 @@ def _exact_matmuls():
 
 
 def _on(loaded, device):
-    other = copy.copy(loaded)
-    other.model = copy.deepcopy(loaded.model).to(device)
-    return other
+    # dataclasses.replace runs __post_init__: the copy gets its own patch registry, so a patch's hooks go on the
+    # copy's modules (a shallow copy shared the registry, and hooks went on the original CPU model).
+    return dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).to(device))
+
+
+def _subprocess_env() -> dict:
+    """This checkout first on PYTHONPATH, what was there kept (packages carried to a machine without internet)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _edit_and_score(method, loaded, overrides):
@@ -64,7 +70,12 @@ def _overrides(method, loaded, stats_text, tmp_path):
 
     if method in LEARNED_ARCH:
         return {"editor_checkpoint": trained_checkpoint(method, loaded, tmp_path / method, **LEARNED_ARCH[method])}
-    return METHODS[method](stats_text, tmp_path) if method in METHODS else {}
+    overrides = METHODS[method](stats_text, tmp_path) if method in METHODS else {}
+    if "context_prefixes" in overrides:
+        # Context prefixes are sampled with the device's random generator (documented in generate_context_prefixes):
+        # CPU and CUDA draw different texts, so the comparison runs without them.
+        overrides["context_prefixes"] = 0
+    return overrides
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +87,15 @@ def stats_text(tmp_path_factory):
 
 @pytest.mark.parametrize("method", sorted(EDITORS))
 def test_editor_on_cuda_matches_cpu(method, tokenizer, stats_text, tmp_path):
+    from lightning_edit.errors import ModelNotAvailableError
+
     cpu = build_tiny("llama", tokenizer)
     overrides = _overrides(method, cpu, stats_text, tmp_path)
     cuda = _on(cpu, "cuda")
-    after_cpu, score_cpu = _edit_and_score(method, cpu, {**overrides, **({"stats_dir": str(tmp_path / "cpu")} if "stats_dir" in overrides else {})})
+    try:
+        after_cpu, score_cpu = _edit_and_score(method, cpu, {**overrides, **({"stats_dir": str(tmp_path / "cpu")} if "stats_dir" in overrides else {})})
+    except ModelNotAvailableError as err:  # e.g. IKE's sentence encoder package is not installed on this machine
+        pytest.skip(str(err))
     after_gpu, score_gpu = _edit_and_score(method, cuda, {**overrides, **({"stats_dir": str(tmp_path / "gpu")} if "stats_dir" in overrides else {})})
     assert after_cpu.keys() == after_gpu.keys()
     for name in after_cpu:
@@ -121,7 +137,7 @@ def test_stats_cli_on_gpu(tmp_path, tokenizer):
     model_dir = tmp_path / "tiny"
     loaded.model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _subprocess_env()
     proc = subprocess.run([sys.executable, str(ROOT / "edit.py"), "stats", "--model", str(model_dir), "--layers", "1", "--tokens", "2000",
                            "--devices", "1", "--accelerator", "gpu", "--cache-dir", str(tmp_path / "c"), "--quiet"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -143,7 +159,7 @@ def test_deepspeed_training_then_edit_on_cuda(method, strategy, tiny_dir, tmp_pa
     from safetensors.torch import load_file
 
     extra = ["--set", "scope_layer=1", "--set", "lora_layers=[-2, -1]"] if method == "serac" else []
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = _subprocess_env()
     cmd = [sys.executable, str(ROOT / "train.py"), method, str(tiny_dir), "--strategy", strategy, "--accelerator", "gpu",
            "--devices", "1", "--max-steps", "4", "--n-train", "8", "--n-val", "2", "--quiet",
            "--set", "training.val_check_interval=4", "--set", "training.limit_val_batches=2",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
 import yaml
 
 from ..data import load_requests
@@ -86,9 +87,14 @@ def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: 
     return f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}".replace("/", "_")
 
 
+def _device_name(loaded: LoadedModel) -> str:
+    device = next(loaded.model.parameters()).device
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 class Study:
     def __init__(self, config: StudyConfig, results_dir: Path, data_dir: Optional[str] = None, progress: bool = True,
-                 loaded: Optional[LoadedModel] = None, compute: bool = True):
+                 loaded: Optional[LoadedModel] = None, compute: bool = True, device: str = "cpu"):
         self.config = config
         self.results_dir = Path(results_dir)
         self.cells_dir = self.results_dir / "cells"
@@ -101,13 +107,14 @@ class Study:
         # prefixes, memory pools, sentence encoders, trained checkpoints) serves them all instead of being rebuilt.
         self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
+        self.device = device
         self._pre_cache = default_pre_cache()  # pre-edit scores shared by every method and cell on this model
         self._multihop_pre: dict[tuple, dict] = {}  # pre-edit rows of MQuAKE cases, shared by the multi-hop cells
 
     @property
     def loaded(self) -> LoadedModel:
         if self._loaded is None:
-            self._loaded = load_model(self.config.model)
+            self._loaded = load_model(self.config.model, device=self.device)
         return self._loaded
 
     def _overrides(self, method: str) -> dict:
@@ -161,6 +168,7 @@ class Study:
             return None
         result = {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
                   "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
+                  "device": _device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
                   "hparams": editor.hparams.to_dict(),
                   # each request's own values: what the bootstrap intervals of the tables resample
                   "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),

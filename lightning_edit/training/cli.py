@@ -87,7 +87,7 @@ def _instantiated_trainer_args(args: Any, config: RunConfig) -> dict:
     return {k: getattr(built, k) for k in config.explicit_trainer}
 
 
-def build_trainer(args: Any, config: RunConfig):
+def build_trainer(args: Any, config: RunConfig, extra_callbacks: Sequence[Any] = ()):
     """The Trainer and its checkpoint callback; Lightning's refusals of the given settings become ConfigErrors."""
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
@@ -111,7 +111,7 @@ def build_trainer(args: Any, config: RunConfig):
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if kwargs["enable_progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    callbacks += list(given.get("callbacks") or [])
+    callbacks += list(given.get("callbacks") or []) + list(extra_callbacks)
     precision_kwargs = trainer_precision_kwargs(precision, strategy)
     plugins = list(precision_kwargs.pop("plugins", [])) + list(given.get("plugins") or [])
     kwargs.update(strategy=strategy, callbacks=callbacks, logger=logger, plugins=plugins or None, **precision_kwargs)
@@ -133,12 +133,13 @@ def run(args: Any) -> dict:
     from ..models import load_model
     from ..models.registry import family_of
     from ..paths import CONFIG_ROOT
-    from .export import full_state_dict
+    from .export import ExportAtTrainEnd, full_state_dict
     from .modules import module_class
 
     config = resolve_run(args)
     cls = module_class(config.method)
-    trainer, checkpoint_cb, precision = build_trainer(args, config)
+    export = ExportAtTrainEnd()
+    trainer, checkpoint_cb, precision = build_trainer(args, config, extra_callbacks=[export])
     training = config.training
     torch.set_num_threads(training.num_threads)
     L.seed_everything(training.seed, verbose=False)
@@ -157,8 +158,9 @@ def run(args: Any) -> dict:
     with PeakMemoryMonitor(interval=0.05) as memory:
         trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     seconds = time.perf_counter() - start
-    # every rank takes part: under ZeRO-3 the network's weights are sharded and are gathered here
-    network_state = full_state_dict(module.network, trainer.strategy)
+    # Gathered as training ended (every rank took part; under ZeRO-3 the weights were sharded). A fit that ran no
+    # training loop (resumed at max_steps) never reached on_train_end: no strategy holds the network any more.
+    network_state = export.state if export.state is not None else full_state_dict(module.network, trainer.strategy)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if not isinstance(val_every, int) or trainer.global_step % val_every != 0 or not metrics:
         trainer.validate(module, datamodule=datamodule, verbose=False)  # measure the exported weights themselves

@@ -8,7 +8,9 @@
   those the optimizer does not own.
 
 Under DeepSpeed this is a collective: call it on every rank, in the same order, then save on rank 0. Without
-DeepSpeed (or when it is not installed) nothing is imported and nothing is communicated.
+DeepSpeed (or when it is not installed) nothing is imported and nothing is communicated. ``ExportAtTrainEnd``
+calls it while the strategy still holds the network: once ``fit`` returns, Lightning has moved the module to the
+CPU, where ZeRO's collectives have no backend (seen on an H200: "No backend type associated with device type cpu").
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from contextlib import nullcontext
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 
@@ -51,3 +54,13 @@ def full_state_dict(module: nn.Module, strategy: Optional[Any] = None) -> dict[s
         if name in state:
             state[name] = _as_export(full).reshape(state[name].shape)
     return state
+
+
+class ExportAtTrainEnd(Callback):
+    """Keeps ``full_state_dict`` of the LightningModule's ``network`` as training ends, on every rank."""
+
+    def __init__(self) -> None:
+        self.state: Optional[dict[str, torch.Tensor]] = None
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self.state = full_state_dict(pl_module.network, trainer.strategy)

@@ -18,8 +18,16 @@ class ScopeClassifier(nn.Module):
     def __init__(self, hidden_dim: int, scope_dim: int):
         super().__init__()
         self.project = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, scope_dim))
-        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        self.bias = nn.Parameter(torch.tensor(-5.0))
+        # Shape (1,), not 0-dim: DeepSpeed broadcasts every parameter viewed as bytes, which a 0-dim tensor refuses.
+        self.log_scale = nn.Parameter(torch.tensor([math.log(10.0)]))
+        self.bias = nn.Parameter(torch.tensor([-5.0]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        for name in ("log_scale", "bias"):  # checkpoints written before they had shape (1,)
+            key = prefix + name
+            if key in state_dict and state_dict[key].dim() == 0:
+                state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.project(features), dim=-1)
