@@ -56,9 +56,10 @@ def interrupt_after(model: torch.nn.Module, calls: int):
 
 
 def test_resumable_at_the_defaults(tokenizer, text_file, tmp_path):
-    """Default checkpoint_every and batch size: an interrupted run leaves partial sums and resumes to the same result."""
+    """Default checkpoint_every and batch size (no time floor: this tiny run takes a second): an interrupted run
+    leaves partial sums and resumes to the same result."""
     loaded = build_tiny("llama", tokenizer)
-    kw = dict(layers=(0, 2), n_tokens=6000, batch_size=4)
+    kw = dict(layers=(0, 2), n_tokens=6000, batch_size=4, checkpoint_seconds=0)
     full = _moments(loaded, text_file, tmp_path / "full", **kw)
     with pytest.raises(KeyboardInterrupt), interrupt_after(loaded.model, 5):  # in the 6th and last batch of 4 x 256 tokens
         _moments(loaded, text_file, tmp_path / "resumed", **kw)
@@ -68,6 +69,16 @@ def test_resumable_at_the_defaults(tokenizer, text_file, tmp_path):
     for layer in (0, 2):
         assert _rel(resumed[layer], full[layer]) < 1e-6
     assert not list(stats_dir(loaded, tmp_path / "resumed").glob("partial__*"))
+
+
+def test_fast_run_saves_no_partial_sums(tokenizer, text_file, tmp_path):
+    """Within the default time floor nothing is saved before the end: a run interrupted after 5120 tokens (past
+    checkpoint_every) a second after it began left no partial sums (a GPU filling GPT-J's 15 GB of sums would
+    otherwise write them to disk every 5000 tokens)."""
+    loaded = build_tiny("llama", tokenizer)
+    with pytest.raises(KeyboardInterrupt), interrupt_after(loaded.model, 5):
+        _moments(loaded, text_file, tmp_path / "fast", layers=(0, 2), n_tokens=6000, batch_size=4)
+    assert not list(stats_dir(loaded, tmp_path / "fast").glob("partial__*"))
 
 
 def test_unusable_partial_sums_start_over(tokenizer, text_file, tmp_path, caplog):
