@@ -50,6 +50,7 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
     sequence_cell = next(json.loads(f.read_text()) for f in (tmp_path / "cells").glob("*__sequential__*n2__*.json"))
     assert len(sequence_cell["per_request"]) == 2
     assert "per_request" not in results["cells"]["sequential"]["ft-m|2"]
+    assert sequence_cell["device"] == "cpu" and "Cells computed on an accelerator" not in (tmp_path / "README.md").read_text()
     assert (tmp_path / "versions.json").exists() and (tmp_path / "config.yaml").exists()
 
     calls.clear()  # a rerun reads every cell from disk
@@ -116,6 +117,20 @@ def test_tables_give_bootstrap_intervals_beside_values(tmp_path):
     assert [float(x) for x in rows[1][1:4]] == pytest.approx([0.75, low, high])
     assert "[" in (tmp_path / "table4.md").read_text()  # seconds per edit: an interval of the median
     assert "[" not in (tmp_path / "fig5_memory.md").read_text()  # a maximum: no interval
+
+
+def test_cells_from_an_accelerator_are_named_in_the_readme(tmp_path):
+    """A cell computed with ``--device cuda`` keeps the device's name; the README lists it, since its seconds and
+    peak memory are the GPU's."""
+    from lightning_edit.evaluation.study import write_tables
+
+    config = StudyConfig(name="t", model="m", methods=["memit"], datasets={"zsre": 2}, portability_data="zsre",
+                         batch_data="zsre", sequential_data="zsre")
+    cell = {"summary": {"reliability": 1.0, "generalization": 1.0, "locality": 1.0}, "per_request": []}
+    write_tables(tmp_path, config, {("memit", "zsre"): cell}, {("memit", 1000): {**cell, "device": "NVIDIA H200"}}, {}, {})
+    readme = (tmp_path / "README.md").read_text()
+    assert "## Cells computed on an accelerator" in readme and "batch memit 1000: NVIDIA H200" in readme
+    assert "single" not in readme.split("## Cells computed on an accelerator")[1]
 
 
 def test_bootstrap_interval():
