@@ -54,6 +54,8 @@ def test_bad_input_refused_before_the_model_loads(argv, message, tmp_path, capsy
 def test_cuda_on_a_cpu_machine_is_refused(capsys, no_model_load):
     assert main(["--device", "cuda", "--quiet"]) == 2
     assert "--device cuda" in capsys.readouterr().err
+    assert main(["study", "--device", "cuda", "--quiet"]) == 2  # a study too, before any cell
+    assert "--device cuda" in capsys.readouterr().err
 
 
 def test_output_folder_is_created_before_the_run(tmp_path, capsys, no_model_load):
