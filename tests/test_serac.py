@@ -148,3 +148,25 @@ def test_trained_serac_quality_on_zsre(smollm2):
     assert report.post["generalization"] >= 0.7
     assert report.post["locality"] >= 0.95
     assert len(smollm2.patches) == 0  # every patch detached after the run
+
+
+@pytest.mark.parametrize("keep", ["indices", "last", "all"])
+def test_routed_logits_of_the_positions_asked_for(tokenizer, keep):
+    """``logits_to_keep`` as indices (teacher-forced scoring asks for its target positions), as a count of last
+    positions (generate) or 0: each kept position gets the logits the full pass gives it. The router once took
+    indices for the last positions: a trained SERAC's predictions came out one token ahead."""
+    loaded = build_tiny("llama", tokenizer)
+    editor = tiny_serac(loaded, scope_bias=100.0)
+    delta = editor.edit(loaded, [EDIT])
+    try:
+        full, batch = logits(loaded, [EDIT.prompt], [EDIT.target_new])
+        positions = (batch.labels[0] != -100).nonzero().squeeze(-1)  # the logits that predict the target tokens
+        assert positions[-1] < batch.input_ids.shape[1] - 1  # not the last positions: a shift would show
+        arg = {"indices": positions, "last": 3, "all": 0}[keep]
+        with torch.no_grad():
+            kept = loaded.model(**batch.model_inputs(), logits_to_keep=arg).logits
+        where = {"indices": positions, "last": torch.arange(batch.input_ids.shape[1] - 3, batch.input_ids.shape[1]),
+                 "all": torch.arange(batch.input_ids.shape[1])}[keep]
+        torch.testing.assert_close(kept[0], full[0, where])
+    finally:
+        delta.undo(loaded)

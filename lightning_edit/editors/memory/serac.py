@@ -23,7 +23,7 @@ prefix); detaching restores the forward and the cache setting exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
 
@@ -201,9 +201,12 @@ class SERACRouter(Patch):
             best_prob, best = probs.max(-1)
             in_scope = (best_prob > self.hparams.scope_threshold) & attention_mask.bool()
         logits = out.logits
-        n_out = logits.shape[1]  # generate may ask for the last position(s) only
-        start = input_ids.shape[1] - n_out
-        in_scope, best = in_scope[:, start:], best[:, start:]
+        # The positions the logits are of: all, the last n (generate), or given indices (teacher-forced scoring
+        # asks for its target positions only).
+        kept = kept_positions(kwargs.get("logits_to_keep", 0), input_ids.shape[1], input_ids.device)
+        if kept.numel() != logits.shape[1]:
+            raise EditFailedError(f"SERAC: {logits.shape[1]} logit positions returned for {kept.numel()} asked for")
+        in_scope, best = in_scope[:, kept], best[:, kept]
         if not in_scope.any():
             return None
         logits = logits.clone()
@@ -223,9 +226,18 @@ class SERACRouter(Patch):
             full = torch.zeros(input_ids.shape[1], logits.shape[-1], dtype=logits.dtype, device=logits.device)
             full[valid_positions] = cf_row.to(logits.dtype)
             take = in_scope[row] & (best[row] == e)
-            logits[row][take] = full[start:][take]
+            logits[row][take] = full[kept][take]
         out.logits = logits
         return out
+
+
+def kept_positions(logits_to_keep: Union[int, torch.Tensor], seq_len: int, device: torch.device) -> torch.Tensor:
+    """Sequence positions of the logits a transformers forward returns for ``logits_to_keep``: 0 → all, n → the
+    last n, a 1-D tensor → those indices."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        return logits_to_keep.to(device=device, dtype=torch.long).reshape(-1)
+    n = int(logits_to_keep or 0)
+    return torch.arange(seq_len - n if n else 0, seq_len, device=device)
 
 
 class SERACPatch:
@@ -257,6 +269,9 @@ class SERACEditor(LearnedEditor):
     name = "serac"
     HParams = SERACHyperParams
     supports_batch = True  # a batch is several memory entries
+    # 2: scoring that asks for the logits of given positions (logits_to_keep as indices) got them shifted by one
+    # (the router took them for the last positions); cells computed with 1 are wrong.
+    results_version = 2
 
     def _check(self, loaded: LoadedModel) -> None:
         if loaded.layout.is_encoder_decoder:
