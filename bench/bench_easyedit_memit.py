@@ -140,13 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--prefixes", default="3,5", help="our context_prefixes values to run beside EasyEdit")
     p.add_argument("--order", default="easyedit,ours", help="which runs first (the process's memory is shared)")
+    p.add_argument("--seed", type=int, default=0, help="seed of both sides' context prefix sampling")
     p.add_argument("--output", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_model("smollm2-135m")
     requests = load_requests("counterfact", n=args.n, offset=args.offset)
     ours = build_editor("memit", loaded).hparams.to_dict()
-    out: dict = {"model": "smollm2-135m", "n": args.n, "offset": args.offset, "threads": args.threads,
+    out: dict = {"model": "smollm2-135m", "n": args.n, "offset": args.offset, "threads": args.threads, "seed": args.seed,
                  "load_1min_before": round(os.getloadavg()[0], 2), "matched": {k: ours[k] for k in (
                      "layers", "v_num_grad_steps", "v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor",
                      "mom2_update_weight", "mom2_n_tokens")}, "runs": {}}
@@ -154,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         root = cpu_copy_of_easyedit(args.easyedit, Path(tmp))
         for side in args.order.split(","):
             if side == "easyedit":
-                torch.manual_seed(0)  # EasyEdit samples its context prefixes from the global generator
+                torch.manual_seed(args.seed)  # EasyEdit samples its context prefixes from the global generator
                 out["runs"]["easyedit"] = score(loaded, easyedit_editor(loaded, root, ours), requests)
             else:
                 for k in args.prefixes.split(","):
-                    editor = build_editor("memit", loaded, {"context_prefixes": int(k)})
+                    editor = build_editor("memit", loaded, {"context_prefixes": int(k), "seed": args.seed})
                     out["runs"][f"ours_{k}_prefixes"] = score(loaded, editor, requests)
             print(out["runs"], file=sys.stderr)
     out["load_1min_after"] = round(os.getloadavg()[0], 2)
