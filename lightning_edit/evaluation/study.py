@@ -377,9 +377,9 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
                if cell is None and (key[0] if isinstance(key, tuple) else key) not in skipped]
     if missing:
         report += ["## Cells not computed", "", "Shown as `-`: " + ", ".join(missing), ""]
-    elsewhere = [f"{kind} {' '.join(map(str, key)) if isinstance(key, tuple) else key}: {cell['device']}" for kind, cells in (("single", single), ("batch", batch),
-                 ("sequential", sequential), ("multihop", multihop)) for key, cell in cells.items()
-                 if cell and cell.get("device", "cpu") != "cpu"]
+    elsewhere = [f"{kind} {' '.join(map(str, key)) if isinstance(key, tuple) else key}: {cell['device']}"
+                 for kind, cells in (("single", single), ("batch", batch), ("sequential", sequential), ("multihop", multihop))
+                 for key, cell in cells.items() if cell and cell.get("device", "cpu") != "cpu"]
     if elsewhere:  # their seconds and peak memory are the accelerator's (GPU memory), not comparable with the rest
         report += ["## Cells computed on an accelerator", "", "Seconds and peak memory of these are the device's: "
                    + ", ".join(elsewhere), ""]
