@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from _report import emit  # bench/_report.py: this folder is on sys.path when a script runs
+from bench_memit_quality import KEYS  # the scores reported, as bench_memit_quality reports them
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,7 +48,6 @@ from lightning_edit.models import load_model  # noqa: E402
 from lightning_edit.requests import EditRequest  # noqa: E402
 from lightning_edit.stats import layer_second_moments  # noqa: E402
 
-KEYS = ("reliability", "generalization", "locality", "efficacy_score", "paraphrase_score", "neighborhood_score")
 CUDA_FSTRING = re.compile(r"""f(["'])cuda:\{[^}]*\}\1""")
 
 

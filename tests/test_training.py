@@ -69,7 +69,7 @@ def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
     assert list((run_dir / "csv").glob("version_*/metrics.csv"))
     assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
     if method == "mend":  # resume: two more steps from last.ckpt
-        first_seconds = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["lightning_edit_train_seconds"]
+        first_seconds = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["lightning_edit_train_seconds"]
         resumed = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, "--max-steps", "4", "--ckpt-path",
                                                           str(run_dir / "checkpoints" / "last.ckpt"))))
         assert resumed["steps"] == 4

@@ -88,8 +88,7 @@ def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: 
 
 
 def _device_name(loaded: LoadedModel) -> str:
-    device = next(loaded.model.parameters()).device
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else loaded.device.type
 
 
 class Study:
@@ -174,7 +173,8 @@ class Study:
                   "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),
                                    "edit_seconds": row.get("edit_seconds")} for row in report.requests]}
         tmp = path.with_suffix(".partial")
-        tmp.write_text(json.dumps(result, indent=2, default=str))
+        # compact: a batch of 1000 keeps 1000 requests' values (1.1 MB indented, 0.75 MB like this)
+        tmp.write_text(json.dumps(result, separators=(",", ":"), default=str))
         tmp.rename(path)  # a cell is either complete on disk or absent
         return result
 
