@@ -1,0 +1,1 @@
+"""Cases of ``bench/adversarial_inputs.py``, one module per front door or artefact (each exposes ``cases``)."""
