@@ -96,15 +96,17 @@ def build_study_parser() -> argparse.ArgumentParser:
 
 
 def run_study(argv: Sequence[str]) -> int:
-    from .evaluation.study import Study, StudyConfig
+    from .evaluation.study import Study, StudyConfig, safe_folder_name
 
     args = build_study_parser().parse_args(argv)
     apply_threads(args.threads)
     check_device(args.device)
     config = StudyConfig.load(args.config, model=args.model)
-    if args.methods:
+    if args.methods is not None:  # "--methods ," or "--methods ''" names no method: refused, not an empty study
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    results = Path(args.results_dir or f"results/{config.name}-{config.model}")
+        config.check("--methods")
+    # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
+    results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
     tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
                    device=args.device).run()
     for name, md in tables.items():

@@ -12,8 +12,9 @@ import gc
 import hashlib
 import json
 import logging
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -67,12 +68,111 @@ class StudyConfig:
         if not path.exists():
             known = sorted(p.stem for p in STUDY_CONFIGS.glob("*.yaml"))
             raise ConfigError(f"study configuration {name_or_path!r} not found; known: {known} (or give a YAML path)")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = _read_study_yaml(path)
         values.update({k: v for k, v in replace.items() if v is not None})
-        try:
-            return cls(**values)
-        except TypeError as err:
-            raise ConfigError(f"{path}: {err}") from err
+        unknown = sorted(map(str, set(values) - {f.name for f in fields(cls)}))
+        if unknown:
+            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
+        if "name" not in values:
+            raise ConfigError(f"{path}: field 'name' is missing; add e.g. 'name: my-study' (it names the results folder)")
+        config = cls(**values)
+        config.check(str(path))
+        return config
+
+    def check(self, where: str = "study configuration") -> None:
+        """Every field of its type (a YAML ``methods: rome`` is a string, not a list), every method known, the
+        name safe as a folder name: a ``ConfigError`` naming the field and the fix, before any model loads."""
+        check_study_fields(self, where)
+
+
+# a study's name becomes a folder name (results/<name>-<model>): no separators, no leading dot, no "..".
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_folder_name(text: str) -> str:
+    """``text`` with every character outside [A-Za-z0-9._-] replaced by ``_`` (a model hub id or path in a folder
+    name stays one folder, never a way out of it)."""
+    out = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip(".")
+    return out or "_"
+
+
+def _read_study_yaml(path: Path) -> dict:
+    """The YAML mapping of a study file; anything else (not a file, not UTF-8, not YAML, not a mapping) is a
+    ``ConfigError`` naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"study configuration {path} is not a file; give a YAML file or a name in {STUDY_CONFIGS}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"study configuration {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study configuration {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"study configuration {path} is a YAML {type(values).__name__}, not a mapping of fields "
+                          "(name: ..., methods: [...], datasets: {...}); see configs/study/quick.yaml")
+    return values
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _need(ok: bool, where: str, name: str, what: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: field '{name}' must be {what}, got {value!r} ({type(value).__name__})")
+
+
+def _check_methods(where: str, name: str, value: object, allow_none: bool = False, allow_empty: bool = False) -> None:
+    from ..editors import EDITORS
+
+    if value is None and allow_none:
+        return
+    _need(isinstance(value, list) and all(isinstance(m, str) for m in value), where, name,
+          "a YAML list of method names, e.g. [rome, memit]", value)
+    if not value and not allow_empty:
+        raise ConfigError(f"{where}: field '{name}' is an empty list; name at least one method of: {', '.join(sorted(EDITORS))}")
+    unknown = [m for m in value if m not in EDITORS]
+    if unknown:
+        raise ConfigError(f"{where}: field '{name}' names unknown method(s) {unknown}; choose from: {', '.join(sorted(EDITORS))}")
+
+
+def _check_counts(where: str, name: str, value: object, minimum: int = 1) -> None:
+    _need(isinstance(value, list) and all(_is_int(v) and v >= minimum for v in value), where, name,
+          f"a YAML list of integers >= {minimum}, e.g. [1, 10]", value)
+
+
+def check_study_fields(c: "StudyConfig", where: str) -> None:
+    """Type and range of every field of a study configuration (see ``StudyConfig.check``)."""
+    _need(isinstance(c.name, str) and bool(SAFE_NAME.fullmatch(c.name)), where, "name",
+          "a name of letters, digits, '.', '_' or '-' (it becomes a folder name; no '/' or '..')", c.name)
+    for name in ("model", "portability_data", "batch_data", "sequential_data", "multihop_data"):
+        value = getattr(c, name)
+        _need(isinstance(value, str) and bool(value.strip()), where, name, "a non-empty string", value)
+    _check_methods(where, "methods", c.methods)
+    _check_methods(where, "sequential_methods", c.sequential_methods, allow_none=True, allow_empty=True)
+    _check_methods(where, "multihop_methods", c.multihop_methods, allow_none=True, allow_empty=True)
+    _need(isinstance(c.datasets, dict) and bool(c.datasets) and all(
+        isinstance(k, str) and k.strip() and _is_int(v) and v > 0 for k, v in c.datasets.items()), where, "datasets",
+        "a non-empty YAML mapping of data set → records per cell, e.g. {zsre: 10, counterfact: 10}", c.datasets)
+    _check_counts(where, "batch_sizes", c.batch_sizes)
+    _check_counts(where, "sequential_ns", c.sequential_ns)
+    _need(isinstance(c.batch_sizes_by_method, dict), where, "batch_sizes_by_method",
+          "a YAML mapping of method → list of batch sizes", c.batch_sizes_by_method)
+    _check_methods(where, "batch_sizes_by_method", list(c.batch_sizes_by_method), allow_empty=True)
+    for method, sizes in c.batch_sizes_by_method.items():
+        _check_counts(where, f"batch_sizes_by_method.{method}", sizes)
+    for name, minimum in (("sequential_offset", 0), ("sequential_batch_size", 1), ("multihop_n", 0)):
+        value = getattr(c, name)
+        _need(_is_int(value) and value >= minimum, where, name, f"an integer >= {minimum}", value)
+    _need(isinstance(c.editor_checkpoints, dict) and all(isinstance(v, str) and v for v in c.editor_checkpoints.values()),
+          where, "editor_checkpoints", "a YAML mapping of method → checkpoint folder (or hub id)", c.editor_checkpoints)
+    _check_methods(where, "editor_checkpoints", list(c.editor_checkpoints), allow_empty=True)
+    _need(isinstance(c.overrides, dict) and all(isinstance(v, dict) for v in c.overrides.values()), where, "overrides",
+          "a YAML mapping of method → mapping of hyperparameters, e.g. {rome: {v_lr: 0.5}}", c.overrides)
+    _check_methods(where, "overrides", list(c.overrides), allow_empty=True)
+    _need(isinstance(c.fluency, bool), where, "fluency", "true or false", c.fluency)
 
 
 def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: int, hparams: dict,
