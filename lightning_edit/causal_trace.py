@@ -6,12 +6,13 @@ beside the ones the model's configurations give now.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .options import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_device, check_output_path
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .evaluation.tracing import KINDS, NOISE_MULTIPLE
 
 
@@ -68,39 +69,61 @@ def main(argv: Sequence[str]) -> int:
     return run(args)
 
 
-def run(args: argparse.Namespace) -> int:
+def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
+    """Everything checked before the model loads: the kinds, the noise, the device, the output folder and the
+    records (at least one, each with a subject and a true answer). Returns (kinds, output folder, requests)."""
     from .data import load_requests
-    from .evaluation.trace_report import (plot_average, plot_record, suggest_layers, write_cells_csv, write_records_csv,
-                                          write_summary_csv)
-    from .evaluation.tracing import trace_requests
-    from .models import load_model
 
     kinds = parse_kinds(args.kinds)
-    if not args.noise > 0:
-        raise ConfigError(f"--noise {args.noise}: give a positive multiple of the embeddings' standard deviation (ROME: 3)")
+    if not (math.isfinite(args.noise) and args.noise > 0):  # inf noise drowns every prompt: nothing to measure
+        raise ConfigError(f"--noise {args.noise}: give a positive, finite multiple of the embeddings' standard "
+                          "deviation (ROME: 3)")
     check_device(args.device)
     output = Path(args.output or f"results/trace-{args.model.replace('/', '_')}")
     check_output_path("--output", str(output), directory=True)
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
+    if not requests:
+        raise DataError(f"--data {args.data}: no record to trace (--offset {args.offset} is past the end, or every "
+                        "record was skipped: the warnings above say why)")
     missing = [r.case_id for r in requests if not r.subject or not r.target_true]
     if missing:
         raise ConfigError(f"--data {args.data}: records {missing[:5]} lack 'subject' or 'target_true'; causal tracing "
                           "noises the subject and measures p(target_true) (CounterFact records have both)")
     for r in requests:
         r.require_subject("causal tracing")
+    return kinds, output, requests
+
+
+def _writer(output: Path, plots: int) -> Callable[[list], None]:
+    """What is written as each record finishes: its heatmap (the first ``plots`` records) and the record and cell
+    tables so far, each file in one step, so an interrupted run keeps every finished record."""
+    from .evaluation.trace_report import plot_record, record_file_name, write_cells_csv, write_records_csv
+
+    def write(traces: list) -> None:
+        output.mkdir(parents=True, exist_ok=True)
+        if len(traces) <= plots:
+            plot_record(traces[-1], output / record_file_name(traces[-1].case_id))
+        write_records_csv(traces, output / "records.csv")
+        write_cells_csv(traces, output / "cells.csv")
+
+    return write
+
+
+def run(args: argparse.Namespace) -> int:
+    from .evaluation.trace_report import plot_average, suggest_layers, write_summary_csv
+    from .evaluation.tracing import trace_requests
+    from .models import load_model
+
+    kinds, output, requests = _preflight(args)
     apply_threads(args.threads)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
     started, cpu_started = time.perf_counter(), time.process_time()
     traces = trace_requests(loaded, requests, kinds=kinds, samples=args.samples, window=args.window,
-                            noise_multiple=args.noise, seed=args.seed, progress=not args.quiet)
+                            noise_multiple=args.noise, seed=args.seed, progress=not args.quiet,
+                            on_trace=_writer(output, args.plots))
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    output.mkdir(parents=True, exist_ok=True)
-    write_records_csv(traces, output / "records.csv")
-    write_cells_csv(traces, output / "cells.csv")
     write_summary_csv(traces, output / "summary.csv")
     plot_average(traces, output / "average.png", loaded.name)
-    for tr in traces[: args.plots]:
-        plot_record(tr, output / f"record_{tr.case_id}.png")
     known = sum(tr.high > tr.low for tr in traces)
     print(f"traced {len(traces)} records of {args.data} on {loaded.name} ({', '.join(kinds)}; {args.samples} noise samples, "
           f"window {args.window}) in {seconds:.1f} s ({seconds / len(traces):.1f} s/record; CPU time {cpu_seconds:.1f} s, "

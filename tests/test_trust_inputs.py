@@ -56,3 +56,63 @@ def test_study_default_folder_stays_under_results():
     from lightning_edit.evaluation.study import safe_folder_name
 
     assert "/" not in safe_folder_name("../../etc/x") and not safe_folder_name("..").startswith(".")
+
+
+# ---- finding 14: trace ------------------------------------------------------------------------------------------
+
+def _trace_records(tmp_path: Path, case_ids=(0, 1)) -> str:
+    records = [{"prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English", "target_true": "French",
+                "subject": "Danielle Darrieux", "case_id": case_ids[0]},
+               {"prompt": "Toko Yasuda, the", "target_new": "piano", "target_true": "guitar", "subject": "Toko Yasuda",
+                "case_id": case_ids[1]}]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+@pytest.mark.parametrize("flags, name", [
+    (["--noise", "inf"], "--noise"),
+    (["--noise", "nan"], "--noise"),
+    (["--offset", "5"], "--offset"),  # zero records: a division by zero after the model loaded, before
+])
+def test_trace_refuses_before_loading(tmp_path, capsys, flags, name):
+    # "no-such-model": any check that comes after the model load would fail on the model instead
+    argv = ["trace", "--model", "no-such-model", "--data", _trace_records(tmp_path), "--output", str(tmp_path / "o")]
+    assert main(argv + flags + ["--quiet"]) == 2
+    assert name in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_trace_file_names_are_sanitised():
+    from lightning_edit.evaluation.trace_report import record_file_name
+
+    assert record_file_name(0) == "record_0.png"
+    for bad in ("../../evil", "/etc/passwd", "a/b", "..", "x" * 500):
+        name = record_file_name(bad)
+        assert "/" not in name and ".." not in name and len(name) < 120
+    assert record_file_name("a/b") != record_file_name("a_b")
+
+
+def test_trace_writes_each_record_as_it_finishes(tmp_path, tokenizer, monkeypatch):
+    from conftest import save_tiny
+    from lightning_edit.evaluation import tracing
+
+    model_dir = save_tiny("llama", tokenizer, tmp_path / "tiny")
+    real, calls = tracing.PromptTracer.trace, []
+
+    def trace_then_fail(self, kinds):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second record never finishes
+        return real(self, kinds)
+
+    monkeypatch.setattr(tracing.PromptTracer, "trace", trace_then_fail)
+    out = tmp_path / "trace"
+    assert main(["trace", "--model", str(model_dir), "--data", _trace_records(tmp_path, ("../up", 1)), "--n", "2",
+                 "--samples", "2", "--window", "2", "--kinds", "mlp", "--output", str(out), "--quiet"]) == 130
+    names = {p.name for p in out.iterdir()}
+    assert "records.csv" in names and "cells.csv" in names  # the first record is on disk
+    plots = [n for n in names if n.endswith(".png")]
+    assert len(plots) == 1 and plots[0].startswith("record_") and ".." not in plots[0]
+    assert not (tmp_path / "up.png").exists() and not any(p.name.startswith(".") for p in out.iterdir())
+    assert "../up" in (out / "records.csv").read_text()

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from ..atomic import atomic_write_text, temporary_sibling
 from .tracing import KINDS, RecordTrace
 
 # Token roles of ROME's averaged figures (tokens before the subject are left out there, and here).
@@ -67,9 +72,45 @@ def suggest_layers(traces: Sequence[RecordTrace], memit_width: int = 5) -> Layer
     return LayerSuggestion(rome=rome, memit=list(range(max(0, rome - memit_width + 1), rome + 1)), mlp_curve=curve.tolist())
 
 
+def record_file_name(case_id: object, suffix: str = ".png") -> str:
+    """``record_<case_id><suffix>`` with the id reduced to [A-Za-z0-9._-] (a case id comes from the data file: a
+    '/' or '..' in it must not pick the folder). An id that had to change gets a short hash, so two ids never
+    share a file."""
+    text = str(case_id)
+    safe = re.sub(r"\.{2,}", "_", re.sub(r"[^A-Za-z0-9._-]", "_", text))[:80].lstrip(".")
+    if safe != text:
+        safe = f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    return f"record_{safe}{suffix}"
+
+
+class _atomic_csv:
+    """A CSV built in memory and written in one step when the block ends (a reader never sees half a table)."""
+
+    def __init__(self, path: Path):
+        self.path, self.buffer = Path(path), io.StringIO(newline="")
+
+    def __enter__(self) -> io.StringIO:
+        return self.buffer
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            atomic_write_text(self.path, self.buffer.getvalue())
+
+
+def save_figure(fig, path: Path) -> None:
+    """``fig.savefig`` under a temporary name, then moved into place in one step."""
+    path = Path(path)
+    temp = temporary_sibling(path, suffix=path.suffix)
+    try:
+        fig.savefig(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def write_cells_csv(traces: Sequence[RecordTrace], path: Path) -> None:
     """Every restoration: one row per (record, kind, position, layer)."""
-    with path.open("w", newline="") as f:
+    with _atomic_csv(path) as f:
         w = csv.writer(f)
         w.writerow(["case_id", "kind", "position", "token", "role", "layer", "p_restored", "p_corrupted", "p_clean",
                     "indirect_effect"])
@@ -85,7 +126,7 @@ def write_cells_csv(traces: Sequence[RecordTrace], path: Path) -> None:
 
 def write_summary_csv(traces: Sequence[RecordTrace], path: Path) -> None:
     """Mean indirect effect per (kind, token role, layer) over the records."""
-    with path.open("w", newline="") as f:
+    with _atomic_csv(path) as f:
         w = csv.writer(f)
         w.writerow(["kind", "role", "layer", "mean_indirect_effect", "records"])
         for kind in traces[0].scores:
@@ -96,7 +137,7 @@ def write_summary_csv(traces: Sequence[RecordTrace], path: Path) -> None:
 
 
 def write_records_csv(traces: Sequence[RecordTrace], path: Path) -> None:
-    with path.open("w", newline="") as f:
+    with _atomic_csv(path) as f:
         w = csv.writer(f)
         w.writerow(["case_id", "prompt", "subject", "answer", "subject_tokens", "p_clean", "p_corrupted"])
         for tr in traces:
@@ -130,7 +171,7 @@ def plot_average(traces: Sequence[RecordTrace], path: Path, model_name: str) -> 
         image = _heatmap(ax, effects, CATEGORIES, kind, f"{KIND_TITLES[kind]}\n{model_name}, {len(traces)} records")
         fig.colorbar(image, ax=ax).ax.set_title("AIE", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -149,5 +190,5 @@ def plot_record(tr: RecordTrace, path: Path) -> None:
         image = _heatmap(ax, tr.scores[kind], labels, kind, KIND_TITLES[kind], vmin=tr.low)
         fig.colorbar(image, ax=ax).ax.set_title(f"p({tr.answer.strip()})", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -16,7 +16,7 @@ import contextlib
 import inspect
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -150,7 +150,7 @@ class PromptTracer:
         """Whether a block returns a tuple (older transformers) or a tensor: stand-ins must return the same."""
         seen: list[bool] = []
         block = self.loaded.layout.module(self.loaded.model, self.loaded.layout.blocks)[0]
-        with hooks(lambda: [block.register_forward_hook(lambda m, i, o: seen.append(isinstance(o, tuple)))]), torch.no_grad():
+        with hooks(lambda: iter([block.register_forward_hook(lambda m, i, o: seen.append(isinstance(o, tuple)))])), torch.no_grad():
             self.loaded.model(input_ids=self.ids[:, :1], use_cache=False)
         return seen[0]
 
@@ -252,8 +252,12 @@ class PromptTracer:
 
 def trace_requests(loaded: LoadedModel, requests: Sequence[EditRequest], kinds: Sequence[str] = KINDS,
                    samples: int = 10, window: int = 10, noise_multiple: float = NOISE_MULTIPLE, seed: int = 0,
-                   progress: bool = True) -> list[RecordTrace]:
-    """Causal traces of each request's prompt (subject noised, p(target_true) measured)."""
+                   progress: bool = True,
+                   on_trace: Optional[Callable[[list[RecordTrace]], None]] = None) -> list[RecordTrace]:
+    """Causal traces of each request's prompt (subject noised, p(target_true) measured). ``on_trace`` is called
+    with the traces so far after each one, so a long run's outputs are on disk as each record finishes."""
+    if not requests:
+        raise RequestError("no request to trace; give records with 'subject' and 'target_true'")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ConfigError(f"kinds {unknown} are not traced; choose from {list(KINDS)}")
@@ -266,4 +270,6 @@ def trace_requests(loaded: LoadedModel, requests: Sequence[EditRequest], kinds: 
     for k, request in enumerate(tqdm(requests, desc="tracing", disable=not progress)):
         tracer = PromptTracer(loaded, request, noise_std, samples=samples, window=window, seed=seed + k)
         traces.append(tracer.trace(kinds))
+        if on_trace is not None:
+            on_trace(traces)
     return traces
