@@ -116,3 +116,92 @@ def test_trace_writes_each_record_as_it_finishes(tmp_path, tokenizer, monkeypatc
     assert len(plots) == 1 and plots[0].startswith("record_") and ".." not in plots[0]
     assert not (tmp_path / "up.png").exists() and not any(p.name.startswith(".") for p in out.iterdir())
     assert "../up" in (out / "records.csv").read_text()
+
+
+# ---- finding 15: request data -----------------------------------------------------------------------------------
+
+def _rome_record(prompt: str) -> dict:
+    return {"case_id": 0, "requested_rewrite": {"prompt": prompt, "subject": "Paris", "target_new": {"str": "Rome"},
+                                               "target_true": {"str": "France"}}}
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("{} is in {1}", "Paris is in {1}"),           # IndexError before
+    ("{} {:99999}", "Paris {:99999}"),             # a 99999-wide field before (and a gigabyte with 999999999)
+    ("{0.__class__} {}", "{0.__class__} Paris"),   # an attribute lookup before
+    ("{} and {}", "Paris and Paris"),
+])
+def test_prompts_from_files_never_pass_through_str_format(tmp_path, prompt, expected):
+    from lightning_edit.data import load_requests
+
+    path = tmp_path / "rome.json"
+    path.write_text(json.dumps([_rome_record(prompt)]))
+    assert load_requests(str(path))[0].prompt == expected
+
+
+def test_deeply_nested_json_is_a_data_error(tmp_path):
+    from lightning_edit.data import load_requests
+
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="deep.json.*nested too deeply"):
+        load_requests(str(path))
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text('{"prompt": "a", "target_new": "b"}\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError, match="deep.jsonl"):
+        load_requests(str(lines))
+
+
+def test_data_files_are_bounded_and_regular(tmp_path, monkeypatch):
+    from lightning_edit.data import load_requests, loaders
+
+    with pytest.raises(DataError, match="/dev/zero.*not a regular file"):
+        loaders.read_data_bytes(Path("/dev/zero"))  # read forever before
+    with pytest.raises(DataError, match="/dev/zero"):
+        load_requests("/dev/zero")
+    monkeypatch.setattr(loaders, "MAX_DATA_FILE_BYTES", 100)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps([{"prompt": "x" * 200, "target_new": "y"}]))
+    with pytest.raises(DataError, match="big.json.*larger than"):
+        load_requests(str(big))
+
+
+@pytest.mark.parametrize("command", ["verify", "get"])
+def test_data_get_verify_refuse_a_folder_where_a_file_belongs(tmp_path, capsys, command):
+    from lightning_edit.data.fetch import main as data_main, select
+
+    entry = select("zsre")[0]
+    (tmp_path / entry.path).mkdir(parents=True)  # a folder under the file's name
+    assert data_main([command, "zsre", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert entry.path in err and "folder" in err
+
+
+@pytest.mark.parametrize("url, name", [
+    ("hf://datasets/a--b/c/x.json", "a--b"),
+    ("hf://datasets/-owner/c/x.json", "-owner"),
+    ("hf://datasets/owner/c/../../x.json", ".."),
+    ("hf://datasets/owner/c@bad~rev/x.json", "bad~rev"),
+])
+def test_malformed_hub_urls_are_named(url, name):
+    from lightning_edit.data import load_requests
+
+    with pytest.raises(DataError, match=name):
+        load_requests(url)
+
+
+def test_unpinned_hub_file_warns_and_records_its_commit(tmp_path, monkeypatch, caplog):
+    import huggingface_hub
+
+    from lightning_edit.data import load_requests
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    local = tmp_path / "snapshots" / commit / "x.json"
+    local.parent.mkdir(parents=True)
+    local.write_text(json.dumps([{"prompt": "a", "target_new": "b", "target_true": "c"}, {"prompt": 3, "target_new": "b",
+                                                                                          "target_true": "c"}]))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **kw: str(local))
+    with caplog.at_level("WARNING"):
+        with pytest.raises(DataError, match=f"hf://datasets/owner/name@{commit}/x.json: record 1"):
+            load_requests("hf://datasets/owner/name/x.json")
+    assert "names no revision" in caplog.text and commit in caplog.text

@@ -107,7 +107,9 @@ def _rome_rewrite(rw: dict) -> dict:
             raise RequestTypeError(f"field 'requested_rewrite.{key}' must be an object {{\"str\": \"...\"}}, got {_type_name(rw[key])}.")
     _string(rw, "prompt")
     _string(rw, "subject")
-    return dict(prompt=rw["prompt"].format(rw["subject"]) if "{}" in rw["prompt"] else rw["prompt"],
+    # ROME's prompts hold the subject's place as "{}": a plain replace, never str.format, which would read "{1}" or
+    # "{:999999999}" in a data file as a field to look up or a width to allocate
+    return dict(prompt=rw["prompt"].replace("{}", rw["subject"]),
                 target_new=rw["target_new"]["str"], target_true=rw["target_true"]["str"], subject=rw["subject"])
 
 

@@ -9,16 +9,19 @@ does a file of a Hugging Face dataset repo, ``hf://datasets/OWNER/NAME[@REVISION
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Union
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
 
 from ..errors import ConfigError, DataError
 from ..paths import DATA_ENV, DEMO_PATH, default_data_root
 from ..requests import EditRequest, _type_name
 from .formats import FORMATS
-from .hub import HUB_PREFIX, download_hub_file, is_hub_url
+from .hub import HUB_PREFIX, download_hub_file, is_hub_url, pinned_url
 
 if TYPE_CHECKING:  # datasets takes seconds to import: loaded on first use, so `lightning-edit data list` starts at once
     from datasets import Dataset
@@ -96,10 +99,46 @@ def resolve_dataset_path(name_or_path: str, data_dir: Optional[Union[str, Path]]
     )
 
 
+# The largest benchmark file (KnowEdit's WikiBio, CounterFact's train split) is under 100 MB; a request file ten
+# times that is a mistake (a log, a model), and /dev/zero would be read forever.
+MAX_DATA_FILE_BYTES = 1 << 30
+
+
+def read_data_bytes(path: Path, limit: Optional[int] = None) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (default ``MAX_DATA_FILE_BYTES``); a folder, a device
+    or pipe (/dev/zero, /dev/stdin) or a larger file is a DataError naming it, before anything is read."""
+    import stat
+
+    limit = MAX_DATA_FILE_BYTES if limit is None else limit
+
+    try:
+        with open(path, "rb") as fh:
+            mode = os.fstat(fh.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                kind = "a folder" if stat.S_ISDIR(mode) else "a device, pipe or socket"
+                raise DataError(f"{path}: is not a regular file ({kind}); give a JSON or JSON-lines file")
+            raw = fh.read(limit + 1)  # bounded even if the file grows while it is read
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file; give a JSON or JSON-lines file") from None
+    if len(raw) > limit:
+        raise DataError(f"{path}: is larger than {limit >> 20} MB, the most a data file may be; split it into "
+                        "several files (JSON lines: one record per line) or pass --n with a smaller file")
+    return raw
+
+
+def _parse_json(path: Path, text: str):
+    """``json.loads`` of a whole file; nesting deeper than Python's recursion limit is a DataError naming it."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DataError(f"{path}: is nested too deeply (lists or objects inside each other more than "
+                        f"~{sys.getrecursionlimit()} levels); a request record is a flat object") from None
+
+
 def read_records(path: Path) -> list:
     """The records of a JSON file (a list, or an object holding the list under "data" or "requests") or a JSON-lines
     file, read as strict UTF-8."""
-    raw = path.read_bytes()
+    raw = read_data_bytes(path)
     try:
         text = raw.decode("utf-8-sig")  # strict: an invalid byte is an error, not a replacement character
     except UnicodeDecodeError as err:
@@ -109,13 +148,13 @@ def read_records(path: Path) -> list:
     if not text.strip():
         raise DataError(f"{path}: is empty; give a JSON list of records or JSON lines, one record per line")
     try:
-        records = json.loads(text)
+        records = _parse_json(path, text)
     except json.JSONDecodeError as whole_err:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         records = []
         for n, line in lines:
             try:
-                records.append(json.loads(line))
+                records.append(_parse_json(path, line))
             except json.JSONDecodeError as err:
                 where = f"line {whole_err.lineno} column {whole_err.colno}" if len(lines) <= 1 else f"line {n}"
                 raise DataError(f"{path}: is neither JSON nor JSON lines ({where}: {err.msg}); fix the syntax there") from err
@@ -145,7 +184,8 @@ def read_source(name_or_path: str, data_dir: Optional[Union[str, Path]], n: Opti
     if offset < 0 or (n is not None and n < 0):
         raise ConfigError(f"n ({n}) and offset ({offset}) must be ≥ 0 (--n counts {unit}, --offset skips them)")
     path = resolve_dataset_path(name_or_path, data_dir)
-    source = name_or_path if is_hub_url(name_or_path) else str(path)
+    # a hub file without @REVISION is named by the commit it was read at (in messages and what records the source)
+    source = pinned_url(name_or_path, path) if is_hub_url(name_or_path) else str(path)
     try:
         return source, read_records(path)
     except IsADirectoryError as err:
@@ -164,11 +204,22 @@ def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: O
     source, records = read_source(name_or_path, data_dir, n, offset)
     from .records import convert_dataset, records_dataset
 
-    raw = records_dataset(records)
     if n is not None or offset:
-        stop = len(raw) if n is None else min(len(raw), offset + n)
-        raw = raw.select(range(offset, stop) if offset < stop else [])  # datasets refuses an empty range past the end
-    return convert_dataset(raw, source=source, on_invalid=on_invalid, start=offset)
+        records = records[offset:offset + n if n is not None else None]  # only the chosen ones become JSON text
+    with _nesting_named(source):
+        raw = records_dataset(records)
+        return convert_dataset(raw, source=source, on_invalid=on_invalid, start=offset)
+
+
+@contextmanager
+def _nesting_named(source: str) -> Iterator[None]:
+    """A record nested deeper than the recursion limit (parsed, but not converted or re-encoded): a DataError
+    naming the file, not a RecursionError."""
+    try:
+        yield
+    except RecursionError:
+        raise DataError(f"{source}: a record is nested too deeply (lists or objects inside each other more than "
+                        f"~{sys.getrecursionlimit()} levels); a request record is a flat object") from None
 
 
 def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None, offset: int = 0,
@@ -184,4 +235,5 @@ def convert_records(records: Iterable[dict], source: str = "<records>", on_inval
     ``start``: the index in the file of the first record (for messages)."""
     from .records import convert_dataset, records_dataset, requests_from_dataset
 
-    return requests_from_dataset(convert_dataset(records_dataset(list(records)), source, on_invalid, start))
+    with _nesting_named(source):
+        return requests_from_dataset(convert_dataset(records_dataset(list(records)), source, on_invalid, start))
