@@ -66,7 +66,7 @@ class EditRequest:
             for j, item in enumerate(getattr(self, name)):
                 if not isinstance(item, PromptAnswer):
                     raise RequestTypeError(f"{where}: field '{name}' must hold PromptAnswer(prompt, answer) items, got {type(item).__name__}.")
-                for part in ("prompt", "answer"):
+                for part in ("prompt", "answer", "kind"):
                     value = getattr(item, part)
                     if not isinstance(value, str):
                         raise RequestTypeError(f"{where}: field '{name}[{j}].{part}' must be a string, got {_type_name(value)} "
@@ -110,6 +110,9 @@ class EditRequest:
                 out.append(PromptAnswer(**x))
             return tuple(out)
 
+        missing = [name for name in ("prompt", "target_new") if name not in record]
+        if missing:
+            raise RequestTypeError(f"{where}: field '{missing[0]}' is missing; a request needs 'prompt' and 'target_new'.")
         return cls(
             prompt=record["prompt"],
             target_new=record["target_new"],
@@ -140,14 +143,56 @@ def _type_name(value: Any) -> str:
 
 
 def _as_list(value: Any, n: int, field_name: str) -> list:
+    """One value per prompt: ``None`` (none given), one string (for one prompt), or a list of ``n``; anything else
+    (a number, a dict, a list of another length) is a ``RequestError`` naming the field."""
     if value is None:
         return [None] * n
     if isinstance(value, str):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise RequestTypeError(f"'{field_name}' must be a list with one item per prompt (or one string for one "
+                               f"prompt), got {_type_name(value)} {value!r}.")
     value = list(value)
     if len(value) != n:
         raise RequestError(f"'{field_name}' has {len(value)} items but 'prompts' has {n}; give one per prompt.")
     return value
+
+
+def _texts(value: Any, field_name: str) -> list[str]:
+    """A probe's prompts or answers: one string or a list of strings; never a number turned into text."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+        raise RequestTypeError(f"'{field_name}' must be a string or a list of strings, got {_type_name(value)} {value!r}; "
+                               "write each as text in quotes.")
+    return list(items)
+
+
+def _probe_lists(inputs: Any, name: str, n: int) -> list[list[PromptAnswer]]:
+    """EasyEdit's ``{"kind": {"prompt": [...], "ground_truth": [...]}}`` → each prompt's probes. A prompt's list of
+    probes and its list of answers must be as long as each other (or one answer for all)."""
+    out: list[list[PromptAnswer]] = [[] for _ in range(n)]
+    if inputs is None:
+        return out
+    if not isinstance(inputs, dict):
+        raise RequestTypeError(f"'{name}' must be a dict of kind → {{'prompt': [...], 'ground_truth': [...]}}, "
+                               f"got {_type_name(inputs)}.")
+    for kind, block in inputs.items():
+        if not isinstance(kind, str) or not isinstance(block, dict) or "prompt" not in block or "ground_truth" not in block:
+            raise RequestError(f"'{name}[{kind!r}]' must be a dict with keys 'prompt' and 'ground_truth'.")
+        ps = _as_list(block["prompt"], n, f"{name}[{kind!r}]['prompt']")
+        gs = _as_list(block["ground_truth"], n, f"{name}[{kind!r}]['ground_truth']")
+        for i, (p, g) in enumerate(zip(ps, gs)):
+            if p is None:
+                continue
+            where = f"{name}[{kind!r}]"
+            p_list, g_list = _texts(p, f"{where}['prompt'][{i}]"), _texts(g, f"{where}['ground_truth'][{i}]")
+            if len(g_list) == 1 and len(p_list) > 1:
+                g_list = g_list * len(p_list)
+            if len(g_list) != len(p_list):
+                raise RequestError(f"'{where}' item {i} has {len(p_list)} prompts and {len(g_list)} ground truths; give "
+                                   "one answer per prompt (or one answer for all of them).")
+            out[i].extend(PromptAnswer(pp, gg, kind) for pp, gg in zip(p_list, g_list))
+    return out
 
 
 def requests_from_lists(
@@ -166,36 +211,20 @@ def requests_from_lists(
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise RequestTypeError(f"'prompts' must be a string or a list of strings, got {_type_name(prompts)} {prompts!r}.")
     prompts = list(prompts)
     n = len(prompts)
     targets = _as_list(target_new, n, "target_new")
     subjects = _as_list(subject, n, "subject")
     truths = _as_list(ground_truth, n, "ground_truth")
     rephrases = _as_list(rephrase_prompts, n, "rephrase_prompts")
-
-    def probes(inputs: Optional[dict], name: str) -> list[list[PromptAnswer]]:
-        out: list[list[PromptAnswer]] = [[] for _ in range(n)]
-        for kind, block in (inputs or {}).items():
-            if not isinstance(block, dict) or "prompt" not in block or "ground_truth" not in block:
-                raise RequestError(f"'{name}[{kind!r}]' must be a dict with keys 'prompt' and 'ground_truth'.")
-            ps = _as_list(block["prompt"], n, f"{name}[{kind!r}]['prompt']")
-            gs = _as_list(block["ground_truth"], n, f"{name}[{kind!r}]['ground_truth']")
-            for i, (p, g) in enumerate(zip(ps, gs)):
-                if p is None:
-                    continue
-                p_list = [p] if isinstance(p, str) else list(p)
-                g_list = [g] if isinstance(g, str) else list(g)
-                if len(g_list) == 1 and len(p_list) > 1:
-                    g_list = g_list * len(p_list)
-                out[i].extend(PromptAnswer(pp, str(gg), kind) for pp, gg in zip(p_list, g_list))
-        return out
-
-    localities = probes(locality_inputs, "locality_inputs")
-    portabilities = probes(portability_inputs, "portability_inputs")
+    localities = _probe_lists(locality_inputs, "locality_inputs", n)
+    portabilities = _probe_lists(portability_inputs, "portability_inputs", n)
     reqs = []
     for i in range(n):
         r = rephrases[i]
-        r = () if r is None else ((r,) if isinstance(r, str) else tuple(r))
+        r = () if r is None else tuple(_texts(r, f"rephrase_prompts[{i}]"))
         reqs.append(
             EditRequest(
                 prompt=prompts[i], target_new=targets[i], subject=subjects[i], target_true=truths[i],

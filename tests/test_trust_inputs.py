@@ -205,3 +205,64 @@ def test_unpinned_hub_file_warns_and_records_its_commit(tmp_path, monkeypatch, c
         with pytest.raises(DataError, match=f"hf://datasets/owner/name@{commit}/x.json: record 1"):
             load_requests("hf://datasets/owner/name/x.json")
     assert "names no revision" in caplog.text and commit in caplog.text
+
+
+# ---- finding 16: the EasyEdit layer -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls_name, raw, field", [
+    ("WISEHyperParams", {"act_margin": 5.0}, "act_margin"),           # TypeError before
+    ("WISEHyperParams", {"act_margin": [5.0, 20.0]}, "act_margin"),   # gamma silently kept at its default before
+    ("WISEHyperParams", {"act_margin": [5.0, "x", 1.0]}, "act_margin"),
+    ("FTHyperParams", {"objective_optimization": ["target_new"]}, "objective_optimization"),  # TypeError before
+    ("ROMEHyperParams", {"layers": 5}, "layers"),
+    ("ROMEHyperParams", {"context_template_length_params": [[5]]}, "context_template_length_params"),
+])
+def test_easyedit_values_of_the_wrong_shape_are_config_errors(cls_name, raw, field):
+    import warnings
+
+    from lightning_edit import easyedit
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match=field):
+            getattr(easyedit, cls_name).from_easyedit_dict(raw)
+
+
+@pytest.mark.parametrize("content, match", [
+    ("alg_name: ROME\nlayers: [5\n", "not valid YAML"),
+    (b"alg_name: ROME\nmodel_name: \xff\xfe\n", "UTF-8"),
+    ("- 1\n- 2\n", "mapping"),
+])
+def test_easyedit_yaml_errors_are_config_errors(tmp_path, content, match):
+    from lightning_edit.easyedit import ROMEHyperParams
+
+    path = tmp_path / "rome.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError, match=f"{path.name}.*{match}|{match}.*{path.name}"):
+        ROMEHyperParams.from_hparams(path)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"target_new": 5}, "target_new"),                                              # TypeError before
+    ({"target_new": ["x"], "ground_truth": 3}, "ground_truth"),
+    ({"target_new": ["x"], "locality_inputs": {"n": {"prompt": [["a", "b", "c"]], "ground_truth": [["1", "2"]]}}},
+     "locality_inputs"),                                                            # cut to 2 probes before
+    ({"target_new": ["x"], "locality_inputs": {"n": {"prompt": ["a"], "ground_truth": [3]}}}, "ground_truth"),  # "3"
+    ({"target_new": ["x"], "portability_inputs": {"p": {"prompt": [4], "ground_truth": ["a"]}}}, "prompt"),
+    ({"target_new": ["x"], "rephrase_prompts": [7]}, "rephrase_prompts"),
+    ({"target_new": ["x"], "locality_inputs": ["n"]}, "locality_inputs"),
+])
+def test_requests_from_lists_refuses_instead_of_truncating_or_stringifying(kwargs, name):
+    from lightning_edit.requests import requests_from_lists
+
+    with pytest.raises(RequestError, match=name):
+        requests_from_lists(prompts=["The capital of France is"], **kwargs)
+
+
+def test_request_record_without_prompt_is_a_request_error():
+    from lightning_edit.requests import EditRequest
+
+    with pytest.raises(RequestError, match="prompt"):
+        EditRequest.from_dict({"target_new": "x"})  # KeyError before
+    with pytest.raises(RequestError, match="kind"):
+        EditRequest.from_dict({"prompt": "a", "target_new": "b", "locality": [{"prompt": "c", "answer": "d", "kind": [1]}]})

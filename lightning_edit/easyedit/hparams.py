@@ -56,13 +56,23 @@ class EasyEditHParams(HyperParams):
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise ConfigError(f"hyperparameter file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"hyperparameter file {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
+        except yaml.YAMLError as err:  # the first line says where (line, column) and what
+            raise ConfigError(f"hyperparameter file {path} is not valid YAML: {str(err).splitlines()[0]} "
+                              f"({_yaml_mark(err)})") from None
+        except (OSError, RecursionError) as err:
+            raise ConfigError(f"hyperparameter file {path} cannot be read ({type(err).__name__}: {err})") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: an EasyEdit hyperparameter file is a mapping of keys to values")
         return cls.from_easyedit_dict({**raw, **overrides}, source=str(path))
 
     @classmethod
     def from_easyedit_dict(cls, raw: dict, source: str = "<dict>") -> "EasyEditHParams":
+        if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+            raise ConfigError(f"{source}: EasyEdit hyperparameters are a mapping of key names to values, got {raw!r:.80}")
         alg = raw.get("alg_name")
         if alg is not None and alg not in cls.ALG_NAMES:
             raise ConfigError(f"{source}: alg_name {alg!r} is not read by {cls.__name__} (it reads {list(cls.ALG_NAMES)}); "
@@ -107,6 +117,11 @@ class EasyEditHParams(HyperParams):
         names = {f.name for f in dataclasses.fields(target)}
         return target.from_dict({k: v for k, v in dataclasses.asdict(self).items() if k in names},
                                 source=f"{type(self).__name__}")
+
+
+def _yaml_mark(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "see the file"
 
 
 def _editor_hparams(method: str) -> type:

@@ -115,6 +115,22 @@ def _template(key: str, value: Any, out: Mapped) -> None:
     out.values.setdefault("module_templates", {})[key] = value.removesuffix(".weight")
 
 
+def _objective(key: str, value: Any, out: Mapped) -> None:
+    """FT's ``objective_optimization``: EasyEdit's names (``target_new``, ``prompt_last``) or ours, as a string."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be 'target_new' (FT-M) or 'prompt_last' (FT-L), got {value!r}")
+    out.values["objective"] = {"target_new": "target_tokens"}.get(value, value)
+
+
+def _act_margin(key: str, value: Any, out: Mapped) -> None:
+    """WISE's ``act_margin: [alpha, beta, gamma]``: exactly three numbers (a shorter list is not cut to fit)."""
+    if (not isinstance(value, list) or len(value) != 3
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)):
+        raise ConfigError(f"{key} must be a list of three numbers [alpha, beta, gamma], e.g. [5.0, 20.0, 10.0], "
+                          f"got {value!r}")
+    out.values.update(zip(("alpha", "beta", "gamma"), value))
+
+
 COMMON_KEYS: dict[str, Handler] = {
     "model_parallel": accepted((False, None), "one device here (no model parallelism); the model loads on `device`"),
     "max_length": no_meaning("prompts are not truncated here; prompts longer than the model's context are refused"),
@@ -141,7 +157,7 @@ ALWAYS_MOM2_KEYS: dict[str, Handler] = {
 }
 
 FT_KEYS: dict[str, Handler] = {
-    "objective_optimization": rename("objective", lambda v: {"target_new": "target_tokens"}.get(v, v)),
+    "objective_optimization": _objective,
     "norm_constraint": rename("norm_constraint", lambda v: None if v is False else v),
     "kl_factor": accepted((0, 0.0), "fine-tuning here has no KL term"),
 }
@@ -167,7 +183,7 @@ GRACE_KEYS: dict[str, Handler] = {
 
 WISE_KEYS: dict[str, Handler] = {
     "inner_params": _inner_params, "edit_lr": rename("lr"), "n_iter": rename("num_steps"),
-    "act_margin": lambda key, v, out: out.values.update(zip(("alpha", "beta", "gamma"), v)),
+    "act_margin": _act_margin,
     "save_freq": rename("shard_size"), "densities": rename("merge_density"),
     "merge_alg": accepted(("ties",), "shards are merged with TIES here"),
     **{k: no_meaning("not used by WISE here") for k in ("merge_freq", "weights", "retrieve", "replay", "objective_optimization")},
