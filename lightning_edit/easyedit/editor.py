@@ -114,6 +114,8 @@ class BaseEditor(api.BaseEditor):
         ``batch_size=`` argument wins). Each batch is scored then undone; with ``sequential_edit`` the batches are
         kept, one after another, and all requests scored after the last."""
         batch_size = kwargs.pop("batch_size", None) or getattr(self.hparams, "batch_size", None)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ConfigError(f"batch_size must be a whole number >= 1 (requests per edit call), got {batch_size!r}")
         kwargs["keep_original_weight"] = keep_original_weight
         requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
                                            portability_inputs, sequential_edit, kwargs)
