@@ -10,6 +10,7 @@ one cache, two studies into one folder).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -84,17 +85,45 @@ def atomic_directory(target: PathLike, flag: str = "the output folder") -> Itera
         yield temp
         fsync_tree(temp)
         check_new_directory(target, flag)  # something may have appeared there while we worked
-        if target.is_dir():
-            target.rmdir()  # empty (checked above); os.rename cannot replace a folder otherwise portably
-        os.rename(temp, target)
-        _fsync_dir(target.parent)
+        _move_into_place(temp, target, flag)
     finally:
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def _move_into_place(temp: Path, target: Path, flag: str) -> None:
+    """``os.rename`` of a finished folder onto a missing or empty ``target``. Another writer that got there between
+    the check and the rename (a second run saving under the same name) makes the rename fail, never merge: that is
+    the same refusal, by name, as before the work."""
+    try:
+        if target.is_dir() and not target.is_symlink():
+            target.rmdir()  # empty (checked above); os.rename cannot replace a folder otherwise portably
+        os.rename(temp, target)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            check_new_directory(target, flag)  # names what is there now
+        raise
+    _fsync_dir(target.parent)
+
+
+def check_writable_directory(target: PathLike, flag: str) -> None:
+    """What a new output folder needs before any work: nothing in the way at ``target`` (``check_new_directory``)
+    and a parent folder that exists (or can be made) and is writable. ``ConfigError`` naming ``flag``."""
+    target = Path(target)
+    check_new_directory(target, flag)
+    parent = Path(os.path.abspath(target)).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag} {target}: cannot create the folder {parent} ({err.strerror or err}); "
+                          "give a folder you can write to") from err
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {target}: the folder {parent} is not writable; give a folder you can write to")
+
+
 def check_new_directory(target: Path, flag: str) -> None:
     """Refuse a target folder that is a symlink, a file, or a folder with something in it."""
+    target = Path(target)
     if target.is_symlink():
         raise ConfigError(f"{flag} {target} is a symbolic link; give a new folder name (links are never followed)")
     if target.exists() and not target.is_dir():

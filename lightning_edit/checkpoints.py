@@ -27,6 +27,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_directory
 from .errors import CheckpointError, ModelNotAvailableError
 from .hashing import sha256_file
 from .manifest import check_listed_files
@@ -172,31 +173,31 @@ def write_model_card(directory: Union[str, Path], manifest: Optional[Mapping[str
 def save_editor_checkpoint(directory: Union[str, Path], *, method: str, state_dict: Mapping[str, torch.Tensor],
                            config: Mapping[str, Any], loaded: LoadedModel, training: Optional[Mapping[str, Any]] = None,
                            metrics: Optional[Mapping[str, float]] = None,
-                           base_fingerprint: Optional[str] = None) -> Path:
-    """Write weights, config and manifest (last, so a directory with a manifest is complete)."""
+                           base_fingerprint: Optional[str] = None, flag: str = "editor checkpoint folder") -> Path:
+    """Write weights, config, model card and manifest into a new folder ``directory``, atomically: everything is
+    built in a temporary sibling and moved into place in one step, so a reader (or a crash) never sees half an
+    editor. An existing non-empty folder, a file or a symlink at ``directory`` is a ``ConfigError`` naming ``flag``
+    (train.py's ``--output``): nothing already there is overwritten."""
     import yaml
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest_path = directory / MANIFEST_FILE
-    if manifest_path.exists():
-        manifest_path.unlink()  # a half-rewritten directory must not pass as complete
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"method": method, "base_model": loaded.name})
-    (directory / CONFIG_FILE).write_text(yaml.safe_dump(dict(config), sort_keys=True))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "method": method,
-        "base_model": {"name": loaded.name, "family": loaded.layout.family,
-                       "weights_fingerprint": base_fingerprint or loaded.weights_fingerprint()},
-        "training": dict(training or {}),
-        "validation_metrics": {k: float(v) for k, v in (metrics or {}).items()},
-        "versions": package_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {name: sha256_file(directory / name) for name in (WEIGHTS_FILE, CONFIG_FILE)},
-    }
-    write_model_card(directory, json.loads(json.dumps(manifest, default=str)))
-    manifest_path.write_text(json.dumps(manifest, indent=2, default=str))
+    with atomic_directory(directory, flag) as temp:
+        save_file(tensors, str(temp / WEIGHTS_FILE), metadata={"method": method, "base_model": loaded.name})
+        (temp / CONFIG_FILE).write_text(yaml.safe_dump(dict(config), sort_keys=True))
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "method": method,
+            "base_model": {"name": loaded.name, "family": loaded.layout.family,
+                           "weights_fingerprint": base_fingerprint or loaded.weights_fingerprint()},
+            "training": dict(training or {}),
+            "validation_metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": {name: sha256_file(temp / name) for name in (WEIGHTS_FILE, CONFIG_FILE)},
+        }
+        write_model_card(temp, json.loads(json.dumps(manifest, default=str)))
+        (temp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
     return directory
 
 

@@ -6,13 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 
+from .atomic import check_new_directory
 from .errors import ConfigError, DataError, LightningEditError
 from .options import (_non_negative_int, _positive_int, add_threads_option, apply_threads, check_device,  # noqa: F401
                       check_output_path, parse_override)
@@ -164,8 +164,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; every edit made so far was undone in memory, nothing was saved", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        note = getattr(err, "note", None) or "nothing was saved"
+        print(f"interrupted; every edit made so far was undone in memory, {note}", file=sys.stderr)
         return 130
 
 
@@ -183,6 +184,8 @@ def preflight(args: argparse.Namespace, n_requests: int):
     resolve_dtype(args.dtype)  # an unknown --dtype is a ConfigError before anything loads
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
+    if args.save:
+        check_new_directory(Path(args.save), "--save")  # a symlink too: the saved folder is never written through one
     cls = get_editor_class(args.method)
     overrides = dict(args.overrides)
     if args.editor and "editor_checkpoint" not in {f.name for f in dataclasses.fields(cls.HParams)}:
@@ -254,12 +257,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{report.method} on {report.model}, {report.n} requests, {report.protocol} protocol: {verdict(report)}")
         if args.json:
             print(json.dumps(result["summary"], indent=2))
-        if args.output:
-            Path(args.output).write_text(json.dumps(result, indent=2, default=str))
-            print(f"report written to {args.output}")
-        if args.save:
-            save_edited(loaded, editor, report, Path(args.save))
-            print(f"edited model saved to {args.save} (the model scored above: {result['config']['scored']})")
+        write_outputs(args, result, lambda: save_edited(loaded, editor, report, Path(args.save)))
     finally:
         for delta in reversed(report.kept_deltas):
             delta.undo(loaded)
@@ -282,6 +280,48 @@ def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> 
     return out
 
 
+class WritingInterrupted(KeyboardInterrupt):
+    """Ctrl-C while the outputs were written; ``note`` says which were written and which were not."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
+def write_outputs(args: argparse.Namespace, result: dict, save: Callable[[], None]) -> None:
+    """``--output`` then ``--save``, each atomic (nothing half-written under its name). A failure of one does not
+    skip the other; the error (or the interrupt) says exactly what was written and what was not."""
+    from .atomic import atomic_write_text
+
+    written: list[str] = []
+    failed: list[str] = []
+    todo = [f"--output {args.output} (the report)"] * bool(args.output) + [f"--save {args.save} (the edited model)"] * bool(args.save)
+    try:
+        if args.output:
+            try:
+                atomic_write_text(args.output, json.dumps(result, indent=2, default=str))
+                written.append(todo.pop(0))
+                print(f"report written to {args.output}")
+            except OSError as err:
+                failed.append(f"--output {args.output}: the report was not written ({err.strerror or err}); "
+                              "give a file in a folder you can write to")
+                todo.pop(0)
+        if args.save:
+            try:
+                save()
+                written.append(todo.pop(0))
+                print(f"edited model saved to {args.save} (the model scored above: {result['config']['scored']})")
+            except (LightningEditError, OSError) as err:
+                reason = err if isinstance(err, LightningEditError) else f"--save {args.save}: {err.strerror or err}"
+                failed.append(f"{reason}; the edited model was not saved (nothing was left under {args.save})")
+                todo.pop(0)
+    except KeyboardInterrupt:
+        raise WritingInterrupted(f"written: {', '.join(written) or 'nothing'}; not written: {', '.join(todo)} "
+                                 "(nothing half-written is left under its name)") from None
+    if failed:
+        raise ConfigError("; ".join(failed) + f" (written: {', '.join(written) or 'nothing'})")
+
+
 def save_edited(loaded, editor, report, directory: Path) -> None:
     """Save the model exactly as scored (its edits are still applied, patches included) with a record of edits and
     scores and a manifest over every file (models/saving.py)."""
@@ -297,5 +337,3 @@ def save_edited(loaded, editor, report, directory: Path) -> None:
         "protocol": report.protocol, "scored": report.config.get("scored"), "summary": report.post,
         "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in report.kept_deltas],
     })
-    for path in [directory, *directory.rglob("*")]:  # readable by the user's group and others, like any output
-        os.chmod(path, 0o755 if path.is_dir() else 0o644)

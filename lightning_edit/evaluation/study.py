@@ -10,21 +10,25 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
+import io
 import json
 import logging
+import os
 import re
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 import yaml
 
+from ..atomic import atomic_write_text, exclusive_lock, temporary_sibling
 from ..data import load_requests
 from ..data.multihop import load_multihop_cases
 from ..editors import Editor, build_editor, get_editor_class
 from ..errors import ConfigError, LightningEditError
+from ..hashing import sha256_file
 from ..metrics.intervals import bootstrap_interval
 from ..models import LoadedModel, load_model
 from ..paths import STUDY_CONFIGS
@@ -176,19 +180,61 @@ def check_study_fields(c: "StudyConfig", where: str) -> None:
 
 
 def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: int, hparams: dict,
-              code_versions: Optional[dict[str, int]] = None) -> str:
-    """The cell's file name: what it ran, and a hash of what can change its results (hyperparameters, and the
-    method's and the evaluation's ``results_version`` once either is past 1, so cells of earlier code keep
-    their keys until a version is bumped)."""
+              code_versions: Optional[dict[str, int]] = None, inputs: Optional[dict] = None) -> str:
+    """The cell's file name: what it ran, and a hash of what can change its results (hyperparameters, the
+    method's and the evaluation's ``results_version`` once either is past 1, and ``inputs``: the records edited,
+    the offset, fluency, the model's weights fingerprint and the editor checkpoint's hash, see ``cell_inputs``)."""
     hashed = dict(hparams)
     if code_versions and any(v != 1 for v in code_versions.values()):
         hashed["__code_versions__"] = code_versions
+    if inputs:
+        hashed["__inputs__"] = inputs
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}".replace("/", "_")
 
 
 def _device_name(loaded: LoadedModel) -> str:
     return torch.cuda.get_device_name(loaded.device) if loaded.device.type == "cuda" else loaded.device.type
+
+
+def _as_json(value: object) -> object:
+    """Records (``EditRequest``, ``MultiHopCase``) as plain data, for the hash of what a cell edited."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    return str(value)
+
+
+def _checkpoint_digest(editor: Editor) -> Optional[str]:
+    """The sha256 of the trained editor's manifest (which holds its files' sha256), None for a method without one."""
+    checkpoint = getattr(editor, "checkpoint", None)
+    if checkpoint is not None and getattr(checkpoint, "manifest", None):
+        return hashlib.sha256(json.dumps(checkpoint.manifest, sort_keys=True, default=str).encode()).hexdigest()
+    source = getattr(editor.hparams, "editor_checkpoint", None)
+    if not source:
+        return None
+    manifest = Path(str(source)) / "manifest.json"
+    return sha256_file(manifest) if manifest.is_file() else str(source)
+
+
+def read_cell(path: Path, inputs: dict, warn: bool = True) -> Optional[dict]:
+    """The cell at ``path`` if it is whole and was computed from ``inputs``; else None (``warn``: say why, since it
+    will be recomputed). Never an error: a torn or stale cell is only a cell to compute again."""
+    if not path.is_file():
+        return None
+    try:
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        why = None if isinstance(cell, dict) and isinstance(cell.get("summary"), dict) else "not a cell object"
+        if why is None and cell.get("inputs") != inputs:
+            why = f"computed from other inputs ({cell.get('inputs')!r}, this study has {inputs!r})"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        cell, why = None, f"{type(err).__name__}: {err}"
+    if why is None:
+        return cell
+    if warn:
+        log.warning("study cell %s is unusable (%s); computing it again", path, why)
+    return None
 
 
 class Study:
@@ -206,6 +252,7 @@ class Study:
         # prefixes, memory pools, sentence encoders, trained checkpoints) serves them all instead of being rebuilt.
         self._editors: dict[str, Editor] = {}
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
+        self._weights_fingerprint: Optional[str] = None  # of the unedited model, part of every cell's key
         self.device = device
         self._pre_cache = default_pre_cache()  # pre-edit scores shared by every method and cell on this model
         self._multihop_pre: dict[tuple, dict] = {}  # pre-edit rows of MQuAKE cases, shared by the multi-hop cells
@@ -239,44 +286,71 @@ class Study:
         return out
 
     def cell(self, method: str, data: str, protocol: str, n: int, batch: int = 1, offset: int = 0) -> Optional[dict]:
-        """Run (or read from cache) one cell; None if the method cannot run here (reason kept in ``skipped``)."""
+        """Run (or read from cache) one cell; None if the method cannot run here (reason kept in ``skipped``).
+
+        A cached cell is used only when it verifies (whole JSON, the same inputs recorded, see ``cell_inputs``); a
+        torn or stale one is recomputed with a warning. Computing holds the cell's lock, so two studies writing
+        into one folder compute each cell once, and the file is written atomically (temporary, fsync, replace)."""
         try:
             editor = self._editor(method)
+            items = self._cell_data(data, protocol, n, offset)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
+        inputs = self.cell_inputs(editor, items, offset)
         key = _cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.result_dict(),
-                        {"editor": editor.results_version, "evaluation": EVALUATION_VERSION})
+                        {"editor": editor.results_version, "evaluation": EVALUATION_VERSION}, inputs)
         path = self.cells_dir / f"{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        if not self.compute:
-            return None
+        cached = read_cell(path, inputs, warn=False)  # another study may be writing it: look again under the lock
+        if cached is not None or not self.compute:
+            return cached
+        with exclusive_lock(self.cells_dir / ".locks" / key, f"study cell {path}"):
+            cached = read_cell(path, inputs)
+            if cached is not None:
+                return cached
+            result = self._compute_cell(method, editor, data, protocol, n, batch, items)
+            if result is None:
+                return None
+            result["inputs"] = inputs
+            # compact: a batch of 1000 keeps 1000 requests' values (1.1 MB indented, 0.75 MB like this)
+            atomic_write_text(path, json.dumps(result, separators=(",", ":"), default=str))
+        return result
+
+    def _cell_data(self, data: str, protocol: str, n: int, offset: int) -> list:
+        if protocol == "multihop":
+            return load_multihop_cases(data, n=n, data_dir=self.data_dir, offset=offset)
+        return load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
+
+    def cell_inputs(self, editor: Editor, items: list, offset: int) -> dict:
+        """What a cell's results hang on besides the method's settings: the very records edited (the data file's
+        contents, n and the offset), fluency, the model's weights and the trained editor, if any."""
+        if self._weights_fingerprint is None:
+            self._weights_fingerprint = self.loaded.weights_fingerprint()  # once: cells undo their edits
+        records = json.dumps(items, sort_keys=True, default=_as_json).encode()
+        return {"records_sha256": hashlib.sha256(records).hexdigest(), "offset": offset,
+                "fluency": bool(self.config.fluency), "weights_fingerprint": self._weights_fingerprint,
+                "editor_checkpoint": _checkpoint_digest(editor)}
+
+    def _compute_cell(self, method: str, editor: Editor, data: str, protocol: str, n: int, batch: int,
+                      items: list) -> Optional[dict]:
         start = time.perf_counter()
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
-                cases = load_multihop_cases(data, n=n, data_dir=self.data_dir, offset=offset)
-                report = evaluate_multihop(self.loaded, editor, cases, progress=self.progress, pre_scores=self._multihop_pre)
+                report = evaluate_multihop(self.loaded, editor, items, progress=self.progress, pre_scores=self._multihop_pre)
             else:
-                requests = load_requests(data, n=n, data_dir=self.data_dir, offset=offset)
-                report = evaluate_editing(self.loaded, editor, requests, protocol=protocol, batch_size=batch,
+                report = evaluate_editing(self.loaded, editor, items, protocol=protocol, batch_size=batch,
                                           fluency=self.config.fluency, progress=self.progress,
                                           pre_cache=self._pre_cache)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
-        result = {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
-                  "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
-                  "device": _device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
-                  "hparams": editor.hparams.to_dict(),
-                  # each request's own values: what the bootstrap intervals of the tables resample
-                  "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),
-                                   "edit_seconds": row.get("edit_seconds")} for row in report.requests]}
-        tmp = path.with_suffix(".partial")
-        # compact: a batch of 1000 keeps 1000 requests' values (1.1 MB indented, 0.75 MB like this)
-        tmp.write_text(json.dumps(result, separators=(",", ":"), default=str))
-        tmp.rename(path)  # a cell is either complete on disk or absent
-        return result
+        return {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
+                "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
+                "device": _device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
+                "hparams": editor.hparams.to_dict(),
+                # each request's own values: what the bootstrap intervals of the tables resample
+                "per_request": [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),
+                                 "edit_seconds": row.get("edit_seconds")} for row in report.requests]}
 
     def _batch_sizes(self, method: str) -> list[int]:
         c = self.config
@@ -296,8 +370,8 @@ class Study:
 
     def run(self) -> dict:
         c = self.config
-        (self.results_dir / "config.yaml").write_text(yaml.safe_dump(c.__dict__, sort_keys=False))
-        (self.results_dir / "versions.json").write_text(json.dumps(package_versions(), indent=2))
+        atomic_write_text(self.results_dir / "config.yaml", yaml.safe_dump(c.__dict__, sort_keys=False))
+        atomic_write_text(self.results_dir / "versions.json", json.dumps(package_versions(), indent=2))
         single, batch, sequential, multihop = {}, {}, {}, {}
         # Phase by phase (single edits of every method, multi-hop, then batches and sequences by growing size): an
         # interrupted or still running study has whole tables first, and the cheap cells before the expensive ones.
@@ -398,10 +472,11 @@ def _write(results_dir: Path, name: str, header: list[str], rows: list[list]) ->
             else:
                 out += [v.value, *(round(x, 4) for x in v.interval)] if v.interval else [v.value, None, None]
         csv_rows.append(out)
-    with open(results_dir / f"{name}.csv", "w", newline="") as f:
-        csv.writer(f).writerows([csv_header, *csv_rows])
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([csv_header, *csv_rows])
+    atomic_write_text(results_dir / f"{name}.csv", text.getvalue())  # two studies into one folder: whole files
     md = _markdown(header, rows)
-    (results_dir / f"{name}.md").write_text(md + "\n")
+    atomic_write_text(results_dir / f"{name}.md", md + "\n")
     return md
 
 
@@ -456,7 +531,7 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
                   "sequential": {f"{m}|{n}": brief(v) for (m, n), v in sequential.items()},
                   "multihop": {m: brief(v) for m, v in multihop.items()}},
     }
-    (results_dir / "results.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(results_dir / "results.json", json.dumps(summary, indent=2, default=str))
     report = [f"# Study `{c.name}` on {c.model}", ""]
     titles = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
               "table3_portability": "Table 3: portability and MQuAKE multi-hop accuracy", "table4_edit_seconds": "Table 4: seconds per edit (median)",
@@ -485,8 +560,18 @@ def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, s
                    + ", ".join(elsewhere), ""]
     if skipped:
         report += ["## Methods not run", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
-    (results_dir / "README.md").write_text("\n".join(report) + "\n")
+    atomic_write_text(results_dir / "README.md", "\n".join(report) + "\n")
     return out
+
+
+def _savefig(fig, path: Path, **kwargs) -> None:
+    """A figure written whole: to a temporary sibling (same suffix, so the format is the same), then replaced."""
+    temp = temporary_sibling(path, suffix=path.suffix)
+    try:
+        fig.savefig(temp, **kwargs)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict) -> None:
@@ -522,7 +607,7 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
         axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.suptitle(f"{title} ({c.model})")
         fig.tight_layout()
-        fig.savefig(results_dir / fname, dpi=120, bbox_inches="tight")
+        _savefig(fig, results_dir / fname, dpi=120, bbox_inches="tight")
         plt.close(fig)
 
     curve(batch, "fig6_batch.png", "batch size", "Batch editing")
@@ -540,5 +625,5 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
     ax.set_ylabel("peak memory (MB)")
     ax.set_title(f"Fig. 5: peak memory per method ({c.model}, {d0})")
     fig.tight_layout()
-    fig.savefig(results_dir / "fig5_memory.png", dpi=120)
+    _savefig(fig, results_dir / "fig5_memory.png", dpi=120)
     plt.close(fig)

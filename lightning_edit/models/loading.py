@@ -5,6 +5,8 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -14,8 +16,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ModelNotAvailableError
+from ..atomic import atomic_directory, exclusive_lock, temporary_sibling
+from ..errors import CheckpointError, ConfigError, ModelNotAvailableError
 from ..hashing import sha256_file
+from ..manifest import check_listed_files
 from ..paths import CACHE_ENV, default_cache_root  # noqa: F401  (CACHE_ENV: kept importable from here)
 from .layout import ModelLayout, layout_for
 from .patches import PatchRegistry
@@ -138,21 +142,78 @@ def _gguf_path(spec: ModelSpec, cache_dir: Path) -> Path:
     return path
 
 
-def _load_gguf_cached(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+CACHE_MANIFEST = "lightning_edit_manifest.json"
 
+
+class DamagedCache(CheckpointError):
+    """A dequantization cache entry that does not verify (torn, altered, or made from another GGUF): recomputed."""
+
+
+def _load_gguf_cached(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype):
+    """The model dequantized from its GGUF, through ``<cache>/models/<name>/``.
+
+    One lock per entry: two first loads never dequantize into one folder (the second waits, then reads what the
+    first wrote). The entry is built in a per-process temporary folder and moved into place in one step. On every
+    read it is verified: the source GGUF's sha256 is the one recorded, and every cached file has its recorded
+    sha256; an entry that fails (or fails to load) is recomputed with a warning, never an error."""
     cached = cache_dir / "models" / spec.name
-    manifest_path = cached / "lightning_edit_manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        log.info("loaded %s from cache %s (gguf sha256 %s)", spec.name, cached, manifest["gguf_sha256"][:12])
-        return model, tokenizer
     gguf = _gguf_path(spec, cache_dir)
     sha = sha256_file(gguf)
     if spec.gguf_sha256 and sha != spec.gguf_sha256:
         raise ModelNotAvailableError(f"{spec.name}: {gguf} has sha256 {sha}, expected {spec.gguf_sha256}; reinstall the package")
+    with exclusive_lock(cached, f"the dequantization cache {cached}"):
+        if cached.exists() or cached.is_symlink():
+            try:
+                return _read_cache(spec, cached, sha, dtype)
+            except DamagedCache as err:
+                log.warning("%s: dequantization cache unusable (%s); recomputing it", spec.name, err)
+                _discard(cached)
+        model, tokenizer = _dequantize(spec, gguf, sha, cached)
+    return model.to(dtype), tokenizer
+
+
+def _read_cache(spec: ModelSpec, cached: Path, gguf_sha: str, dtype: torch.dtype):
+    """The cached model and tokenizer after checking the manifest, the source GGUF's hash and every file's hash."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest_path = cached / CACHE_MANIFEST
+    try:
+        if cached.is_symlink() or not cached.is_dir():
+            raise DamagedCache(f"{cached} is not a folder")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise DamagedCache(f"{manifest_path} is not a manifest with the files' hashes (an older or torn cache)")
+        if manifest.get("gguf_sha256") != gguf_sha:
+            raise DamagedCache(f"it was made from a GGUF with sha256 {str(manifest.get('gguf_sha256'))[:12]}…, the "
+                               f"installed one has {gguf_sha[:12]}…")
+        present = {p.relative_to(cached).as_posix() for p in cached.rglob("*") if p.is_file()} - {CACHE_MANIFEST}
+        if present != set(manifest["files"]):
+            raise DamagedCache(f"its files {sorted(present ^ set(manifest['files']))} are not the ones recorded")
+        check_listed_files(cached, manifest["files"], required=("config.json", "model.safetensors"))
+        model = AutoModelForCausalLM.from_pretrained(cached, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(cached)
+    except DamagedCache:
+        raise
+    except (CheckpointError, OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise DamagedCache(f"{type(err).__name__}: {err}") from err
+    log.info("loaded %s from cache %s (gguf sha256 %s, verified)", spec.name, cached, gguf_sha[:12])
+    return model, tokenizer
+
+
+def _discard(path: Path) -> None:
+    """Move a damaged entry aside (one step), then delete it: the entry's name never holds half a folder."""
+    aside = temporary_sibling(path, suffix=".damaged")
+    os.rename(path, aside)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
+def _dequantize(spec: ModelSpec, gguf: Path, sha: str, cached: Path):
+    """Dequantize ``gguf`` (float32) and write the cache entry atomically; the caller holds the entry's lock."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -162,17 +223,14 @@ def _load_gguf_cached(spec: ModelSpec, cache_dir: Path, dtype: torch.dtype):
         model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None
     model.is_quantized = False
-    tmp = cached.with_name(cached.name + ".partial")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "lightning_edit_manifest.json").write_text(json.dumps(
-        {"model": spec.name, "gguf_file": gguf.name, "gguf_sha256": sha, "dequantize_seconds": round(time.perf_counter() - start, 1)}, indent=2))
-    if cached.exists():
-        import shutil
-
-        shutil.rmtree(cached)
-    tmp.rename(cached)  # atomic: an interrupted dequantization never leaves a half-written cache
-    return model.to(dtype), tokenizer
+    with atomic_directory(cached, f"the dequantization cache of {spec.name}") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / CACHE_MANIFEST).write_text(json.dumps(
+            {"model": spec.name, "gguf_file": gguf.name, "gguf_sha256": sha, "files": files,
+             "dequantize_seconds": round(time.perf_counter() - start, 1)}, indent=2))
+    return model, tokenizer
 
 
 def load_model(
@@ -211,6 +269,7 @@ def load_model(
         p.requires_grad_(False)
     loaded = LoadedModel(name=name, model=model, tokenizer=tokenizer, layout=layout_for(model))
     if saved is not None:
+        saved.check_weights(loaded)  # what transformers read is what was saved, before any patch goes on it
         saved.attach_patches(loaded)
     return loaded
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_directory
 from ..errors import CheckpointError, LightningEditError
 from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
 from .patches import Patch, patch_class
@@ -156,19 +157,26 @@ def _checked_states(folder: Path, entries: Any, tensors: dict[str, torch.Tensor]
 
 
 def save_edited_model(loaded: "LoadedModel", directory: str | Path, *, method: str, requests: Sequence[Any], record: dict,
-                      base_fingerprint: Optional[str] = None) -> Path:
-    """Write the edited model as ``edit.py --save`` does (weights, tokenizer, patches, ``edits.json``, manifest)."""
+                      base_fingerprint: Optional[str] = None, flag: str = "--save") -> Path:
+    """Write the edited model as ``edit.py --save`` does (weights, tokenizer, patches, ``edits.json``, manifest).
+
+    Built in a temporary sibling of its own (pid + random: two runs saving under one name never share it) and moved
+    into place in one step: an error, a full disk or Ctrl-C leaves nothing under the target's name, and a symlink,
+    a file or a non-empty folder there (before or after the work) is a ``ConfigError`` naming ``flag``."""
     final = Path(directory)
     cannot = unsaveable_patches(loaded)
     if cannot:
-        raise CheckpointError(f"--save: patches {cannot} cannot be saved (their kind has no from_saved); nothing was written")
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise CheckpointError(f"{final} exists and is not an empty folder; give a new folder name")
-    # written beside, then renamed: an interrupted save never leaves a directory that looks complete
-    directory = final.with_name(f".{final.name}.partial")
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+        raise CheckpointError(f"{flag}: patches {cannot} cannot be saved (their kind has no from_saved); nothing was written")
+    with atomic_directory(final, flag) as temp:
+        _write_saved_model(loaded, temp, method=method, requests=requests, record=record,
+                           base_fingerprint=base_fingerprint)
+        for path in [temp, *temp.rglob("*")]:  # readable by the user's group and others, like any output
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    return final
+
+
+def _write_saved_model(loaded: "LoadedModel", directory: Path, *, method: str, requests: Sequence[Any], record: dict,
+                       base_fingerprint: Optional[str]) -> None:
     loaded.model.save_pretrained(directory, safe_serialization=True)
     loaded.tokenizer.save_pretrained(directory)
     kinds = [p.kind for p in loaded.patches]
@@ -183,12 +191,11 @@ def save_edited_model(loaded: "LoadedModel", directory: str | Path, *, method: s
                          "transformers load does not see them") if kinds else "none: the edit is in the weights",
     }
     (directory / RECORD_FILE).write_text(json.dumps({**record, **contents}, indent=2, default=str))
-    files = [p.relative_to(directory).as_posix() for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE]
+    files = [p.relative_to(directory).as_posix() for p in sorted(directory.rglob("*")) if p.is_file()
+             and p != directory / MANIFEST_FILE]
     write_manifest(directory, files, SAVED_MODEL_FORMAT, method=method, base_model=loaded.name,
                    base_fingerprint=base_fingerprint, weights_fingerprint=weights_fingerprint,
                    dtype=_model_dtype(loaded), requests=_request_dicts(requests), patches=kinds)
-    directory.replace(final)  # onto a missing or empty folder
-    return final
 
 
 def _claims_format(path: Path, format: str) -> bool:
@@ -196,6 +203,35 @@ def _claims_format(path: Path, format: str) -> bool:
         return json.loads(path.read_text(encoding="utf-8")).get("format") == format
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def check_coverage(path: Path, listed: dict) -> None:
+    """The manifest covers every file of the folder (weights, configs, tokenizer: an unlisted file is one
+    transformers may read unverified) and lists the weights themselves; else a ``CheckpointError`` naming the file."""
+    patches_manifest = f"{PATCH_DIR}/{MANIFEST_FILE}"  # verified on its own by load_patches
+    for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
+        name = file.relative_to(path).as_posix()
+        if name in (MANIFEST_FILE, patches_manifest) or name in listed:
+            continue
+        raise CheckpointError(f"{file} is not listed in {path / MANIFEST_FILE}: a file added after saving is never "
+                              "loaded unverified; remove it, or save the model again")
+    weights = [n for n in listed if n.endswith(WEIGHT_SUFFIXES) and not n.startswith(PATCH_DIR + "/")]
+    if not weights:
+        raise CheckpointError(f"{path / MANIFEST_FILE} lists no weight file (model.safetensors): the folder is incomplete "
+                              "or its manifest was rewritten; save the model again")
+    index = next((n for n in listed if n.endswith(".index.json")), None)
+    if index:
+        try:
+            shards = set(json.loads((path / index).read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path / index}: not a weight index ({type(err).__name__}); save the model again") from err
+        missing = sorted(str(s) for s in shards if s not in listed)
+        if missing:
+            raise CheckpointError(f"{path / index} names {missing[0]}, which {path / MANIFEST_FILE} does not list; "
+                                  "save the model again")
 
 
 class SavedDirectory:
@@ -217,7 +253,22 @@ class SavedDirectory:
             return None
         if not (path / PATCH_DIR).is_dir() and not _claims_format(path / MANIFEST_FILE, SAVED_MODEL_FORMAT):
             return None  # someone else's manifest.json in an ordinary model directory
-        return cls(path, verify_manifest(path, SAVED_MODEL_FORMAT, required=["config.json"]))
+        manifest = verify_manifest(path, SAVED_MODEL_FORMAT, required=["config.json"])
+        check_coverage(path, manifest["files"])
+        return cls(path, manifest)
+
+    def check_weights(self, loaded: "LoadedModel") -> None:
+        """The weights as loaded are the ones saved: their fingerprint is the manifest's (in the dtype they were
+        saved in; a model loaded in another dtype has other values, and its files' hashes were checked anyway)."""
+        recorded = (self.manifest or {}).get("weights_fingerprint")
+        if not recorded or _model_dtype(loaded) != (self.manifest or {}).get("dtype"):
+            return
+        actual = loaded.weights_fingerprint()
+        if actual != recorded:
+            raise CheckpointError(
+                f"{self.path / MANIFEST_FILE}: the weights loaded from {self.path} have fingerprint {actual}, the "
+                f"manifest records weights_fingerprint {recorded}: the folder does not hold the model that was saved "
+                "(a weight file changed, or one transformers reads is not the one listed); save it again")
 
     def attach_patches(self, loaded: "LoadedModel") -> list[Patch]:
         if not (self.path / PATCH_DIR).is_dir():

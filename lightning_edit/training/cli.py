@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from ..atomic import check_writable_directory
 from ..errors import ConfigError, LightningEditError
 from .run_config import RunConfig, build_parser, resolve_config, resolve_run  # noqa: F401  (resolve_config: public)
 
@@ -137,6 +138,8 @@ def run(args: Any) -> dict:
     from .modules import module_class
 
     config = resolve_run(args)
+    # before anything loads or trains: an --output that cannot take a new editor fails now, not after training
+    check_writable_directory(config.output, "--output")
     cls = module_class(config.method)
     export = ExportAtTrainEnd()
     trainer, checkpoint_cb, precision = build_trainer(args, config, extra_callbacks=[export])
@@ -181,7 +184,7 @@ def run(args: Any) -> dict:
                       "peak_rss_mb": round(memory.peak_mb, 1), "strategy": strategy_name, "world_size": trainer.world_size,
                       "precision": precision, "base_dtype": config.dtype, "resumed_from": config.ckpt_path,
                       "config": {**training.to_dict(), "precision": precision, "base_dtype": config.dtype}},
-            metrics=metrics)
+            metrics=metrics, flag="--output")
         result["editor_checkpoint"] = str(config.output)
         print(json.dumps(result, indent=2))
     return result
