@@ -16,6 +16,7 @@ directory is what ``EditorCheckpoint.save_pretrained`` writes, ``push_to_hub`` u
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from .atomic import atomic_directory
 from .errors import CheckpointError, ModelNotAvailableError
 from .hashing import sha256_file
 from .manifest import check_listed_files
+from .tensor_limits import check_tensor_file
 from .models.loading import LoadedModel
 from .version import package_versions
 
@@ -40,8 +42,10 @@ MANIFEST_FILE = "manifest.json"
 CARD_FILE = "README.md"
 EDITOR_FILES = (WEIGHTS_FILE, CONFIG_FILE, MANIFEST_FILE, CARD_FILE)
 FORMAT_VERSION = 1
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # user/repo, nothing more
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[A-Za-z0-9][\w.-]*)?$")  # user/repo[@revision]
+MAX_EDITOR_TENSORS = 4096  # MEND/KE/SERAC networks hold tens of tensors; a file declaring more is not one of them
 # the upstream hub model of registered models shipped as a GGUF (the card's ``base_model``)
+log = logging.getLogger(__name__)
 GGUF_UPSTREAM = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 @dataclass
@@ -93,17 +97,33 @@ def is_hub_id(source: Union[str, Path]) -> bool:
     return isinstance(source, str) and bool(HUB_ID.match(source)) and not Path(source).exists()
 
 
+def split_hub_id(source: str, revision: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """``user/repo@rev`` → (``user/repo``, ``rev``); a ``revision=`` that contradicts the ``@rev`` is refused."""
+    repo, _, pinned = source.partition("@")
+    if pinned and revision and pinned != revision:
+        raise CheckpointError(f"editor checkpoint {source!r} names revision {pinned!r} but revision={revision!r} was "
+                              "given too; give one of them")
+    return repo, pinned or revision
+
+
 def resolve_editor_dir(source: Union[str, Path], *, revision: Optional[str] = None,
                        cache_dir: Optional[Union[str, Path]] = None, token: Optional[str] = None) -> Path:
-    """A local folder as is; a hub id downloaded (only the checkpoint files) into the hub cache."""
+    """A local folder as is; a hub id (``user/repo[@revision]``) downloaded (only the checkpoint files) into the hub
+    cache. Without a revision the newest commit is read, with a warning naming it (the folder's name is the commit
+    the files came from: what the edit records as its editor)."""
     if not is_hub_id(source):
         return Path(source)
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import is_offline_mode
 
+    repo, pinned = split_hub_id(str(source), revision)
     try:
-        return Path(snapshot_download(str(source), revision=revision, cache_dir=cache_dir, token=token,
-                                      allow_patterns=list(EDITOR_FILES)))
+        folder = Path(snapshot_download(repo, revision=pinned, cache_dir=cache_dir, token=token,
+                                        allow_patterns=list(EDITOR_FILES)))
+        if pinned is None:
+            log.warning("editor checkpoint %s names no revision: read at commit %s; pin it as %s@%s to read the same "
+                        "editor again", source, folder.name, repo, folder.name)
+        return folder
     except Exception as err:  # offline, no network, unknown/private repo: one line, no traceback
         reason = "offline mode (HF_HUB_OFFLINE is set) and it is not in the cache" if is_offline_mode() else \
             f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}"
@@ -211,9 +231,15 @@ def read_manifest(directory: Union[str, Path]) -> dict:
         raise CheckpointError(f"editor checkpoint {directory} has no {MANIFEST_FILE}; it is incomplete or not an editor "
                               f"checkpoint (train one with `python train.py METHOD MODEL`)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from err
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path} is not UTF-8 text ({err.reason}); the checkpoint is damaged") from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); the checkpoint is damaged") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise CheckpointError(f"{path} is not an editor manifest (a JSON object whose 'files' maps file names to "
+                              "sha256); the checkpoint is damaged or not an editor checkpoint")
+    return manifest
 
 
 def verify_files(directory: Union[str, Path], manifest: Optional[dict] = None) -> dict:
@@ -243,6 +269,13 @@ def load_editor_checkpoint(directory: Union[str, Path], *, method: str, loaded: 
                 f"{base.get('weights_fingerprint')}), but the model given is {loaded.name!r} (fingerprint {fingerprint}); "
                 f"an editor only works on the exact weights it was trained on: load {base.get('name')!r} unedited, or "
                 f"train an editor for this model with `python train.py {method} {loaded.name}`")
+    check_tensor_file(directory / WEIGHTS_FILE, f"editor checkpoint {directory}", MAX_EDITOR_TENSORS)
     state = load_file(str(directory / WEIGHTS_FILE))  # safetensors: no pickle is ever read
-    config = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+    try:
+        config = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not valid UTF-8 YAML ({type(err).__name__}); the "
+                              "checkpoint is damaged") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not a mapping of hyperparameters; the checkpoint is damaged")
     return EditorCheckpoint(directory=directory, state_dict=state, config=config, manifest=manifest)

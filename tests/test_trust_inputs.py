@@ -266,3 +266,154 @@ def test_request_record_without_prompt_is_a_request_error():
         EditRequest.from_dict({"target_new": "x"})  # KeyError before
     with pytest.raises(RequestError, match="kind"):
         EditRequest.from_dict({"prompt": "a", "target_new": "b", "locality": [{"prompt": "c", "answer": "d", "kind": [1]}]})
+
+
+# ---- finding 17: editor checkpoints and saved patches -----------------------------------------------------------
+
+@pytest.fixture
+def mend_checkpoint(tmp_path, tokenizer):
+    import torch
+
+    from conftest import build_tiny
+    from lightning_edit.checkpoints import save_editor_checkpoint
+    from lightning_edit.editors.learned.mend import MENDEditor, MENDHyperParams
+
+    loaded = build_tiny("llama", tokenizer)
+    hp = MENDHyperParams.for_model("mend", loaded.name, loaded.layout.family, {"rank": 8, "edit_lr_init": 0.5})
+    network = MENDEditor(hp).build_network(loaded)
+    with torch.no_grad():
+        network.edit_lrs.fill_(0.5)
+    directory = save_editor_checkpoint(tmp_path / "mend-tiny", method="mend", state_dict=network.state_dict(),
+                                       config=hp.architecture(), loaded=loaded)
+    return loaded, directory
+
+
+def _rewrite(directory: Path, name: str, content: bytes) -> None:
+    """Replace a checkpoint file and its manifest hash, as whoever hands the folder over can."""
+    from lightning_edit.hashing import sha256_file
+
+    (directory / name).write_bytes(content)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = sha256_file(directory / name)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("content", [b'{"method": "mend", "files": {"\xff": 1}}', b"[1, 2]", b'{"files": [1]}'])
+def test_checkpoint_manifest_not_utf8_or_not_an_object(mend_checkpoint, content):
+    from lightning_edit.checkpoints import load_editor_checkpoint
+
+    _, directory = mend_checkpoint
+    (directory / "manifest.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match="manifest.json"):
+        load_editor_checkpoint(directory, method="mend")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"rank": -1}, "rank"),
+    ({"rank": 70_000}, "rank"),
+    ({"rank": "abc"}, "rank"),
+    ({"layers": [99]}, "layers"),
+    ({"edit_lr_init": float("inf")}, "edit_lr_init"),
+    ({"n_hidden": {"a": 1}}, "n_hidden"),
+])
+def test_checkpoint_architecture_is_validated_before_the_network_is_built(mend_checkpoint, change, field):
+    import yaml
+
+    from lightning_edit.editors import build_editor
+
+    loaded, directory = mend_checkpoint
+    config = yaml.safe_load((directory / "config.yaml").read_text())
+    _rewrite(directory, "config.yaml", yaml.safe_dump({**config, **change}).encode())
+    editor = build_editor("mend", loaded, {"editor_checkpoint": str(directory)})
+    with pytest.raises(CheckpointError, match=f"config.yaml.*{field}"):
+        editor.prepare(loaded)
+
+
+def test_checkpoint_templates_name_only_their_fields(tokenizer):
+    from conftest import build_tiny
+    from lightning_edit.checkpoints import EditorCheckpoint
+    from lightning_edit.editors.learned.hypernetwork import checked_architecture
+    from lightning_edit.editors.memory.serac import SERACHyperParams
+
+    loaded = build_tiny("llama", tokenizer)
+    hp = SERACHyperParams(scope_layer=1)
+    for template in ("{prompt} {target} {prompt.__class__}", "{prompt:99999999} {target}", "{0} {prompt} {target}"):
+        ckpt = EditorCheckpoint(directory=Path("x"), state_dict={}, config={"edit_template": template})
+        with pytest.raises(CheckpointError, match="edit_template"):
+            checked_architecture(hp, ckpt, loaded)
+
+
+def test_checkpoint_tensor_count_is_bounded(mend_checkpoint):
+    import torch
+    from safetensors.torch import save_file
+
+    from lightning_edit.checkpoints import load_editor_checkpoint
+
+    loaded, directory = mend_checkpoint
+    many = directory.parent / "many.safetensors"
+    save_file({f"t{i}": torch.zeros(1) for i in range(5000)}, str(many))
+    _rewrite(directory, "editor.safetensors", many.read_bytes())
+    with pytest.raises(CheckpointError, match="5000 tensors"):
+        load_editor_checkpoint(directory, method="mend")
+
+
+def test_tensor_file_header_is_checked_before_reading(tmp_path):
+    import struct
+
+    from lightning_edit.tensor_limits import check_tensor_file
+
+    def crafted(header: dict, data: bytes = b"") -> Path:
+        raw = json.dumps(header).encode()
+        path = tmp_path / "x.safetensors"
+        path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+        return path
+
+    with pytest.raises(CheckpointError, match="shape"):
+        check_tensor_file(crafted({"a": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 4]}}, b"\0" * 4), "t", 10)
+    with pytest.raises(CheckpointError, match="byte range"):
+        check_tensor_file(crafted({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 1 << 40]}}, b"\0" * 4), "t", 10)
+    with pytest.raises(CheckpointError, match="header"):
+        (tmp_path / "y.safetensors").write_bytes(struct.pack("<Q", 1 << 60))
+        check_tensor_file(tmp_path / "y.safetensors", "t", 10)
+
+
+def test_saved_patches_are_bounded_before_loading(tmp_path, monkeypatch):
+    from lightning_edit.models import saving
+
+    calls = []
+    monkeypatch.setattr(saving, "check_tensor_file", lambda *a: calls.append(a) or (_ for _ in ()).throw(
+        CheckpointError("bounded")))
+    monkeypatch.setattr(saving, "verify_manifest", lambda *a, **k: {"weights_fingerprint": "f"})
+
+    class Loaded:
+        name = "m"
+
+        def weights_fingerprint(self):
+            return "f"
+
+    with pytest.raises(CheckpointError, match="bounded"):
+        saving.load_patches(Loaded(), tmp_path)
+    assert calls and calls[0][2] == saving.MAX_PATCH_TENSORS
+
+
+def test_hub_editor_ids_take_a_revision_and_unpinned_ones_warn(tmp_path, monkeypatch, caplog):
+    import huggingface_hub
+
+    from lightning_edit.checkpoints import is_hub_id, resolve_editor_dir
+
+    assert is_hub_id("user/repo@v1") and is_hub_id("user/repo")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    calls = []
+
+    def download(repo, revision=None, **kw):
+        calls.append((repo, revision))
+        return str(tmp_path / "snapshots" / (revision or commit))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    assert resolve_editor_dir("user/repo@v1").name == "v1"
+    assert calls[-1] == ("user/repo", "v1")
+    with caplog.at_level("WARNING"):
+        assert resolve_editor_dir("user/repo").name == commit
+    assert "names no revision" in caplog.text and commit in caplog.text
+    with pytest.raises(CheckpointError, match="revision"):
+        resolve_editor_dir("user/repo@v1", revision="v2")

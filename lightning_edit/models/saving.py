@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_directory
 from ..errors import CheckpointError, LightningEditError
 from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
+from ..tensor_limits import check_tensor_file
 from .patches import Patch, patch_class
 
 if TYPE_CHECKING:  # load_model calls into this module; only the type is needed here
@@ -81,6 +82,9 @@ def save_patches(loaded: "LoadedModel", directory: str | Path, *, method: str, r
     return folder
 
 
+MAX_PATCH_TENSORS = 1 << 16  # a long sequence of GRACE/WISE edits saves thousands; a file declaring more is not ours
+
+
 def load_patches(loaded: "LoadedModel", directory: str | Path) -> list[Patch]:
     """Verify the patches saved in ``directory`` (or its ``lightning_edit_patches/``) and attach them to ``loaded``:
     every check before the first attach, and on any error nothing stays attached."""
@@ -94,6 +98,8 @@ def load_patches(loaded: "LoadedModel", directory: str | Path) -> list[Patch]:
             f"{folder}: these patches were made on weights with fingerprint {manifest.get('weights_fingerprint')} "
             f"({manifest.get('base_model')}, {manifest.get('dtype')}); model {loaded.name!r} as loaded ({_model_dtype(loaded)}) "
             f"has {fingerprint}. Load the model they were saved with, in dtype {manifest.get('dtype')}")
+    # bounded from the header before any tensor is read: the hashes say the file is the one saved, not that it is sane
+    check_tensor_file(folder / PATCHES_TENSORS, f"saved patches {folder}", MAX_PATCH_TENSORS)
     try:
         entries = json.loads((folder / PATCHES_JSON).read_text(encoding="utf-8"))
         tensors = load_file(str(folder / PATCHES_TENSORS))
@@ -134,6 +140,9 @@ def _checked_states(folder: Path, entries: Any, tensors: dict[str, torch.Tensor]
     and finite."""
     if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("tensors"), dict) for e in entries):
         raise CheckpointError(f"{folder / PATCHES_JSON}: expected a list of patch entries with 'kind', 'config' and 'tensors'")
+    if len(entries) > MAX_PATCH_TENSORS or not all(isinstance(spec, dict) for e in entries for spec in e["tensors"].values()):
+        raise CheckpointError(f"{folder / PATCHES_JSON}: expected at most {MAX_PATCH_TENSORS} patch entries, each "
+                              "tensor declared as {\"shape\": [...], \"dtype\": ...}")
     states, declared = [], set()
     for i, entry in enumerate(entries):
         state = {}

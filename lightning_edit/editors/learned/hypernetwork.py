@@ -3,6 +3,8 @@ losses, and loading a trained network from a checkpoint into an editor."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
@@ -10,9 +12,9 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ...checkpoints import EditorCheckpoint, load_editor_checkpoint
+from ...checkpoints import CONFIG_FILE, EditorCheckpoint, is_hub_id, load_editor_checkpoint
 from ..base import Editor, HyperParams
-from ...errors import ConfigError
+from ...errors import CheckpointError, ConfigError
 from ...hooks import trace
 from ...models.loading import LoadedModel
 from ...models.ops import target_nll  # noqa: F401  (the training loss; imported from here by training/)
@@ -141,6 +143,64 @@ class LearnedHyperParams(HyperParams):
         return {k: getattr(self, k) for k in self.ARCHITECTURE}
 
 
+MAX_ARCHITECTURE_INT = 1 << 16  # a width, rank or count read from a checkpoint; trained editors use hundreds
+LAYER_FIELDS = ("layers", "lora_layers", "scope_layer")  # block indices: inside the model, negative from the end
+
+
+def checked_architecture(hp: LearnedHyperParams, ckpt: EditorCheckpoint, loaded: LoadedModel) -> LearnedHyperParams:
+    """``hp`` with the architecture of ``ckpt``'s config.yaml, every value checked: integers in range (block
+    indices inside ``loaded``), finite numbers, templates naming only their fields, then the method's own
+    validation. A bad value is a ``CheckpointError`` naming the file and the field."""
+    source = f"editor checkpoint {ckpt.directory / CONFIG_FILE}"
+    arch = {k: v for k, v in ckpt.config.items() if k in hp.ARCHITECTURE}
+    n_layers = loaded.layout.num_layers(loaded.model)
+    for name, value in arch.items():
+        _check_architecture_value(source, name, value, n_layers)
+    if is_hub_id(hp.editor_checkpoint) and "@" not in hp.editor_checkpoint and re.fullmatch(r"[0-9a-f]{40}", ckpt.directory.name):
+        arch["editor_checkpoint"] = f"{hp.editor_checkpoint}@{ckpt.directory.name}"  # the commit read, recorded
+    try:
+        return type(hp).from_dict({**hp.to_dict(), **arch}, source=source)
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def _check_architecture_value(source: str, name: str, value: object, n_layers: int) -> None:
+    items = value if isinstance(value, list) else [value]
+    if len(items) > max(n_layers, 16):
+        raise CheckpointError(f"{source}: field '{name}' has {len(items)} items; the model has {n_layers} blocks")
+    for item in items:
+        if isinstance(item, bool) or item is None:
+            continue
+        if isinstance(item, int):
+            low, high = (-n_layers, n_layers - 1) if name in LAYER_FIELDS else (0, MAX_ARCHITECTURE_INT)
+            if not low <= item <= high:
+                raise CheckpointError(f"{source}: field '{name}' is {item}, outside [{low}, {high}]"
+                                      + (f" (the model has {n_layers} blocks)" if name in LAYER_FIELDS else ""))
+        elif isinstance(item, float):
+            if not math.isfinite(item) or abs(item) > 1e6:
+                raise CheckpointError(f"{source}: field '{name}' is {item}; expected a finite number of sane size")
+        elif isinstance(item, str):
+            _check_template(source, name, item)
+        else:
+            raise CheckpointError(f"{source}: field '{name}' holds {type(item).__name__} {item!r:.60}; expected "
+                                  "numbers or names")
+
+
+def _check_template(source: str, name: str, text: str) -> None:
+    """A text read from a checkpoint that is later filled with ``str.format`` (SERAC's ``edit_template``) may name
+    only ``{prompt}`` and ``{target}``: no index, attribute, conversion or width."""
+    import string
+
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
+    except ValueError as err:
+        raise CheckpointError(f"{source}: field '{name}' {text!r:.80} is not a valid template ({err})") from None
+    bad = [f for f, spec, conv in fields if f not in ("prompt", "target") or spec or conv]
+    if len(text) > 1000 or bad:
+        raise CheckpointError(f"{source}: field '{name}' {text!r:.80} may name only {{prompt}} and {{target}} "
+                              f"(found {bad[:3]}) and hold at most 1000 characters")
+
+
 class LearnedEditor(Editor):
     """An editor whose network is trained by ``train.py`` and loaded from a checkpoint directory
     (``hparams.editor_checkpoint``), or handed over directly during training/validation."""
@@ -167,9 +227,9 @@ class LearnedEditor(Editor):
                 f"`python edit.py --method {self.name} --editor checkpoints/editors/{self.name}-<model>` "
                 f"(or --set editor_checkpoint=DIR)")
         ckpt = load_editor_checkpoint(hp.editor_checkpoint, method=self.name, loaded=loaded)
-        # The architecture the network was trained with overrides the YAML defaults.
-        arch = {k: v for k, v in ckpt.config.items() if k in hp.ARCHITECTURE}
-        self.hparams = dataclasses.replace(hp, **arch)
+        # The architecture the network was trained with overrides the YAML defaults: checked (types, ranges, the
+        # hyperparameters' own validation) before any tensor of the network is built from it.
+        self.hparams = checked_architecture(hp, ckpt, loaded)
         network = self.build_network(loaded)
         missing, unexpected = network.load_state_dict(ckpt.state_dict, strict=False)
         if missing or unexpected:
