@@ -384,7 +384,8 @@ def test_a_saved_model_loads_verified(saved_dir):
     assert same_weights(load_model(str(folder)).model, loaded.model)
 
 
-@pytest.mark.parametrize("case", ["unlisted weight file", "unlisted config", "weights not listed", "wrong fingerprint"])
+@pytest.mark.parametrize("case", ["unlisted weight file", "unlisted config", "weights not listed", "wrong fingerprint",
+                                  "symlinked weights", "manifest is a list"])
 def test_a_manifest_that_does_not_cover_the_folder_is_refused(case, saved_dir):
     from lightning_edit.models import load_model
 
@@ -400,9 +401,17 @@ def test_a_manifest_that_does_not_cover_the_folder_is_refused(case, saved_dir):
     elif case == "weights not listed":
         _rewrite_manifest(folder, lambda m: m["files"].pop("model.safetensors"))
         name = "model.safetensors"
-    else:
+    elif case == "wrong fingerprint":
         _rewrite_manifest(folder, lambda m: m.update(weights_fingerprint="0123456789abcdef"))
         name = "weights_fingerprint"
+    elif case == "symlinked weights":  # same bytes, so the hash matches: the link itself is refused
+        (folder.parent / "real.bin").write_bytes((folder / "model.safetensors").read_bytes())
+        (folder / "model.safetensors").unlink()
+        (folder / "model.safetensors").symlink_to(folder.parent / "real.bin")
+        name = "symbolic link"
+    else:  # a saved directory (edits.json) whose manifest is not an object is refused, not loaded unverified
+        (folder / MANIFEST_FILE).write_text("[]")
+        name = MANIFEST_FILE
     with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
         load_model(str(folder))
 

@@ -223,6 +223,9 @@ def check_coverage(path: Path, listed: dict) -> None:
     patches_manifest = f"{PATCH_DIR}/{MANIFEST_FILE}"  # verified on its own by load_patches
     for file in sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink()):
         name = file.relative_to(path).as_posix()
+        if file.is_symlink():
+            raise CheckpointError(f"{file} is a symbolic link: a saved directory holds its own files, links are never "
+                                  "followed; copy the file in its place or save the model again")
         if name in (MANIFEST_FILE, patches_manifest) or name in listed:
             continue
         raise CheckpointError(f"{file} is not listed in {path / MANIFEST_FILE}: a file added after saving is never "
@@ -260,7 +263,8 @@ class SavedDirectory:
                 log.warning("%s has no %s (saved by an older version): loaded as an ordinary model directory, unverified",
                             path, MANIFEST_FILE)
             return None
-        if not (path / PATCH_DIR).is_dir() and not _claims_format(path / MANIFEST_FILE, SAVED_MODEL_FORMAT):
+        ours = (path / PATCH_DIR).is_dir() or (path / RECORD_FILE).is_file()
+        if not ours and not _claims_format(path / MANIFEST_FILE, SAVED_MODEL_FORMAT):
             return None  # someone else's manifest.json in an ordinary model directory
         manifest = verify_manifest(path, SAVED_MODEL_FORMAT, required=["config.json"])
         check_coverage(path, manifest["files"])
