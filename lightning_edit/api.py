@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .evaluation import evaluate_editing
 from .models import LoadedModel, load_model
 from .models.loading import resolve_dtype
+from .preflight import check_model_source, check_requests
 from .requests import requests_from_lists
 
 
@@ -94,6 +95,7 @@ class BaseEditor:
                 raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
             target = _device_for(device if device is not None else getattr(hparams, "device", None))
             chosen = _dtype_for(dtype, getattr(hparams, "fp16", None), target)
+            check_model_source(hparams.model_name, flag="hyperparameter 'model_name'")  # the shared preflight
             loaded = load_model(hparams.model_name, dtype=chosen, device=target)
         elif device is not None or dtype is not None:
             raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given; "
@@ -117,6 +119,7 @@ class BaseEditor:
         returned model (undo them with ``[d.undo(editor.loaded) for d in reversed(deltas)]``); otherwise each is
         undone after scoring, as EasyEdit does."""
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs, portability_inputs)
+        check_requests(requests, self.loaded)
         report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "single",
                                   fluency=fluency, progress=verbose, keep_edits=sequential_edit)
         return report.requests, self.loaded.model, report.kept_deltas
@@ -128,6 +131,7 @@ class BaseEditor:
         ``sequential_edit`` the chunks are applied one after another, kept, and all scored after the last (undo
         them with the returned deltas, as for ``edit``)."""
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs, portability_inputs)
+        check_requests(requests, self.loaded)
         report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "batch",
                                   batch_size=batch_size or len(requests), fluency=False, progress=verbose,
                                   keep_edits=sequential_edit)

@@ -144,37 +144,18 @@ def read_saved(directory: Path) -> dict:
         for j, item in enumerate(items):
             try:
                 requests.append(EditRequest.from_dict(item))
-            except (KeyError, TypeError, AttributeError) as err:
+            except (KeyError, TypeError, AttributeError, RequestError) as err:
                 raise CheckpointError(f"{path}: edits[{i}].requests[{j}] is not an edit request ({type(err).__name__}: {err})") from err
     record["_requests"] = requests
     return record
 
 
-def unavailable_reason(name: str) -> Optional[str]:
-    """Why ``name`` cannot be a model here, when that is known without trying (None: try to load it)."""
-    from .models import MODELS, resolve_model_name
-
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            return f"{name!r} is a file, not a model directory"
-        if not (path / "config.json").exists():
-            return f"{name!r} is a directory without config.json (a transformers model directory)"
-        return None
-    if resolve_model_name(name) in MODELS:
-        return None
-    if name.startswith(("/", "./", "../", "~")) or name.endswith("/"):
-        return f"{name!r}: no such directory"
-    if "/" not in name:
-        return f"{name!r} is not a registered model ({', '.join(sorted(MODELS))}), an existing directory, or a hub id (owner/name)"
-    return None  # a hub id: load_model tries the Hugging Face cache, then the hub
-
-
 def plan(args: argparse.Namespace) -> Plan:
-    """Every check that needs no model: flags, the edits, the method, the directory."""
-    from .checkpoints import is_hub_id
-    from .editors import get_editor_class
+    """Every check that needs no model: flags, the device, the edits, the method and its hyperparameters, the
+    directory (a saved one verified against its manifest before anything in it is read): the shared preflight."""
+    from .preflight import check_environment
 
+    check_environment(args.device)
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.n is not None and args.n < 1:
@@ -193,24 +174,7 @@ def plan(args: argparse.Namespace) -> Plan:
         if extra:
             raise ConfigError(f"{', '.join(extra)}: used only with an edit; give --edit {EDIT_SYNTAX!r} or --requests FILE")
 
-    directory = Path(args.model).expanduser()
-    saved = False
-    if directory.exists():
-        if not directory.is_dir():
-            raise ModelNotAvailableError(f"MODEL_OR_DIR {args.model!r} is a file; give a model name or a model directory")
-        saved = (directory / EDITS_FILE).exists()
-        if not (directory / "config.json").exists():
-            if saved:
-                raise ModelNotAvailableError(
-                    f"MODEL_OR_DIR {args.model!r} has {EDITS_FILE} but no config.json: the saved model's weights are missing")
-            raise ModelNotAvailableError(
-                f"MODEL_OR_DIR {args.model!r} is a directory without {EDITS_FILE} (from `python edit.py --save`) "
-                f"or config.json (a transformers model directory)")
-    else:
-        reason = unavailable_reason(args.model)
-        if reason:
-            raise ModelNotAvailableError(f"MODEL_OR_DIR {reason}")
-
+    saved = _check_model_or_dir(args.model)
     if editing:
         from .data import load_requests
 
@@ -221,41 +185,67 @@ def plan(args: argparse.Namespace) -> Plan:
                 raise RequestError(f"--requests {args.requests!r}: no edit requests in it")
             requests.extend(loaded_requests)
         method = args.method or DEFAULT_METHOD
-        cls = get_editor_class(method)  # ConfigError listing the methods
-        if cls.needs_subject:
-            for r in requests:
-                if r.subject is None:
-                    raise RequestError(
-                        f"method '{method}' needs the subject of each edit: {r.prompt!r} has none; "
-                        f"write --edit {EDIT_SYNTAX!r} with the SUBJECT as it occurs in the prompt")
-                r.require_subject(method)
-        overrides = dict(args.overrides)
-        fields = {f.name for f in dataclasses.fields(cls.HParams)}
-        if args.editor:
-            if not Path(args.editor).is_dir() and not is_hub_id(args.editor):
-                raise CheckpointError(f"--editor {args.editor!r}: no such directory (a checkpoint written by train.py) "
-                                      f"nor a hub id user/repo")
-            overrides["editor_checkpoint"] = args.editor
-        if "editor_checkpoint" in fields and not overrides.get("editor_checkpoint"):
-            raise ConfigError(f"method '{method}' needs a trained editor: give --editor DIR (from `python train.py {method} MODEL`)")
-        if "editor_checkpoint" not in fields and args.editor:
-            raise ConfigError(f"--editor is for learnt methods (mend, ke, serac); method '{method}' has no trained editor")
-        for cache_field in ("stats_dir", "cache_dir"):  # statistics, IKE's pool embeddings
-            if args.cache_dir and cache_field in fields:
-                overrides.setdefault(cache_field, args.cache_dir)
+        overrides = _check_edit_method(args, method, requests)
         edit_prompts, targets = _edit_prompts(requests)
         return Plan("edit", args.model, prompts or edit_prompts, targets, requests, method, overrides)
 
     if saved:
-        record = read_saved(directory)
+        record = read_saved(Path(args.model).expanduser())
         edit_prompts, targets = _edit_prompts(record["_requests"])
         if not prompts and not edit_prompts:
-            raise RequestError(f"{directory / EDITS_FILE} holds no edit requests; give a PROMPT to ask")
+            raise RequestError(f"{Path(args.model) / EDITS_FILE} holds no edit requests; give a PROMPT to ask")
         return Plan("saved", args.model, prompts or edit_prompts, targets, record["_requests"], record.get("method"), record=record)
 
     if not prompts:
         raise RequestError(f"nothing to ask: give a PROMPT, or --edit {EDIT_SYNTAX!r} / --requests FILE to ask the edit prompts")
     return Plan("answer", args.model, prompts, {})
+
+
+def _check_model_or_dir(model: str) -> bool:
+    """Whether MODEL_OR_DIR is a folder saved by ``edit.py --save`` (verified against its manifest now, before its
+    ``edits.json`` names a base model to load); else it must be a model that can load (the shared preflight)."""
+    from .models.saving import RECORD_FILE
+    from .preflight import check_model_source
+
+    directory = Path(model).expanduser()
+    if directory.is_dir() and (directory / EDITS_FILE).exists() and not (directory / "config.json").exists():
+        raise ModelNotAvailableError(
+            f"MODEL_OR_DIR {model!r} has {EDITS_FILE} but no config.json: the saved model's weights are missing")
+    saved = check_model_source(model, flag="MODEL_OR_DIR", verify_saved=True)
+    if saved is None and directory.is_dir() and (directory / RECORD_FILE).exists():
+        raise CheckpointError(f"MODEL_OR_DIR {model!r} has {EDITS_FILE} but no manifest.json covering it: its base model "
+                              "name cannot be trusted; save it again with this version (python edit.py ... --save DIR)")
+    return saved is not None
+
+
+def _check_edit_method(args: argparse.Namespace, method: str, requests: list) -> dict:
+    """The method, its hyperparameters merged and type-checked (the shared preflight), the subjects it needs."""
+    from .preflight import check_method
+
+    overrides = dict(args.overrides)
+    cls, hparams, overrides = check_method(method, args.model, _with_cache_dir(method, overrides, args.cache_dir),
+                                           args.editor)
+    if cls.needs_subject:
+        for r in requests:
+            if r.subject is None:
+                raise RequestError(
+                    f"method '{method}' needs the subject of each edit: {r.prompt!r} has none; "
+                    f"write --edit {EDIT_SYNTAX!r} with the SUBJECT as it occurs in the prompt")
+            r.require_subject(method)
+    if hasattr(hparams, "editor_checkpoint") and not overrides.get("editor_checkpoint"):
+        raise ConfigError(f"method '{method}' needs a trained editor: give --editor DIR (from `python train.py {method} MODEL`)")
+    return overrides
+
+
+def _with_cache_dir(method: str, overrides: dict, cache_dir: Optional[str]) -> dict:
+    """--cache-dir for the fields that hold a cache: statistics, IKE's pool embeddings."""
+    from .editors import get_editor_class
+
+    fields = {f.name for f in dataclasses.fields(get_editor_class(method).HParams)}
+    for cache_field in ("stats_dir", "cache_dir"):
+        if cache_dir and cache_field in fields:
+            overrides.setdefault(cache_field, cache_dir)
+    return overrides
 
 
 # ---- answering --------------------------------------------------------------------------------------
@@ -289,8 +279,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from .editors.delta import undo_all
     from .evaluation.measure import generate_greedy
     from .models import load_model
+    from .preflight import check_prompts, check_requests, unavailable_reason
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -303,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
 
     if p.mode == "answer":
         loaded = load(p.model)
+        check_prompts(p.prompts, loaded, args.max_new_tokens)
         for prompt, text in zip(p.prompts, answers(loaded)):
             print(format_block(prompt, None, None, answer=text) + "\n")
         return 0
@@ -314,20 +307,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"saved edit: {p.model}  (method {record.get('method', '?')}, {n_edits} request{'s' * (n_edits != 1)}, "
               f"base model {base or '?'})\n")
         before: Optional[list[str]] = None
-        reason = unavailable_reason(str(base)) if base else f"{EDITS_FILE} names no base_model"
+        reason = unavailable_reason(str(base)) if isinstance(base, str) else f"{EDITS_FILE} names no base_model"
         if reason is None:
             try:
                 base_loaded = load(str(base))
             except (LightningEditError, OSError, ValueError) as err:
                 reason = str(err)
             else:
+                check_prompts(p.prompts, base_loaded, args.max_new_tokens)
                 before = answers(base_loaded)
                 del base_loaded  # one model in memory at a time
                 gc.collect()
         if reason is not None:
             print(f"note: no answers before the edit: the base model cannot be loaded here ({reason}); "
                   f"showing the saved model's answers only\n")
-        after = answers(load(p.model))
+        saved_loaded = load(p.model)
+        check_prompts(p.prompts, saved_loaded, args.max_new_tokens)
+        after = answers(saved_loaded)
         for i, prompt in enumerate(p.prompts):
             print(format_block(prompt, before[i] if before is not None else None, after[i], p.targets.get(prompt)) + "\n")
         return 0
@@ -336,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
     from .editors import build_editor
 
     loaded = load(p.model)
+    check_requests(p.requests, loaded)
+    check_prompts(p.prompts, loaded, args.max_new_tokens)
     editor = build_editor(p.method, loaded, p.overrides)
     before = answers(loaded)
     deltas = []
@@ -349,8 +347,7 @@ def run(args: argparse.Namespace) -> int:
                 deltas.append(editor.edit(loaded, [r]))
         after = answers(loaded)
     finally:
-        for d in reversed(deltas):
-            d.undo(loaded)
+        undo_all(deltas, loaded)
     seconds = sum(d.seconds for d in deltas)
     n = len(p.requests)
     print(f"model: {loaded.name}  edit: {p.method}, {n} request{'s' * (n != 1)}"

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .options import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_device, check_output_path
+from .options import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_output_path
 from .errors import ConfigError, DataError
 from .evaluation.tracing import KINDS, NOISE_MULTIPLE
 
@@ -73,12 +73,14 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
     """Everything checked before the model loads: the kinds, the noise, the device, the output folder and the
     records (at least one, each with a subject and a true answer). Returns (kinds, output folder, requests)."""
     from .data import load_requests
+    from .preflight import check_environment, check_model_source
 
     kinds = parse_kinds(args.kinds)
     if not (math.isfinite(args.noise) and args.noise > 0):  # inf noise drowns every prompt: nothing to measure
         raise ConfigError(f"--noise {args.noise}: give a positive, finite multiple of the embeddings' standard "
                           "deviation (ROME: 3)")
-    check_device(args.device)
+    check_environment(args.device, args.dtype)  # the shared preflight: device, dtype, model
+    check_model_source(args.model)
     output = Path(args.output or f"results/trace-{args.model.replace('/', '_')}")
     check_output_path("--output", str(output), directory=True)
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)

@@ -3,7 +3,6 @@ are subcommands. Everything a run needs is checked before the model is loaded.""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -97,14 +96,15 @@ def build_study_parser() -> argparse.ArgumentParser:
 
 def run_study(argv: Sequence[str]) -> int:
     from .evaluation.study import Study, StudyConfig, safe_folder_name
+    from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)
     apply_threads(args.threads)
-    check_device(args.device)
     config = StudyConfig.load(args.config, model=args.model)
     if args.methods is not None:  # "--methods ," or "--methods ''" names no method: refused, not an empty study
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         config.check("--methods")
+    check_study(config, args.device)  # the shared preflight, for every method of the study
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
     tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
@@ -174,35 +174,15 @@ def preflight(args: argparse.Namespace, n_requests: int):
     """Everything that can be checked without the model: the method and its merged hyperparameters (types
     included), files it will read, the protocol and what --save can honestly save. Returns the editor class and
     the hyperparameter overrides."""
-    from .checkpoints import is_hub_id, resolve_editor_dir
-    from .data.text import resolve_text_source
-    from .editors import get_editor_class
-    from .models.loading import resolve_dtype
-    from .models.registry import family_of, resolve_model_name
+    from .preflight import check_environment, check_method, check_model_source
 
-    check_device(args.device)
-    resolve_dtype(args.dtype)  # an unknown --dtype is a ConfigError before anything loads
+    check_environment(args.device, args.dtype)
+    check_model_source(args.model)
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
     if args.save:
         check_new_directory(Path(args.save), "--save")  # a symlink too: the saved folder is never written through one
-    cls = get_editor_class(args.method)
-    overrides = dict(args.overrides)
-    if args.editor and "editor_checkpoint" not in {f.name for f in dataclasses.fields(cls.HParams)}:
-        raise ConfigError(f"--editor is for the methods that learn (mend, ke, serac); {args.method} takes no trained editor")
-    if args.editor:
-        if not Path(args.editor).exists() and not is_hub_id(args.editor):
-            raise ConfigError(f"--editor {args.editor}: no such checkpoint folder; train one with "
-                              f"'python train.py {args.method} {args.model}' or give its path (or a hub id user/repo)")
-        overrides["editor_checkpoint"] = args.editor
-    hparams = cls.HParams.for_model(args.method, resolve_model_name(args.model), family_of(args.model), overrides)
-    if args.editor and is_hub_id(args.editor):
-        resolve_editor_dir(args.editor)  # fetch it now: offline or unknown, a one-line error before the model loads
-    stats_text = getattr(hparams, "stats_text", None)
-    # an hf://datasets/... text is fetched now: offline, a one-line error before the model loads
-    if stats_text and not resolve_text_source(stats_text).is_file():
-        raise DataError(f"field 'stats_text' names {stats_text}, which is not a file; leave it unset for the text shipped "
-                        "with the package, or fetch WikiText-2 with 'python edit.py data get wikitext'")
+    cls, _, overrides = check_method(args.method, args.model, dict(args.overrides), args.editor)
     if args.save:
         if cls.cannot_save:
             raise ConfigError(f"--save: {args.method}'s edited model cannot be saved: {cls.cannot_save}")
@@ -225,9 +205,10 @@ def run(args: argparse.Namespace) -> int:
 
     from .data import load_requests
     from .editors import build_editor
+    from .editors.delta import undo_all
     from .evaluation import default_pre_cache, evaluate_editing, format_table, verdict
     from .models import load_model
-    from .models.request_checks import check_context_length, check_special_tokens
+    from .preflight import check_requests
 
     apply_threads(args.threads)
     set_seed(args.seed)  # Python, NumPy and torch (every device), as Lightning's seed_everything
@@ -243,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
     if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
         print(f"{args.model}: re-attached the saved patches {loaded.patches.keys()} (verified against its manifest)")
     # What needs the tokenizer: control-token text in a request, prompts longer than the model's context.
-    check_special_tokens(requests, loaded.tokenizer)
-    check_context_length(requests, loaded)
+    check_requests(requests, loaded)
     editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
     report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
                               fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,
@@ -259,8 +239,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(result["summary"], indent=2))
         write_outputs(args, result, lambda: save_edited(loaded, editor, report, Path(args.save)))
     finally:
-        for delta in reversed(report.kept_deltas):
-            delta.undo(loaded)
+        undo_all(report.kept_deltas, loaded)
     return 0
 
 

@@ -18,6 +18,7 @@ import argparse
 import copy
 import dataclasses
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Type, TypeVar, Union
@@ -44,6 +45,26 @@ def load_yaml(path: Union[str, Path], what: str = "config file") -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of keys to values, not a {type(data).__name__}")
     return data
+
+
+# a family (config.json's model_type) or model name as a file stem of configs/<method>/: letters, digits, "_", "-",
+# "." inside; never a path (a model folder's config.json is written by whoever hands the folder over)
+_CONFIG_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def is_config_stem(value: object) -> bool:
+    """Whether ``value`` may name a file ``configs/<method>/<value>.yaml`` (no separator, no "..", no oddities)."""
+    return isinstance(value, str) and bool(_CONFIG_STEM.fullmatch(value)) and ".." not in value
+
+
+def layered_configs(folder: Path, stems: Sequence[object]) -> dict:
+    """``folder/<stem>.yaml`` merged in order for each stem that names a file there; stems that could name a path
+    outside ``folder`` (or are not text) are skipped, so no value read from a model folder picks a file."""
+    merged: dict = {}
+    for stem in stems:
+        if is_config_stem(stem) and (folder / f"{stem}.yaml").is_file():
+            merged = deep_merge(merged, load_yaml(folder / f"{stem}.yaml"))
+    return merged
 
 
 def deep_merge(base: Mapping, extra: Mapping | None) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -36,15 +36,37 @@ def _first_tensor(x):
 
 
 @contextlib.contextmanager
-def hooks(handles_factory: Callable[[], list]) -> Iterator[None]:
-    """Register hooks via ``handles_factory`` and remove every one of them on exit."""
+def hooks(handles_factory: Callable[[], Iterable]) -> Iterator[None]:
+    """Register hooks via ``handles_factory`` and remove every one of them on exit.
+
+    The factory returns its handles as a generator (``(m.register_forward_hook(f) for m in modules)``): each handle
+    is kept the moment it exists, so a factory that raises halfway leaves none of the hooks it already registered."""
     handles: list = []
     try:
-        handles.extend(handles_factory())
+        collect_handles(handles_factory(), into=handles)
         yield
     finally:
-        for h in handles:
-            h.remove()
+        remove_handles(handles)
+
+
+def collect_handles(registrations: Iterable, into: Optional[list] = None) -> list:
+    """Consume ``registrations`` (a generator of hook handles) into a list; if it raises halfway, the handles
+    already registered are removed before the error goes on (a patch's ``on_attach`` leaves nothing behind)."""
+    handles = [] if into is None else into
+    try:
+        for handle in registrations:
+            handles.append(handle)
+    except BaseException:
+        remove_handles(handles)
+        raise
+    return handles
+
+
+def remove_handles(handles: list) -> None:
+    """Remove every handle (each ``remove`` is safe to repeat) and empty the list."""
+    for handle in reversed(handles):
+        handle.remove()
+    handles.clear()
 
 
 @contextlib.contextmanager
@@ -78,7 +100,7 @@ def trace(
 
         return hook
 
-    with hooks(lambda: [model.get_submodule(n).register_forward_hook(make(n)) for n in names]):
+    with hooks(lambda: (model.get_submodule(n).register_forward_hook(make(n)) for n in names)):
         yield result
 
 
@@ -102,5 +124,5 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
             return (fn(output[0]),) + tuple(output[1:])
         return fn(output)
 
-    with hooks(lambda: [module.register_forward_hook(hook)]):
+    with hooks(lambda: (module.register_forward_hook(hook) for _ in (1,))):
         yield

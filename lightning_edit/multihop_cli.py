@@ -30,7 +30,7 @@ def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides:
     from .editors import build_editor
     from .evaluation.multihop import FEW_SHOT_TEMPLATE, ZERO_SHOT_TEMPLATE, evaluate_multihop, format_multihop, multihop_verdict
     from .models import load_model
-    from .models.request_checks import check_context_length, check_special_tokens
+    from .preflight import check_requests
 
     check_multihop_args(args)
     apply_threads(args.threads)
@@ -41,8 +41,7 @@ def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides:
     if args.quiet:
         overrides.setdefault("progress", False)
     loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
-    check_special_tokens(requests, loaded.tokenizer)
-    check_context_length(requests, loaded)
+    check_requests(requests, loaded)
     editor = build_editor(args.method, loaded, known_overrides(args.method, overrides, args))
     template = ZERO_SHOT_TEMPLATE if args.zero_shot else FEW_SHOT_TEMPLATE
     report = evaluate_multihop(loaded, editor, cases, template, generate_tokens=args.generate, progress=not args.quiet)

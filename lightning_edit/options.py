@@ -10,6 +10,7 @@ from typing import Callable, Optional
 from .errors import ConfigError
 
 from .config import parse_override  # noqa: F401  (one --set parser: typed by the field, lightning_edit/config.py)
+from .preflight import check_device  # noqa: F401  (one device check: the shared preflight)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -62,13 +63,3 @@ def check_output_path(flag: str, path: Optional[str], directory: bool) -> None:
         raise ConfigError(f"{flag} {path}: cannot create the folder {parent} ({err.strerror or err})") from err
     if not os.access(parent, os.W_OK):
         raise ConfigError(f"{flag} {path}: the folder {parent} is not writable")
-
-
-def check_device(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
-                          "or install a CUDA build of torch on a machine with a GPU")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N")

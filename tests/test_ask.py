@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,8 +63,8 @@ def test_unknown_method_and_flags_without_an_edit(capsys, no_model_load):
 def test_learnt_method_needs_editor_checkpoint(capsys, no_model_load, tmp_path):
     assert "--editor DIR" in _error(capsys, ["smollm2-135m", "--method", "mend", "--edit", DARRIEUX])
     err = _error(capsys, ["smollm2-135m", "--method", "mend", "--editor", str(tmp_path / "none"), "--edit", DARRIEUX])
-    assert "--editor" in err and "no such directory" in err
-    assert "learnt methods" in _error(capsys, ["smollm2-135m", "--method", "ft-m", "--editor", str(tmp_path), "--edit", DARRIEUX])
+    assert "--editor" in err and "no such checkpoint folder" in err
+    assert "methods that learn" in _error(capsys, ["smollm2-135m", "--method", "ft-m", "--editor", str(tmp_path), "--edit", DARRIEUX])
 
 
 def test_nothing_to_ask(capsys, no_model_load):
@@ -73,20 +74,33 @@ def test_nothing_to_ask(capsys, no_model_load):
 
 def test_bad_model_or_directory(capsys, no_model_load, tmp_path):
     assert "not a registered model" in _error(capsys, ["smolm2", "a prompt"])
-    assert "no such directory" in _error(capsys, [str(tmp_path / "missing"), "a prompt"])
-    assert "without edits.json" in _error(capsys, [str(tmp_path), "a prompt"])
+    assert "no such folder" in _error(capsys, [str(tmp_path / "missing"), "a prompt"])
+    assert "without config.json" in _error(capsys, [str(tmp_path), "a prompt"])
     (tmp_path / "f.txt").write_text("x")
     assert "is a file" in _error(capsys, [str(tmp_path / "f.txt"), "a prompt"])
     (tmp_path / "edits.json").write_text("{}")
     assert "no config.json" in _error(capsys, [str(tmp_path)])
     (tmp_path / "config.json").write_text("{}")
-    assert "list 'edits'" in _error(capsys, [str(tmp_path)])
-    (tmp_path / "edits.json").write_text("not json")
-    assert "cannot read it as JSON" in _error(capsys, [str(tmp_path)])
-    (tmp_path / "edits.json").write_text(json.dumps({"base_model": "x", "edits": [{"requests": [{"prompt": "p"}]}]}))
-    assert "edits[0].requests[0]" in _error(capsys, [str(tmp_path)])
-    (tmp_path / "edits.json").write_text(json.dumps({"base_model": "x", "edits": []}))
-    assert "holds no edit requests" in _error(capsys, [str(tmp_path)])
+    (tmp_path / "f.txt").unlink()
+    # edits.json names the base model to load: without a manifest covering it, it is not read at all
+    assert "no manifest.json covering it" in _error(capsys, [str(tmp_path)])
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for content, message in (("{}", "list 'edits'"), ("not json", "cannot read it as JSON"),
+                             (json.dumps({"base_model": "x", "edits": [{"requests": [{"prompt": "p"}]}]}), "edits[0].requests[0]"),
+                             (json.dumps({"base_model": "x", "edits": []}), "holds no edit requests")):
+        (tmp_path / "edits.json").write_text(content)
+        seal(tmp_path)
+        assert message in _error(capsys, [str(tmp_path)])
+
+
+def seal(directory: Path) -> None:
+    """A manifest over every file of ``directory``, as ``edit.py --save`` writes it (what ``ask DIR`` verifies)."""
+    from lightning_edit.manifest import MANIFEST_FILE, write_manifest
+    from lightning_edit.models.saving import SAVED_MODEL_FORMAT
+
+    (directory / MANIFEST_FILE).unlink(missing_ok=True)
+    files = [p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()]
+    write_manifest(directory, files, SAVED_MODEL_FORMAT)
 
 
 def test_requests_file_is_read_before_loading(capsys, no_model_load, tmp_path):
@@ -134,6 +148,7 @@ def test_saved_dir_whose_base_cannot_load_shows_after_only(capsys, tiny_dir):
     req = EditRequest(prompt="The sky is", target_new="green", rephrase_prompts=("The colour of the sky is",))
     (tiny_dir / "edits.json").write_text(json.dumps(
         {"method": "ft-m", "base_model": "no-such-model", "hparams": {}, "edits": [{"seconds": 0.1, "requests": [req.to_dict()]}]}))
+    seal(tiny_dir)
     assert main([str(tiny_dir), "--max-new-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "base model cannot be loaded here" in out and "'no-such-model' is not a registered model" in out
@@ -187,6 +202,7 @@ def test_saved_ft_m_edit_dir_before_and_after(capsys, smollm2, tmp_path, monkeyp
     (tmp_path / "edits.json").write_text(json.dumps({
         "method": editor.name, "base_model": smollm2.name, "hparams": editor.hparams.to_dict(),
         "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in deltas]}, default=str))
+    seal(tmp_path)
     real_load = models.load_model
     monkeypatch.setattr(models, "load_model", lambda name, **k: smollm2 if name == "smollm2-135m" else real_load(name, **k))
     assert main([str(tmp_path), "--max-new-tokens", "4"]) == 0

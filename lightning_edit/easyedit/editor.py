@@ -12,6 +12,8 @@ import torch
 
 from .. import api
 from ..editors import EDITORS, HyperParams
+from ..editors.delta import undo_all
+from ..preflight import check_model_source, check_requests
 from ..errors import ConfigError
 from ..evaluation import Report, evaluate_editing
 from ..models import LoadedModel
@@ -38,8 +40,7 @@ class WeightsCopy(dict):
         self._deltas, self._loaded = list(deltas), loaded
 
     def __call__(self) -> None:
-        for delta in reversed(self._deltas):
-            delta.undo(self._loaded)
+        undo_all(self._deltas, self._loaded)
         self._deltas = []
 
 
@@ -84,6 +85,7 @@ class BaseEditor(api.BaseEditor):
                 raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
             name, _ = resolve_easyedit_model_name(hparams.model_name)  # again: a script may have set it
             target = api._device_for(device if device is not None else hparams.device)
+            check_model_source(name, flag="hyperparameter 'model_name'")  # the shared preflight
             loaded = api.load_model(name, dtype=api._dtype_for(dtype, hparams.fp16, target), device=target)
         elif device is not None or dtype is not None:
             raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given")
@@ -148,8 +150,10 @@ class BaseEditor(api.BaseEditor):
                                   f"[...]}}}}, one entry per edit prompt; got a {type(value).__name__}")
         if isinstance(ground_truth, str):
             ground_truth = [ground_truth]
-        return requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
-                                   portability_inputs), options
+        requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
+                                       portability_inputs)
+        check_requests(requests, self.loaded)  # control-token text, context length: as edit.py checks them
+        return requests, options
 
     def _returned(self, requests: list[EditRequest], report: Report):
         self.last_report = report

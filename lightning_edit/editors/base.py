@@ -8,6 +8,7 @@ will touch, and on any exception or non-finite weight restores them bit for bit 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 import typing
@@ -23,7 +24,7 @@ from ..errors import ConfigError, EditFailedError, LightningEditError, RequestEr
 from ..models.loading import LoadedModel
 from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
-from .delta import EditDelta  # noqa: F401  (importable from here, as before)
+from .delta import EditDelta, run_every_step  # noqa: F401  (EditDelta importable from here, as before)
 
 log = logging.getLogger(__name__)
 H = TypeVar("H", bound="HyperParams")
@@ -70,14 +71,10 @@ class HyperParams:
     def for_model(cls: Type[H], method: str, model_name: str, family: Optional[str] = None,
                   overrides: Optional[dict] = None, config_root: Path = CONFIG_ROOT) -> H:
         """Merge ``default.yaml``, ``<family>.yaml`` and ``<model>.yaml`` from ``configs/<method>/``, then overrides."""
-        from ..config import deep_merge, load_yaml
+        from ..config import layered_configs
 
-        merged: dict = {}
-        folder = config_root / method
-        model_stem = model_name if model_name and "/" not in model_name else None  # a local path has no per-model file
-        for stem in ("default", family, model_stem):
-            if stem and (folder / f"{stem}.yaml").exists():
-                merged = deep_merge(merged, load_yaml(folder / f"{stem}.yaml"))
+        # a local path (a separator in it) is no stem: layered_configs skips it, as any family that could be a path
+        merged = layered_configs(config_root / method, ("default", family, model_name))
         merged.update(overrides or {})
         merged["model_name"] = model_name
         return cls.from_dict(merged, source=f"configs/{method}/")
@@ -153,7 +150,10 @@ class Editor(ABC):
         return requests
 
     def edit(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> EditDelta:
-        """Apply ``requests`` (as one batch where the method supports it). Atomic: fails → weights unchanged."""
+        """Apply ``requests`` (as one batch where the method supports it). Atomic: fails → weights unchanged.
+
+        Every parameter the method did not declare (``touched_parameters``) is checksummed before and after, on
+        success too: a method that writes where it should not is an ``EditFailedError``, never a silent change."""
         requests = self.validate(requests)
         params = dict(loaded.model.named_parameters())
         names = self.touched_parameters(loaded, requests)
@@ -175,31 +175,15 @@ class Editor(ABC):
             bad = [n for n in names if not torch.isfinite(params[n]).all()]
             if bad:
                 raise FloatingPointError(f"non-finite values in {bad[:3]} after the edit")
+            undeclared = _changed(others, params)
+            if undeclared:
+                raise UndeclaredWriteError(undeclared)
         except BaseException as err:
-            with torch.no_grad():
-                for n, t in before.items():
-                    params[n].copy_(t)
-            for patch in reversed(patches):
-                patch.detach(loaded)
-            # a method that failed after attaching a patch never returned it: what it added to the registry goes too
-            for key in reversed([k for k in loaded.patches.keys() if k not in registered_before]):
-                loaded.patches.detach(key)
-            # Only what the checksums show may be claimed: a method can write where it did not declare.
-            after_failure = _checksums({n: params[n] for n in others})
-            changed = [n for n, value in others.items() if value != after_failure[n]]
-            if changed and isinstance(err, KeyboardInterrupt):
-                log.warning("%s: interrupted; %d parameter(s) it did not declare changed (%s): reload the model",
-                            self.name, len(changed), changed[:3])
+            self._roll_back(loaded, params, before, patches, registered_before)
+            failure = self._failure(err, _changed(others, params))
+            if failure is err:
                 raise
-            if changed:
-                raise EditFailedError(
-                    f"{self.name} edit failed ({type(err).__name__}: {err}); its declared weights were restored, but "
-                    f"{len(changed)} parameter(s) it did not declare changed and could not be restored ({changed[:3]}): "
-                    f"reload the model before using it") from err
-            if isinstance(err, (LightningEditError, KeyboardInterrupt)):
-                raise
-            raise EditFailedError(f"{self.name} edit failed ({type(err).__name__}: {err}); the weights were restored "
-                                  "(every parameter checked)") from err
+            raise failure from err
         finally:
             for n, p in params.items():
                 p.requires_grad_(grad_flags[n])
@@ -208,9 +192,59 @@ class Editor(ABC):
         return EditDelta(method=self.name, model_name=loaded.name, requests=requests, weights_before=before,
                          weights_after=after, patches=patches, seconds=seconds)
 
+    def _roll_back(self, loaded: LoadedModel, params: dict, before: dict, patches: list, registered_before: set) -> None:
+        """Restore the declared weights and detach every patch the failed edit added (all of them, even if one
+        detach fails: ``run_every_step``)."""
+        def restore() -> None:
+            with torch.no_grad():
+                for n, t in before.items():
+                    params[n].copy_(t)
+
+        steps = [("declared weights", restore)]
+        steps += [(f"patch {getattr(p, 'key', type(p).__name__)}", functools.partial(p.detach, loaded)) for p in reversed(patches)]
+        # a method that failed after attaching a patch never returned it: what it added to the registry goes too
+        added = [k for k in loaded.patches.keys() if k not in registered_before]
+        steps += [(f"registry patch {k}", functools.partial(_detach_if_attached, loaded, k)) for k in reversed(added)]
+        run_every_step(steps, f"roll-back of a failed {self.name} edit")
+
+    def _failure(self, err: BaseException, changed: list[str]) -> BaseException:
+        """What to raise for a failed edit, once its declared weights were restored. Only what the checksums show
+        may be claimed: a method can write where it did not declare."""
+        if changed and isinstance(err, KeyboardInterrupt):
+            log.warning("%s: interrupted; %d parameter(s) it did not declare changed (%s): reload the model",
+                        self.name, len(changed), changed[:3])
+            return err
+        if changed:
+            return EditFailedError(
+                f"{self.name} edit failed ({type(err).__name__}: {err}); its declared weights were restored, but "
+                f"{len(changed)} parameter(s) it did not declare changed and could not be restored ({changed[:3]}): "
+                f"reload the model before using it")
+        if isinstance(err, (LightningEditError, KeyboardInterrupt)):
+            return err
+        return EditFailedError(f"{self.name} edit failed ({type(err).__name__}: {err}); the weights were restored "
+                               "(every parameter checked)")
+
     def edit_sequential(self, loaded: LoadedModel, requests: Iterable[EditRequest]) -> list[EditDelta]:
         """Apply requests one after another, keeping each; undo them in reverse order."""
         return [self.edit(loaded, [r]) for r in requests]
+
+
+class UndeclaredWriteError(RuntimeError):
+    """An edit changed parameters its method did not declare (raised inside ``edit``, reported as EditFailedError)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(f"the edit changed {len(names)} parameter(s) it did not declare ({names[:3]})")
+
+
+def _changed(checksums: dict[str, int], params: dict[str, torch.Tensor]) -> list[str]:
+    """The parameters whose checksum differs from ``checksums`` (taken before the edit)."""
+    now = _checksums({n: params[n] for n in checksums})
+    return [n for n, value in checksums.items() if value != now[n]]
+
+
+def _detach_if_attached(loaded: LoadedModel, key: str) -> None:
+    if key in loaded.patches:
+        loaded.patches.detach(key)
 
 
 def _checksums(params: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -3,15 +3,16 @@ re-apply it. A saved edit carries a manifest (``lightning_edit/manifest.py``) an
 first weight is written, so a re-applied edit is the saved one or nothing."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError, LightningEditError
+from ..errors import CheckpointError, EditFailedError, LightningEditError
 from ..manifest import verify_manifest, write_manifest
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
@@ -29,19 +30,32 @@ class EditDelta:
     patches: list[Any] = field(default_factory=list)
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    # set once ``undo`` ran every step (even if it then raised): ``undo_all`` in a ``finally`` skips it
+    undone: bool = field(default=False, compare=False, repr=False)
 
     @property
     def weight_deltas(self) -> dict[str, torch.Tensor]:
         return {k: self.weights_after[k] - self.weights_before[k] for k in self.weights_after}
 
     def undo(self, loaded: LoadedModel) -> None:
-        """Restore the model exactly as it was before this edit."""
+        """Restore the model exactly as it was before this edit. Every step runs even when one fails or Ctrl-C
+        arrives halfway (see ``run_every_step``): the weights are all written back and every patch detached before
+        the failure or the interrupt is raised."""
         params = dict(loaded.model.named_parameters())
-        with torch.no_grad():
-            for name, before in self.weights_before.items():
-                params[name].copy_(before)
-        for patch in reversed(self.patches):
-            patch.detach(loaded)
+
+        def restore(name: str, before: torch.Tensor) -> Callable[[], None]:
+            def step() -> None:
+                with torch.no_grad():
+                    params[name].copy_(before)
+            return step
+
+        steps = [(f"weight {name}", restore(name, before)) for name, before in self.weights_before.items()]
+        steps += [(f"patch {getattr(p, 'key', type(p).__name__)}", functools.partial(p.detach, loaded))
+                  for p in reversed(self.patches)]
+        try:
+            run_every_step(steps, f"undo of a {self.method} edit")
+        finally:
+            self.undone = True
 
     def reapply(self, loaded: LoadedModel) -> None:
         """Apply this edit again to a model holding the pre-edit weights (refuses any other). Every tensor is checked
@@ -78,6 +92,7 @@ class EditDelta:
                 raise
         for patch in self.patches:
             patch.attach(loaded)
+        self.undone = False
 
     def save(self, directory: str | Path, loaded: Optional[LoadedModel] = None) -> Path:
         """Write ``edit.safetensors`` (before/after of every touched tensor), ``edit.json`` (requests, method) and
@@ -125,6 +140,39 @@ class EditDelta:
                 raise CheckpointError(f"{directory}: {name} holds NaN or infinite values")
         return cls(method=meta["method"], model_name=meta["model"], requests=requests, weights_before=before,
                    weights_after=after, seconds=meta.get("seconds", 0.0), info=meta.get("info", {}))
+
+
+def run_every_step(steps: Sequence[tuple[str, Callable[[], None]]], what: str) -> None:
+    """Run each ``(label, step)`` whatever the others do: a failing step is recorded and the rest still run; a
+    Ctrl-C during a step retries that step once (writing a tensor back or detaching a patch is safe to repeat) and is
+    raised once every step ran. Then: the KeyboardInterrupt, or an ``EditFailedError`` naming each failed step."""
+    failed: list[str] = []
+    interrupted = False
+    for label, step in steps:
+        for attempt in range(2):
+            try:
+                step()
+                break
+            except KeyboardInterrupt:
+                interrupted = True  # finish restoring first: a half-restored model is worse than a late stop
+            except Exception as err:  # noqa: BLE001  (recorded and reported below, after the other steps)
+                failed.append(f"{label} ({type(err).__name__}: {err})")
+                break
+        else:
+            failed.append(f"{label} (interrupted twice)")
+    if interrupted:
+        raise KeyboardInterrupt(f"{what}: interrupted; every step ran" + (f", {len(failed)} failed" if failed else ""))
+    if failed:
+        raise EditFailedError(f"{what}: {len(failed)} step(s) failed, the others ran: {'; '.join(failed[:3])}; "
+                              "reload the model before using it")
+
+
+def undo_all(deltas: Sequence["EditDelta"], loaded: LoadedModel) -> None:
+    """Undo ``deltas`` newest first, but those already undone; one that fails does not stop the others (all are
+    attempted, then the failures are raised together). The caller's list is left alone."""
+    pending = [(i, d) for i, d in enumerate(deltas) if not d.undone]
+    run_every_step([(f"undo of edit {i}", functools.partial(d.undo, loaded)) for i, d in reversed(pending)],
+                   f"undo of {len(pending)} edit(s)")
 
 
 EDIT_TENSORS, EDIT_RECORD, EDIT_FORMAT = "edit.safetensors", "edit.json", "lightning-edit/edit-delta"

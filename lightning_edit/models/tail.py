@@ -44,8 +44,8 @@ class TailRunner:
             return pre_hook
 
         n = len(self.blocks)
-        with torch.no_grad(), hooks(lambda: [self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
-                                             for i in range(start, n)]):
+        with torch.no_grad(), hooks(lambda: (self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
+                                             for i in range(start, n))):
             full = self._full()
             self.replay_ok = len(self.records) == n - start
             if self.replay_ok:

@@ -159,7 +159,7 @@ def run(args: Any) -> dict:
     val_every = config.trainer_kwargs()["val_check_interval"]
     start = time.perf_counter()
     with PeakMemoryMonitor(interval=0.05) as memory:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path, weights_only=True)
     seconds = time.perf_counter() - start
     # Gathered as training ended (every rank took part; under ZeRO-3 the weights were sharded). A fit that ran no
     # training loop (resumed at max_steps) never reached on_train_end: no strategy holds the network any more.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..config import apply_overrides, deep_merge, load_yaml
+from ..config import apply_overrides, deep_merge, layered_configs
 from ..errors import ConfigError
 from ..paths import CONFIG_ROOT, default_editors_root, default_runs_root
 from .settings import TRAINING_CONFIGS, TrainingConfig
@@ -84,10 +84,7 @@ def resolve_config(method: str, model_name: str, family: Optional[str], extra: O
     folder = config_root / method
     if not (folder / "default.yaml").exists():
         raise ConfigError(f"no configs/{method}/default.yaml: {method!r} is not a trainable method (mend, ke, serac)")
-    merged: dict = {}
-    for stem in ("default", family, model_name if "/" not in model_name else None):
-        if stem and (folder / f"{stem}.yaml").exists():
-            merged = deep_merge(merged, load_yaml(folder / f"{stem}.yaml"))
+    merged = layered_configs(folder, ("default", family, model_name))
     merged = apply_overrides(deep_merge(merged, extra), overrides)
     merged.setdefault("training", {})
     if not isinstance(merged["training"], dict):
@@ -158,10 +155,52 @@ def explicit_trainer_args(trainer_ns: Any) -> dict:
     return {k: v for k, v in given.items() if k in defaults and v != defaults[k]}
 
 
+def check_resume_checkpoint(ckpt_path: Optional[str]) -> Optional[str]:
+    """``--ckpt-path``: a local Lightning checkpoint file (or a DeepSpeed checkpoint folder) whose every pickle
+    loads under ``torch.load(weights_only=True)``, checked before any model loads. A URL is refused: Lightning
+    would unpickle what a server sends with ``weights_only=False``."""
+    if ckpt_path is None:
+        return None
+    if "://" in ckpt_path:
+        raise ConfigError(f"--ckpt-path {ckpt_path}: a URL is refused (a checkpoint from the network could run code "
+                          "when unpickled); download it, check where it came from, and give the local file")
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise ConfigError(f"--ckpt-path {ckpt_path}: no such file; give the last.ckpt of an earlier run "
+                          "(RUN_DIR/checkpoints/last.ckpt) or leave it out to start afresh")
+    # a DeepSpeed checkpoint is a folder: DeepSpeed unpickles its *.pt files itself, so each is checked here
+    files = sorted(p for p in path.rglob("*") if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else [path]
+    if not files or not all(f.is_file() for f in files):
+        raise ConfigError(f"--ckpt-path {ckpt_path}: neither a checkpoint file nor a DeepSpeed checkpoint folder")
+    for f in files:
+        _check_weights_only(f, ckpt_path)
+    return str(path)
+
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def _check_weights_only(file: Path, flag_value: str) -> None:
+    """Refuse a checkpoint whose pickle names anything but tensors and plain values (the restricted unpickler of
+    ``weights_only=True`` raises on the first other global, before running it)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        raise ConfigError(f"--ckpt-path {flag_value}: {file.name} is not a checkpoint that loads without running code "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:160]}); only checkpoints of plain "
+                          "tensors and values are resumed from") from None
+
+
 def resolve_run(args: Any) -> RunConfig:
     """The run's complete configuration from parsed arguments; loads no model (refuses bad values first)."""
     from ..editors import get_editor_class
     from ..models.registry import family_of, resolve_model_name
+    from ..preflight import check_model_source
     from .modules import module_class
     from .strategies import check_strategy_name
 
@@ -173,6 +212,7 @@ def resolve_run(args: Any) -> RunConfig:
     strategy = explicit.get("strategy", args.strategy or "auto")
     accelerator = explicit.get("accelerator", args.accelerator or "auto")
     check_strategy_name(strategy)  # before the model name is looked at: DeepSpeed on a CPU machine is named first
+    check_model_source(args.model, flag="MODEL")  # the shared preflight (a model folder's config.json checked)
     model = resolve_model_name(args.model)
     extra = {**(args.hparams or {}), **({"training": args.training} if args.training else {})}
     merged = resolve_config(args.method, model, family_of(args.model), extra, args.overrides)
@@ -195,5 +235,5 @@ def resolve_run(args: Any) -> RunConfig:
     trainer.update({k: v for k, v in explicit.items() if k not in DERIVED_TRAINER_KEYS})  # the user's win over ours
     trainer.update(accelerator=accelerator, strategy=strategy, devices=_devices(explicit.get("devices", args.devices or "auto")))
     return RunConfig(method=args.method, model=model, hparams=hparams, training=training, trainer=trainer,
-                     output=output, run_dir=run_dir, dtype=args.dtype, ckpt_path=args.ckpt_path,
+                     output=output, run_dir=run_dir, dtype=args.dtype, ckpt_path=check_resume_checkpoint(args.ckpt_path),
                      data_dir=args.data_dir, cache_dir=args.cache_dir, quiet=bool(args.quiet), explicit_trainer=explicit)

@@ -200,8 +200,8 @@ class BlockReplay:
                 calls[i] = (tuple(_recordable(a) for a in args), {k: _recordable(v) for k, v in kwargs.items()})
             return pre_hook
 
-        with hooks(lambda: [self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
-                            for i in range(self.start, len(self.blocks))]):
+        with hooks(lambda: (self.blocks[i].register_forward_pre_hook(recorder(i), with_kwargs=True)
+                            for i in range(self.start, len(self.blocks)))):
             yield
         if len(calls) == len(self.blocks) - self.start:
             self.records[tuple(rows.tolist())] = calls

@@ -122,8 +122,8 @@ def integrated_gradients(loaded: LoadedModel, ids: list[int], answer_id: int, la
 
             return pre_hook
 
-        factory = lambda: [layout.mlp_out_module(model, layer).register_forward_pre_hook(make(slot, layer))  # noqa: E731
-                           for slot, layer in enumerate(group)]
+        factory = lambda: (layout.mlp_out_module(model, layer).register_forward_pre_hook(make(slot, layer))  # noqa: E731
+                           for slot, layer in enumerate(group))
         with torch.enable_grad(), hooks(factory):
             logits = model(**inputs).logits[:, -1].float()
             prob = torch.softmax(logits, dim=-1)[:, answer_id]

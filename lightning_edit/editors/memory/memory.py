@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
+from ...hooks import collect_handles, remove_handles
 from ...models.loading import LoadedModel
 from ...models.patches import Patch
 from .state_diff import StateDiff
@@ -48,16 +49,15 @@ class HookedMemory(Patch):
         self._handles: list = []
 
     @abstractmethod
-    def register_hooks(self, model: nn.Module) -> list:
-        """Register this memory's forward hooks on ``model``; return their handles."""
+    def register_hooks(self, model: nn.Module) -> Iterator:
+        """Register this memory's forward hooks on ``model``, yielding each handle as it is made (a failure halfway
+        then removes those already registered: ``collect_handles``)."""
 
     def on_attach(self, loaded: LoadedModel) -> None:
-        self._handles = list(self.register_hooks(loaded.model))
+        self._handles = collect_handles(self.register_hooks(loaded.model))
 
     def on_detach(self, loaded: LoadedModel) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        remove_handles(self._handles)
 
     def state(self) -> dict[str, Any]:
         return dict(self.values)

@@ -23,11 +23,12 @@ prefix); detaching restores the forward and the cache setting exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import Any, ClassVar, Iterator, Optional, Sequence, Union
 
 import torch
 
 from ...errors import CheckpointError, ConfigError, EditFailedError
+from ...hooks import collect_handles, remove_handles
 from ...models.loading import LoadedModel
 from ...models.ops import pad_right, pad_token_id
 from ...models.patches import Patch, register_patch
@@ -152,18 +153,19 @@ class SERACRouter(Patch):
     def on_attach(self, loaded: LoadedModel) -> None:
         model = loaded.model
         scope_block = model.get_submodule(loaded.layout.block_name(self.hparams.scope_layer))
-        self._handles = [model.register_forward_pre_hook(self._before, with_kwargs=True),
-                         scope_block.register_forward_hook(self._record_scope),
-                         model.register_forward_hook(self._route, with_kwargs=True)]
+        self._handles = collect_handles(self._register_hooks(model, scope_block))
         config = getattr(model, "generation_config", None)
         if config is not None:
             self._saved_use_cache = config.use_cache
             config.use_cache = False  # routing needs the whole prefix at every step
 
+    def _register_hooks(self, model: torch.nn.Module, scope_block: torch.nn.Module) -> Iterator:
+        yield model.register_forward_pre_hook(self._before, with_kwargs=True)
+        yield scope_block.register_forward_hook(self._record_scope)
+        yield model.register_forward_hook(self._route, with_kwargs=True)
+
     def on_detach(self, loaded: LoadedModel) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        remove_handles(self._handles)
         config = getattr(loaded.model, "generation_config", None)
         if config is not None:
             config.use_cache = self._saved_use_cache

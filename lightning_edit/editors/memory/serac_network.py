@@ -66,7 +66,7 @@ def lora_active(loaded: LoadedModel, network: SERACNetwork) -> Iterator[None]:
         return hook
 
     def register():
-        return [loaded.model.get_submodule(p).register_forward_hook(make(p.replace(".", "_"))) for p in network.lora_paths]
+        return (loaded.model.get_submodule(p).register_forward_hook(make(p.replace(".", "_"))) for p in network.lora_paths)
 
     with hooks(register):
         yield

@@ -25,7 +25,7 @@ from __future__ import annotations
 import weakref
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -108,8 +108,8 @@ class PatchNeurons(FFNMemory):
         if self.values["biases"].shape[0] != n or self.values["values"].shape[0] != n:
             raise CheckpointError(f"t-patcher: saved keys, biases and values differ in number of neurons (keys: {n})")
 
-    def register_hooks(self, model: nn.Module) -> list:
-        return [model.get_submodule(self.module_name).register_forward_hook(self._hook)]
+    def register_hooks(self, model: nn.Module) -> Iterator:
+        yield model.get_submodule(self.module_name).register_forward_hook(self._hook)
 
     def neurons(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         keys, biases, values = self.values["keys"], self.values["biases"], self.values["values"]

@@ -4,7 +4,7 @@ the copy differs enough from the main projection's."""
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -75,12 +75,10 @@ class SideMemory(HookedMemory):
         if len(v["shard_min_acts"]) != len(v["shards"]):
             raise CheckpointError(f"wise: {len(v['shards'])} saved shards but {len(v['shard_min_acts'])} activation scores")
 
-    def register_hooks(self, model: nn.Module) -> list:
-        return [
-            model.register_forward_pre_hook(self._capture_mask, with_kwargs=True),
-            model.register_forward_hook(self._release_mask),
-            model.get_submodule(self.module_name).register_forward_hook(self._hook),
-        ]
+    def register_hooks(self, model: nn.Module) -> Iterator:
+        yield model.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
+        yield model.register_forward_hook(self._release_mask)
+        yield model.get_submodule(self.module_name).register_forward_hook(self._hook)
 
     def _capture_mask(self, module, args, kwargs):
         name = "decoder_attention_mask" if self.attend_decoder else "attention_mask"
