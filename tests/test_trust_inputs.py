@@ -76,8 +76,10 @@ def _trace_records(tmp_path: Path, case_ids=(0, 1)) -> str:
     (["--offset", "5"], "--offset"),  # zero records: a division by zero after the model loaded, before
 ])
 def test_trace_refuses_before_loading(tmp_path, capsys, flags, name):
-    # "no-such-model": any check that comes after the model load would fail on the model instead
-    argv = ["trace", "--model", "no-such-model", "--data", _trace_records(tmp_path), "--output", str(tmp_path / "o")]
+    # an empty folder passes the model-source check and cannot load: a check made after loading fails on it instead
+    (tmp_path / "empty-model").mkdir()
+    (tmp_path / "empty-model" / "config.json").write_text('{"model_type": "gpt2"}')  # no weights: cannot load
+    argv = ["trace", "--model", str(tmp_path / "empty-model"), "--data", _trace_records(tmp_path), "--output", str(tmp_path / "o")]
     assert main(argv + flags + ["--quiet"]) == 2
     assert name in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
