@@ -52,7 +52,7 @@ def _call(case: Case) -> tuple[str, int, str]:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             if case.argv is not None:
                 argv = EDIT_PREFIX + case.argv if case.door == "edit" else list(case.argv)
-                code = main(argv + ["--quiet"] if case.door in ("edit", "study", "ask", "trace") else argv)
+                code = main(argv + ["--quiet"] if case.door in ("edit", "study", "trace") else argv)
             else:
                 result = case.call()
                 code = 0 if case.expect == "refused" or result is True else 1

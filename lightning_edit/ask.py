@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .options import add_threads_option, parse_override  # one override parser and thread option for every command
-from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
+from .errors import CheckpointError, ConfigError, DataError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"
 EDIT_SYNTAX = "PROMPT|TARGET[|SUBJECT]"
@@ -180,7 +180,10 @@ def plan(args: argparse.Namespace) -> Plan:
 
         requests = [parse_edit(text, i) for i, text in enumerate(args.edit)]
         if args.requests:
-            loaded_requests = load_requests(args.requests, n=args.n, data_dir=args.data_dir)
+            try:
+                loaded_requests = load_requests(args.requests, n=args.n, data_dir=args.data_dir)
+            except DataError as err:  # the loaders name edit.py's flag; here the same file is --requests
+                raise DataError(str(err).replace("--data ", "--requests ", 1)) from None
             if not loaded_requests:
                 raise RequestError(f"--requests {args.requests!r}: no edit requests in it")
             requests.extend(loaded_requests)
