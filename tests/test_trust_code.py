@@ -298,3 +298,29 @@ def test_memory_patch_attach_failing_halfway_leaves_no_hook(tokenizer):
     with pytest.raises(AttributeError):
         memory.on_attach(loaded)
     assert not _hooked(loaded.model)
+
+
+@pytest.mark.parametrize("section", [
+    "trainer:\n  callbacks:\n    - class_path: evil_callback_mod.Cb\n",
+    "trainer:\n  logger:\n    class_path: evil_callback_mod.Logger\n    init_args: {}\n",
+    "trainer:\n  strategy: evil_callback_mod.Strategy\n",
+])
+def test_train_config_file_cannot_name_a_class_to_import(tmp_path, monkeypatch, capsys, section):
+    """A shared --config naming a class_path: jsonargparse would import that module while parsing."""
+    (tmp_path / "evil_callback_mod.py").write_text(f"open({str(tmp_path / 'marker')!r}, 'w').write('ran')\n"
+                                                   "class Cb: pass\nclass Logger: pass\nclass Strategy: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "run.yaml"
+    config.write_text(section)
+    assert _train(["mend", "nobody/no-such-model", "--config", str(config)]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert not (tmp_path / "marker").exists() and "evil_callback_mod" not in sys.modules
+
+
+def test_train_config_naming_lightning_classes_is_accepted(tmp_path):
+    from lightning_edit.training.run_config import check_config_files
+
+    config = tmp_path / "run.yaml"
+    config.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+                      "      init_args: {monitor: val/score}\n  precision: bf16-mixed\n  default_root_dir: runs/x\n")
+    check_config_files(["--config", str(config)])

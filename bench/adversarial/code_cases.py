@@ -1,5 +1,5 @@
 """Files and URLs that try to make the program run code or read outside its folders: ``train.py --ckpt-path``
-(URLs, pickles of code, DeepSpeed folders), a saved IKE edit naming a module, a model folder's ``config.json``
+(URLs, pickles of code, DeepSpeed folders), a ``--config`` naming classes to import, a saved IKE edit naming a module, a model folder's ``config.json``
 naming a path; and the shared preflight at train.py and the Python API."""
 from __future__ import annotations
 
@@ -74,6 +74,31 @@ def _ckpt_cases(folder: Path) -> list[Case]:
         Case("train --ckpt-path a text file", "train", flag, argv=["train", "mend", HUB_SHAPED, flag, text]),
         Case("train --config with ckpt_path: URL", "train", "--ckpt-path", argv=["train", "mend", HUB_SHAPED, "--config", config]),
     ]
+
+
+def _class_path_cases(folder: Path) -> list[Case]:
+    """A shared ``--config`` naming a class for jsonargparse to import: the module writes a marker when imported."""
+    mods = folder / "class-mods"
+    write(mods, "evil_cb_mod.py", f"open({str(folder / 'cb.marker')!r}, 'w').write('ran')\nclass X: pass\n")
+    sections = {
+        "trainer.callbacks class_path": "trainer:\n  callbacks:\n    - class_path: evil_cb_mod.X\n",
+        "trainer.logger class_path": "trainer:\n  logger:\n    class_path: evil_cb_mod.X\n",
+        "trainer.plugins class_path": "trainer:\n  plugins:\n    - class_path: evil_cb_mod.X\n",
+        "trainer.strategy dotted name": "trainer:\n  strategy: evil_cb_mod.X\n",
+        "class_path under hparams": "hparams:\n  x:\n    class_path: evil_cb_mod.X\n",
+    }
+
+    def run(config: str) -> Callable[[], int]:
+        def call() -> int:
+            sys.path.insert(0, str(mods))
+            try:
+                return _train("mend", HUB_SHAPED, "--config", config)()
+            finally:
+                sys.path.remove(str(mods))
+        return _never_ran(folder / "cb.marker", call)
+
+    return [Case(f"train --config naming a class to import: {what}", "train", "--config",
+                 call=run(write(folder, f"cp{i}.yaml", text))) for i, (what, text) in enumerate(sections.items())]
 
 
 def _model_folder(folder: Path, name: str, config) -> str:
@@ -171,7 +196,7 @@ def _api_cases(folder: Path) -> list[Case]:
 
 
 def cases(folder: Path) -> list[Case]:
-    out = _ckpt_cases(folder) + _model_type_cases(folder) + _api_cases(folder)
+    out = _ckpt_cases(folder) + _class_path_cases(folder) + _model_type_cases(folder) + _api_cases(folder)
     out.append(Case("saved IKE edit naming a module as its sentence model", "saved-dir", "registered encoder",
                     call=_saved_ike_naming_a_module(folder)))
     return out

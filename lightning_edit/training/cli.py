@@ -21,7 +21,7 @@ import yaml
 
 from ..atomic import check_writable_directory
 from ..errors import ConfigError, LightningEditError
-from .run_config import RunConfig, build_parser, resolve_config, resolve_run  # noqa: F401  (resolve_config: public)
+from .run_config import RunConfig, build_parser, check_config_files, resolve_config, resolve_run  # noqa: F401  (resolve_config: public)
 
 PRINT_CONFIG = "--print_config"
 
@@ -32,8 +32,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # jsonargparse's own --print_config would print the arguments as parsed; ours prints them resolved
     print_config = any(a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "=") for a in argv)
     argv = [a for a in argv if not (a == PRINT_CONFIG or a.startswith(PRINT_CONFIG + "="))]
-    args = build_parser().parse_args(argv)
     try:
+        check_config_files(argv)  # before jsonargparse imports what a shared --config names
+        args = build_parser().parse_args(argv)
         if print_config:
             print(config_yaml(resolve_run(args)), end="")
             return 0

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..config import apply_overrides, deep_merge, layered_configs
+from ..config import apply_overrides, deep_merge, layered_configs, load_yaml
 from ..errors import ConfigError
 from ..paths import CONFIG_ROOT, default_editors_root, default_runs_root
 from .settings import TRAINING_CONFIGS, TrainingConfig
@@ -153,6 +154,53 @@ def explicit_trainer_args(trainer_ns: Any) -> dict:
     defaults = {k: p.default for k, p in inspect.signature(Trainer.__init__).parameters.items()}
     given = dict(vars(trainer_ns)) if trainer_ns is not None else {}
     return {k: v for k, v in given.items() if k in defaults and v != defaults[k]}
+
+
+# class_path specs a run configuration may name: Lightning's own classes (callbacks, loggers, strategies, plugins)
+TRUSTED_CLASS_PREFIXES = ("lightning.pytorch.", "lightning.fabric.", "pytorch_lightning.", "lightning_fabric.")
+_DOTTED_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Every ``--config FILE`` given, read before jsonargparse parses it: a ``class_path`` (or a dotted class name
+    in the ``trainer:`` section) is imported by jsonargparse as soon as it is parsed, so a configuration someone
+    shares may name only Lightning's own classes. What is typed on the command line is the user's own choice."""
+    for path in _config_paths(argv):
+        data = load_yaml(path, what="--config")
+        for where, name in _named_classes(data, "", in_trainer=False):
+            if not (isinstance(name, str) and name.startswith(TRUSTED_CLASS_PREFIXES)):
+                raise ConfigError(f"--config {path}: '{where}' names {str(name)[:80]!r}, which would be imported to be "
+                                  f"built; a run configuration may name only Lightning's classes "
+                                  f"({', '.join(p + '*' for p in TRUSTED_CLASS_PREFIXES[:2])}); pass your own class on "
+                                  "the command line (--trainer.callbacks+=...) if you trust it")
+
+
+def _config_paths(argv: Sequence[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.split("=", 1)[1])
+    return paths
+
+
+def _named_classes(value: Any, where: str, in_trainer: bool) -> list[tuple[str, Any]]:
+    """(location, name) of every ``class_path`` in ``value``, and of dotted names in the trainer section."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{where}.{key}" if where else str(key)
+            if key == "class_path":
+                found.append((here, item))
+            else:
+                found += _named_classes(item, here, in_trainer or here in ("trainer", "strategy"))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += _named_classes(item, f"{where}[{i}]", in_trainer)
+    elif in_trainer and isinstance(value, str) and _DOTTED_NAME.fullmatch(value):
+        found.append((where, value))
+    return found
 
 
 def check_resume_checkpoint(ckpt_path: Optional[str]) -> Optional[str]:
