@@ -80,7 +80,6 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
         raise ConfigError(f"--noise {args.noise}: give a positive, finite multiple of the embeddings' standard "
                           "deviation (ROME: 3)")
     check_environment(args.device, args.dtype)  # the shared preflight: device, dtype, model
-    check_model_source(args.model)
     output = Path(args.output or f"results/trace-{args.model.replace('/', '_')}")
     check_output_path("--output", str(output), directory=True)
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
@@ -93,6 +92,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
                           "noises the subject and measures p(target_true) (CounterFact records have both)")
     for r in requests:
         r.require_subject("causal tracing")
+    check_model_source(args.model)  # last: what is wrong with the records is said even for a model not here
     return kinds, output, requests
 
 
