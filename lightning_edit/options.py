@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from .errors import ConfigError
 
 from .config import parse_override  # noqa: F401  (one --set parser: typed by the field, lightning_edit/config.py)
-from .preflight import check_device  # noqa: F401  (one device check: the shared preflight)
+from .models.checks import check_device  # noqa: F401  (one device check: the shared preflight)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:

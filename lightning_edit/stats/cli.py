@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -111,6 +112,26 @@ def _module(loaded, layers: Sequence[int], chunks: torch.Tensor, n_tokens: int, 
     return SecondMomentModule()
 
 
+def _preflight(args: argparse.Namespace) -> str:
+    """The shared preflight (model, dtype) and the numbers of this command, before the model loads; the accelerator."""
+    from ..models.checks import check_environment, check_model_source
+
+    for flag, value in (("--tokens", args.tokens), ("--devices", args.devices), ("--seq-len", args.seq_len),
+                        ("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ConfigError(f"stats: {flag} must be a whole number ≥ 1, got {value}")
+    check_environment("cpu", args.dtype)
+    check_model_source(args.model)
+    if args.text is not None and not Path(args.text).is_file():
+        raise ConfigError(f"stats: --text {args.text} is not a file; give a UTF-8 text file or leave it out for the "
+                          "excerpt shipped with the package")
+    cuda = torch.cuda.is_available()
+    accelerator = args.accelerator if args.accelerator != "auto" else ("gpu" if cuda else "cpu")
+    if accelerator == "gpu" and not cuda:
+        raise ConfigError("stats: --accelerator gpu but this machine has no CUDA device; use --accelerator cpu")
+    return accelerator
+
+
 def run(args: argparse.Namespace) -> dict:
     import lightning as L
 
@@ -119,12 +140,8 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     n_tokens = int(args.tokens or DEFAULT_TOKENS)
-    if n_tokens < 1 or args.devices < 1:
-        raise ConfigError("stats: --tokens and --devices must be ≥ 1")
-    cuda = torch.cuda.is_available()
-    accelerator = args.accelerator if args.accelerator != "auto" else ("gpu" if cuda else "cpu")
-    if accelerator == "gpu" and not cuda:
-        raise ConfigError("stats: --accelerator gpu but this machine has no CUDA device; use --accelerator cpu")
+    accelerator = _preflight(args)
+    source = StatsSource.from_path(args.text, args.seq_len, args.batch_size)  # the text checked before the model loads
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.devices)
     torch.set_num_threads(threads)
     loaded = load_model(args.model, cache_dir=args.cache_dir, dtype=getattr(torch, args.dtype))
@@ -135,7 +152,6 @@ def run(args: argparse.Namespace) -> dict:
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ConfigError(f"stats: layer {layer} is outside the model's {n_layers} blocks")
-    source = StatsSource.from_path(args.text, args.seq_len, args.batch_size)
     folder, base, paths = cache_plan(loaded, layers, n_tokens, source, args.cache_dir)
     summary = {"model": loaded.name, "layers": layers, "tokens": n_tokens, "devices": args.devices, "accelerator": accelerator,
                "threads_per_process": threads, "dtype": args.dtype, "files": {str(layer): str(paths[layer]) for layer in layers}}
