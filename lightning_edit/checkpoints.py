@@ -93,7 +93,7 @@ class EditorCheckpoint:
 
 
 def is_hub_id(source: Union[str, Path]) -> bool:
-    """``user/repo`` that is not an existing local path (a ``Path`` is always local)."""
+    """``user/repo`` or ``user/repo@revision`` that is not an existing local path (a ``Path`` is always local)."""
     return isinstance(source, str) and bool(HUB_ID.match(source)) and not Path(source).exists()
 
 
