@@ -42,23 +42,33 @@ def _train(argv: list[str]) -> int:
     return main(["train", *argv])
 
 
-def test_ckpt_path_url_is_refused_before_the_model_loads(capsys):
-    # a hub id that would fail to load offline: the --ckpt-path refusal must come first
-    assert _train(["mend", "nobody/no-such-model", "--ckpt-path", "https://example.com/last.ckpt"]) == 2
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Loading a model fails the test: every refusal here must come before it."""
+    import lightning_edit.models as models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", refuse)
+
+
+def test_ckpt_path_url_is_refused_before_the_model_loads(capsys, no_model_load):
+    assert _train(["mend", "smollm2-135m", "--ckpt-path", "https://example.com/last.ckpt"]) == 2
     assert "--ckpt-path" in capsys.readouterr().err
 
 
-def test_missing_ckpt_path_is_refused_before_the_model_loads(tmp_path, capsys):
-    assert _train(["mend", "nobody/no-such-model", "--ckpt-path", str(tmp_path / "missing.ckpt")]) == 2
+def test_missing_ckpt_path_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    assert _train(["mend", "smollm2-135m", "--ckpt-path", str(tmp_path / "missing.ckpt")]) == 2
     err = capsys.readouterr().err
     assert "--ckpt-path" in err and "missing.ckpt" in err
 
 
-def test_ckpt_path_that_would_run_code_is_refused_and_never_unpickled(tmp_path, capsys):
+def test_ckpt_path_that_would_run_code_is_refused_and_never_unpickled(tmp_path, capsys, no_model_load):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "extra": _RunsCode(marker)}, evil)
-    assert _train(["mend", "nobody/no-such-model", "--ckpt-path", str(evil)]) == 2
+    assert _train(["mend", "smollm2-135m", "--ckpt-path", str(evil)]) == 2
     assert "--ckpt-path" in capsys.readouterr().err and not marker.exists()
 
 
@@ -226,7 +236,10 @@ class _ToyEditor(Editor):
             params[first].add_(1.0)
             if self.hparams.write_elsewhere:
                 params[second].add_(1.0)
-        return [_FlakyPatch(KeyboardInterrupt(), [])] if self.patches_interrupt else []
+        if not self.patches_interrupt:
+            return []
+        self.detached: list = []
+        return [_FlakyPatch(KeyboardInterrupt(), self.detached)]
 
     patches_interrupt = False
 
@@ -246,6 +259,8 @@ def test_an_undeclared_write_after_a_successful_edit_is_caught(tokenizer):
 
 
 def test_protocol_restores_the_model_when_undo_is_interrupted(tokenizer):
+    """Ctrl-C while the single protocol undoes an edit: the edit is still fully undone (its patch detached on the
+    retry), not dropped from the list of edits to undo."""
     from lightning_edit.evaluation import evaluate_editing
 
     loaded = build_tiny("llama", tokenizer)
@@ -255,7 +270,7 @@ def test_protocol_restores_the_model_when_undo_is_interrupted(tokenizer):
     with pytest.raises(KeyboardInterrupt):
         evaluate_editing(loaded, editor, [REQUEST, REQUEST], protocol="single", fluency=False, progress=False)
     changed = [n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])]
-    assert not changed
+    assert not changed and editor.detached == ["detached"]
 
 
 # ---- 11. a hook factory failing halfway ------------------------------------------------------------------------
@@ -305,14 +320,14 @@ def test_memory_patch_attach_failing_halfway_leaves_no_hook(tokenizer):
     "trainer:\n  logger:\n    class_path: evil_callback_mod.Logger\n    init_args: {}\n",
     "trainer:\n  strategy: evil_callback_mod.Strategy\n",
 ])
-def test_train_config_file_cannot_name_a_class_to_import(tmp_path, monkeypatch, capsys, section):
+def test_train_config_file_cannot_name_a_class_to_import(tmp_path, monkeypatch, capsys, section, no_model_load):
     """A shared --config naming a class_path: jsonargparse would import that module while parsing."""
     (tmp_path / "evil_callback_mod.py").write_text(f"open({str(tmp_path / 'marker')!r}, 'w').write('ran')\n"
                                                    "class Cb: pass\nclass Logger: pass\nclass Strategy: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     config = tmp_path / "run.yaml"
     config.write_text(section)
-    assert _train(["mend", "nobody/no-such-model", "--config", str(config)]) == 2
+    assert _train(["mend", "smollm2-135m", "--config", str(config)]) == 2
     assert "--config" in capsys.readouterr().err
     assert not (tmp_path / "marker").exists() and "evil_callback_mod" not in sys.modules
 
