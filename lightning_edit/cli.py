@@ -165,6 +165,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
+        if argv and argv[0] in SUBCOMMANDS:  # study cells, trace records, data files: each written whole or not at all
+            print(f"interrupted; what {argv[0]} finished before is on disk, nothing half-written is left", file=sys.stderr)
+            return 130
         note = getattr(err, "note", None) or "nothing was saved"
         print(f"interrupted; every edit made so far was undone in memory, {note}", file=sys.stderr)
         return 130

@@ -37,7 +37,11 @@ def load_yaml(path: Union[str, Path], what: str = "config file") -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is nested too deeply to be a configuration") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{what} {path} is not valid YAML: {err}") from err
     if data is None:

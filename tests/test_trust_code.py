@@ -339,3 +339,19 @@ def test_train_config_naming_lightning_classes_is_accepted(tmp_path):
     config.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
                       "      init_args: {monitor: val/score}\n  precision: bf16-mixed\n  default_root_dir: runs/x\n")
     check_config_files(["--config", str(config)])
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"a: [1,", b"- 1\n- 2\n", b"[" * 5000])
+def test_native_hyperparameter_files_fail_as_config_errors(tmp_path, content):
+    from lightning_edit.editors.ft import FTMHyperParams
+
+    (tmp_path / "h.yaml").write_bytes(content)
+    with pytest.raises(ConfigError, match="h.yaml"):
+        FTMHyperParams.from_hparams(tmp_path / "h.yaml")
+
+
+def test_native_hyperparameter_dict_with_a_key_that_is_not_text():
+    from lightning_edit.editors.ft import FTMHyperParams
+
+    with pytest.raises(ConfigError, match="mapping"):
+        FTMHyperParams.from_dict({1: 2})

@@ -40,19 +40,20 @@ class HyperParams:
     @classmethod
     def from_hparams(cls: Type[H], path: str | Path, **overrides: Any) -> H:
         """Read one YAML file (EasyEdit's ``XXXHyperParams.from_hparams``); keys must be fields."""
-        import yaml
+        from ..config import load_yaml  # a mapping, or a ConfigError naming the file (not YAML, not UTF-8, a list)
 
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".yaml")
-        if not path.exists():
-            raise ConfigError(f"hyperparameter file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path, what="hyperparameter file")
         values.update(overrides)
         return cls.from_dict(values, source=str(path))
 
     @classmethod
     def from_dict(cls: Type[H], values: dict, source: str = "<dict>") -> H:
+        if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+            raise ConfigError(f"{source}: hyperparameters must be a mapping of field names (text) to values, got "
+                              f"{type(values).__name__}{' with a key that is not text' if isinstance(values, dict) else ''}")
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k not in ("method", "alg_name")}
         unknown = sorted(set(values) - names)

@@ -190,7 +190,7 @@ def _cell_key(method: str, model: str, data: str, protocol: str, batch: int, n: 
     if inputs:
         hashed["__inputs__"] = inputs
     digest = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}".replace("/", "_")
+    return safe_folder_name(f"{method}__{model}__{data}__{protocol}__b{batch}__n{n}__{digest}")  # one file, never a path
 
 
 def _device_name(loaded: LoadedModel) -> str:
