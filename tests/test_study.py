@@ -5,7 +5,7 @@ import pytest
 
 from conftest import build_tiny
 from lightning_edit.errors import ConfigError
-from lightning_edit.evaluation import study as study_mod
+from lightning_edit.evaluation.study import study as study_mod  # the module whose evaluate_editing/build_editor Study calls
 from lightning_edit.evaluation.study import Study, StudyConfig
 from lightning_edit.metrics.intervals import bootstrap_interval
 
