@@ -114,11 +114,14 @@ def _writer(output: Path, plots: int) -> Callable[[list], None]:
 def run(args: argparse.Namespace) -> int:
     from .evaluation.trace_report import plot_average, suggest_layers, write_summary_csv
     from .evaluation.tracing import trace_requests
-    from .models import load_model
+    from . import editors  # noqa: F401  (registers the patch kinds a saved --model DIR may carry)
+    from .runner import Run, RunSpec
 
     kinds, output, requests = _preflight(args)
     apply_threads(args.threads)
-    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
+    run = Run(RunSpec(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir))
+    loaded = run.load()
+    run.check(requests)  # control-token text, prompts longer than the context: as edit.py checks them
     started, cpu_started = time.perf_counter(), time.process_time()
     traces = trace_requests(loaded, requests, kinds=kinds, samples=args.samples, window=args.window,
                             noise_multiple=args.noise, seed=args.seed, progress=not args.quiet,

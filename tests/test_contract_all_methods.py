@@ -16,6 +16,7 @@ from conftest import build_tiny
 from lightning_edit import EditRequest, PromptAnswer
 from lightning_edit.editors import EDITORS, build_editor
 from lightning_edit.errors import EditFailedError
+from lightning_edit.models.patches import PatchChange
 
 REQUESTS = [
     EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English", target_true="French",
@@ -107,11 +108,12 @@ def test_contract(method, tiny, tmp_path, monkeypatch):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     tied = {"lm_head.weight"} if "model.embed_tokens.weight" in delta.weights_after else set()
     assert changed <= set(delta.weights_after) | tied
-    if editor.edits_weights_only:  # (AlphaEdit's undo-able key memory lives in the editor, not on the model)
-        assert len(tiny.patches) == 0
+    if editor.edits_weights_only:  # bookkeeping patches only (AlphaEdit's key memory): the model computes from its weights
+        assert all(not p.changes_outputs for p in tiny.patches) and all(not c.changes_outputs for c in delta.patches)
     else:
         assert len(tiny.patches) > 0 and delta.patches
     assert changed or len(tiny.patches), f"{method} did nothing"
+    assert all(isinstance(c, PatchChange) and tiny.patches.get(c.key) is c.container for c in delta.patches)
     assert {n: p.requires_grad for n, p in tiny.model.named_parameters()} == flags
 
     # 2. undo: bit for bit, no patch, no hook

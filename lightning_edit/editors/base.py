@@ -15,13 +15,14 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Optional, Protocol, Sequence, Type, TypeVar
+from typing import Any, ClassVar, Iterable, Optional, Sequence, Type, TypeVar
 
 import torch
 
 from ..config import checked_value as _checked_value  # one typed-value check for YAML files and --set
 from ..errors import ConfigError, EditFailedError, LightningEditError, RequestError
-from ..models.loading import LoadedModel
+from ..models.loaded import LoadedModel
+from ..models.patches import PatchChange
 from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
 from .delta import EditDelta, run_every_step  # noqa: F401  (EditDelta importable from here, as before)
@@ -95,14 +96,6 @@ class HyperParams:
 SPEED_ONLY = "speed_only"  # dataclass field metadata: the field changes time and memory, not results
 
 
-class ModelPatch(Protocol):
-    """Something an editor adds to a model besides changing weights (a module, a memory)."""
-
-    def detach(self, loaded: LoadedModel) -> None: ...
-
-    def attach(self, loaded: LoadedModel) -> None: ...
-
-
 class Editor(ABC):
     """Base class of every editing method. Subclasses set ``name``, ``HParams`` and implement
     ``touched_parameters`` and ``_apply``; they never evaluate."""
@@ -135,8 +128,9 @@ class Editor(ABC):
         """Names of every parameter ``_apply`` may change (snapshotted for undo)."""
 
     @abstractmethod
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[Any]:
-        """Change the model in place for all ``requests``; return added patches (usually none)."""
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
+        """Change the model in place for all ``requests``; return its entries in the model's patches, each made through
+        ``loaded.patches.change`` (none for a method that only rewrites weights)."""
 
     # ---- the contract ---------------------------------------------------------------------------
     def validate(self, requests: Sequence[EditRequest]) -> list[EditRequest]:
@@ -164,7 +158,7 @@ class Editor(ABC):
         before = {n: params[n].detach().clone() for n in names}
         others = _checksums({n: p for n, p in params.items() if n not in before})
         grad_flags = {n: p.requires_grad for n, p in params.items()}  # a Trainer may be about to train this model
-        patches: list[Any] = []
+        patches: list[PatchChange] = []
         registered_before = set(loaded.patches.keys())
         start = time.perf_counter()
         try:
@@ -193,7 +187,8 @@ class Editor(ABC):
         return EditDelta(method=self.name, model_name=loaded.name, requests=requests, weights_before=before,
                          weights_after=after, patches=patches, seconds=seconds)
 
-    def _roll_back(self, loaded: LoadedModel, params: dict, before: dict, patches: list, registered_before: set) -> None:
+    def _roll_back(self, loaded: LoadedModel, params: dict, before: dict, patches: list[PatchChange],
+                   registered_before: set) -> None:
         """Restore the declared weights and detach every patch the failed edit added (all of them, even if one
         detach fails: ``run_every_step``)."""
         def restore() -> None:
@@ -202,7 +197,7 @@ class Editor(ABC):
                     params[n].copy_(t)
 
         steps = [("declared weights", restore)]
-        steps += [(f"patch {getattr(p, 'key', type(p).__name__)}", functools.partial(p.detach, loaded)) for p in reversed(patches)]
+        steps += [(f"patch {p.key}", functools.partial(p.detach, loaded)) for p in reversed(patches)]
         # a method that failed after attaching a patch never returned it: what it added to the registry goes too
         added = [k for k in loaded.patches.keys() if k not in registered_before]
         steps += [(f"registry patch {k}", functools.partial(_detach_if_attached, loaded, k)) for k in reversed(added)]

@@ -7,27 +7,29 @@ import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, EditFailedError, LightningEditError
 from ..manifest import verify_manifest, write_manifest
-from ..models.loading import LoadedModel
+from ..models.loaded import LoadedModel
+from ..models.patches import PatchChange
 from ..requests import EditRequest
 
 
 @dataclass
 class EditDelta:
-    """The exact changes an edit made: tensors before and after, and patches added."""
+    """The exact changes an edit made: tensors before and after, and its entries in the model's patches (one typed
+    ``PatchChange`` each, made through ``loaded.patches``)."""
 
     method: str
     model_name: str
     requests: list[EditRequest]
     weights_before: dict[str, torch.Tensor] = field(default_factory=dict)
     weights_after: dict[str, torch.Tensor] = field(default_factory=dict)
-    patches: list[Any] = field(default_factory=list)
+    patches: list[PatchChange] = field(default_factory=list)
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
     # set once ``undo`` ran every step (even if it then raised): ``undo_all`` in a ``finally`` skips it
@@ -50,8 +52,7 @@ class EditDelta:
             return step
 
         steps = [(f"weight {name}", restore(name, before)) for name, before in self.weights_before.items()]
-        steps += [(f"patch {getattr(p, 'key', type(p).__name__)}", functools.partial(p.detach, loaded))
-                  for p in reversed(self.patches)]
+        steps += [(f"patch {p.key}", functools.partial(p.detach, loaded)) for p in reversed(self.patches)]
         try:
             run_every_step(steps, f"undo of a {self.method} edit")
         finally:

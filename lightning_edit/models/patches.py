@@ -1,26 +1,37 @@
 """The one registry of everything an edit hangs on a model besides changed weights.
 
 A *patch* is a typed object with declared state: a memory read through forward hooks (T-Patcher, GRACE, WISE,
-CaliNET), a router to a counterfactual model (SERAC), demonstrations put before every prompt (IKE). Patches are
-attached, listed, detached and reset only through ``LoadedModel.patches`` (a ``PatchRegistry``): nothing is written
-into the model's ``__dict__`` and no hook outlives its patch. Each patch kind is registered by name
-(``register_patch``), so a saved patch (``config()`` as JSON, ``state_dict()`` as safetensors) can be rebuilt with
-``patch_class(kind).from_saved(config, state)``.
+CaliNET), a router to a counterfactual model (SERAC), demonstrations put before every prompt (IKE), the keys of past
+edits (AlphaEdit). Patches are attached, listed, detached and reset only through ``LoadedModel.patches`` (a
+``PatchRegistry``): nothing is written into the model's ``__dict__`` and no hook outlives its patch. Each patch kind is
+registered by name (``register_patch``), so a saved patch (``config()`` as JSON, ``state_dict()`` as safetensors) can
+be rebuilt with ``patch_class(kind).from_saved(config, state)``.
+
+An edit never attaches a patch by hand: it adds an *entry* to a container patch (``EntryPatch``) through the registry,
+``loaded.patches.change(kind, entry)`` (or ``changing(kind)`` for an entry trained in place), and gets back a
+``PatchChange``, the typed record an ``EditDelta`` keeps. The registry finds or creates the container, adds the entry,
+and drops the container once its last entry is taken out: written here once for every method.
+
+The kinds are registered by the modules that define them (the editors); this layer never imports those. Whoever
+loads a saved model with patches imports ``lightning_edit.editors`` first (the front doors and
+``lightning_edit.load_model`` do); a kind nobody registered is a ``CheckpointError``.
 """
 from __future__ import annotations
 
-import importlib
+import contextlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Optional, Sequence, Type, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional, Sequence, Type, TypeVar
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:  # the registry is owned by a LoadedModel; only its type is needed here
-    from .loading import LoadedModel
+    from .loaded import LoadedModel
 
 P = TypeVar("P", bound="Patch")
+E = TypeVar("E", bound="EntryPatch")
 
 
 class Patch(ABC):
@@ -61,6 +72,87 @@ class Patch(ABC):
         raise CheckpointError(f"patches of kind {cls.kind!r} cannot be rebuilt from a saved file")
 
 
+class EntryPatch(Patch):
+    """A container patch filled one edit at a time (IKE's contexts, SERAC's edit memory, CaliNET's memories, a hooked
+    memory's state changes, AlphaEdit's keys). Edits add and remove entries only through the registry
+    (``PatchRegistry.change`` / ``changing`` and ``PatchChange.detach`` / ``attach``); content rebuilt from a saved
+    file belongs to no change and is never taken out by one."""
+
+    # True: the entries are changes of one state that build on each other (a memory's state differences): they are
+    # undone newest first and re-applied in the order they were made, always in the very container they were made in.
+    ordered: ClassVar[bool] = False
+
+    @abstractmethod
+    def add_entry(self, entry: Any) -> None:
+        """Put ``entry`` in (re-applying an edit, or a new one)."""
+
+    @abstractmethod
+    def remove_entry(self, entry: Any) -> None:
+        """Take ``entry`` out (it is in: ``has_entry``)."""
+
+    @abstractmethod
+    def has_entry(self, entry: Any) -> bool:
+        """Whether ``entry`` is in this container now."""
+
+    @property
+    @abstractmethod
+    def empty(self) -> bool:
+        """Nothing left (no entry, no saved content): the registry then detaches the container."""
+
+    # ---- entries trained in place (``PatchRegistry.changing``) -------------------------------------
+    def mark(self) -> Any:
+        """The state to come back to if an in-place change fails (and to measure it from if it succeeds)."""
+        raise ConfigError(f"patches of kind {self.kind!r} are not changed in place; add entries with patches.change")
+
+    def restore(self, mark: Any) -> None:
+        """Go back to ``mark`` (an in-place change failed)."""
+        raise ConfigError(f"patches of kind {self.kind!r} are not changed in place")
+
+    def entry_since(self, mark: Any) -> Any:
+        """The entry an in-place change made since ``mark``; from now on it counts as one of the container's."""
+        raise ConfigError(f"patches of kind {self.kind!r} are not changed in place")
+
+
+@dataclass(eq=False)
+class PatchChange:
+    """One edit's entry in one container patch of a model: the typed record an ``EditDelta`` keeps for every change
+    that is not a weight difference. ``detach`` takes the entry out (the container too, once empty); ``attach`` puts
+    it back (in a new container made as the first one was, if the model has none)."""
+
+    kind: str  # the container's registered kind
+    key: str  # the container's slot on the model
+    entry: Any = field(repr=False)  # what the edit added (the container's own entry type)
+    container: EntryPatch = field(repr=False)  # the container the entry is in (ordered kinds: only ever this one)
+    create: Callable[[], EntryPatch] = field(repr=False)  # makes an empty container of this kind for this model
+    created: bool = False  # this change made the container
+    summary: dict = field(default_factory=dict)  # what the method reports about the change (steps, sizes)
+
+    @property
+    def changes_outputs(self) -> bool:
+        """False for bookkeeping (AlphaEdit's keys): the model computes as without the entry."""
+        return type(self.container).changes_outputs
+
+    def detach(self, loaded: "LoadedModel") -> None:
+        loaded.patches.revert(self)
+
+    def attach(self, loaded: "LoadedModel") -> None:
+        loaded.patches.reapply(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON: which container, which kind, what the method said about it."""
+        return {"kind": self.kind, "key": self.key, "created": self.created, "changes_outputs": self.changes_outputs,
+                "summary": dict(self.summary)}
+
+
+@dataclass
+class PendingChange:
+    """An in-place change under way (``PatchRegistry.changing``): its container now, its record once it succeeded."""
+
+    container: EntryPatch
+    created: bool
+    change: Optional[PatchChange] = None
+
+
 PATCH_KINDS: dict[str, Type[Patch]] = {}
 
 
@@ -75,13 +167,11 @@ def register_patch(cls: Type[P]) -> Type[P]:
 
 
 def patch_class(kind: str) -> Type[Patch]:
-    """The patch class registered as ``kind``. The kinds are registered by the editors that make them; loading a saved
-    model is the one place below the editors that needs them, so the editors package is imported here on demand."""
-    if kind not in PATCH_KINDS:
-        importlib.import_module(__name__.rsplit(".", 2)[0] + ".editors")
-    if kind not in PATCH_KINDS:
+    """The patch class registered as ``kind`` (registered by the module defining it: import lightning_edit.editors
+    before loading a saved model that carries patches)."""
+    if not isinstance(kind, str) or kind not in PATCH_KINDS:
         raise CheckpointError(f"unknown patch kind {kind!r}; known: {sorted(PATCH_KINDS)} (import lightning_edit.editors "
-                              "to register the methods' patches)")
+                              "to register the methods' patches, or load with lightning_edit.load_model)")
     return PATCH_KINDS[kind]
 
 
@@ -92,7 +182,7 @@ class PatchRegistry:
         self._owner = owner
         self._patches: dict[str, Patch] = {}
 
-    def attach(self, patch: Patch) -> Patch:
+    def attach(self, patch: P) -> P:
         if not isinstance(patch, Patch):
             raise ConfigError(f"only Patch objects can be attached to a model, got {type(patch).__name__}")
         if not patch.key:
@@ -114,6 +204,94 @@ class PatchRegistry:
             del self._patches[key]
         return patch
 
+    # ---- edits' entries: find or create the container, add, drop it when empty (for every method) ------------
+    def change(self, kind: Type[E], entry: Any, *, key: Optional[str] = None,
+               create: Optional[Callable[[], E]] = None) -> PatchChange:
+        """Add ``entry`` to the ``kind`` container at ``key`` (default ``kind.key``); a model without one gets one
+        made by ``create`` (default ``kind()``). All or nothing."""
+        key, make = key or kind.key, create or kind
+        current = self._carried(kind, key)
+        container = current if current is not None else self._new_container(kind, key, make)
+        self._add(container, entry, attach=current is None)
+        return PatchChange(container.kind, key, entry, container, make, created=current is None)
+
+    @contextlib.contextmanager
+    def changing(self, kind: Type[E], *, key: Optional[str] = None,
+                 create: Optional[Callable[[], E]] = None) -> Iterator[PendingChange]:
+        """Change the ``kind`` container at ``key`` in place (a memory trained where it hangs), found or made by
+        ``create`` and attached. On any exception it goes back to how it was (and off the model if made here); on
+        success ``pending.change`` is the record of the entry the change made."""
+        key, make = key or kind.key, create or kind
+        container = self._carried(kind, key)
+        created = container is None
+        if container is None:
+            container = self.attach(self._new_container(kind, key, make))
+        mark = container.mark()
+        pending = PendingChange(container, created)
+        try:
+            yield pending
+        except BaseException:
+            container.restore(mark)
+            if created:
+                self.detach(container)
+            raise
+        pending.change = PatchChange(container.kind, key, container.entry_since(mark), container, make, created=created)
+
+    def revert(self, change: PatchChange) -> None:
+        """Take ``change``'s entry out, and its container off the model once empty. Safe to repeat. An entry whose
+        container is gone (reset, rolled back) has nothing left to undo, but for ordered kinds, which must find the
+        container they were made in."""
+        current = self._patches.get(change.key)
+        if change.container.ordered and current is not change.container:
+            raise CheckpointError(f"{change.key}: the model does not carry the patch this edit was made in; undo edits "
+                                  "in reverse order and re-apply them in the order they were made")
+        if not isinstance(current, type(change.container)):
+            return
+        if current.has_entry(change.entry):
+            current.remove_entry(change.entry)
+        if current.empty:
+            self.detach(current)
+
+    def reapply(self, change: PatchChange) -> None:
+        """Put ``change``'s entry back: into the container the model carries at its key, else into a new one made as
+        the first was (an ordered kind: its own container, put back by the change that made it)."""
+        kind, own = type(change.container), change.container
+        current = self._carried(kind, change.key)
+        if own.ordered and current is not own and (current is not None or not change.created or not own.empty):
+            raise CheckpointError(f"{change.key}: the model does not carry the patch this edit was made in; re-apply "
+                                  "edits in the order they were made, on the model they were undone from")
+        container = current if current is not None else own if own.ordered else self._new_container(kind, change.key, change.create)
+        if not container.has_entry(change.entry):
+            self._add(container, change.entry, attach=current is None)
+        change.container = container
+
+    def _carried(self, kind: Type[E], key: str) -> Optional[E]:
+        current = self._patches.get(key)
+        if current is not None and not isinstance(current, kind):
+            raise CheckpointError(f"model {self._owner.name!r} already carries a {key!r} patch of another kind "
+                                  f"({type(current).__name__}, not {kind.__name__}); undo that edit first")
+        return current
+
+    @staticmethod
+    def _new_container(kind: Type[E], key: str, create: Callable[[], E]) -> E:
+        container = create()
+        if not isinstance(container, kind):
+            raise ConfigError(f"{key}: the container made is a {type(container).__name__}, not a {kind.__name__}")
+        container.key = key
+        return container
+
+    def _add(self, container: EntryPatch, entry: Any, attach: bool) -> None:
+        """The entry goes in first (a container's hooks are those of its entries), then the container on the model."""
+        container.add_entry(entry)
+        if not attach:
+            return
+        try:
+            self.attach(container)
+        except BaseException:
+            container.remove_entry(entry)
+            raise
+
+    # ---- reading ---------------------------------------------------------------------------------------------
     def get(self, key: str) -> Optional[Patch]:
         return self._patches.get(key)
 

@@ -25,10 +25,11 @@ from ..atomic import atomic_directory
 from ..errors import CheckpointError, LightningEditError
 from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
 from ..tensor_limits import check_tensor_file
+from .dtypes import dtype_name
 from .patches import Patch, patch_class
 
-if TYPE_CHECKING:  # load_model calls into this module; only the type is needed here
-    from .loading import LoadedModel
+if TYPE_CHECKING:  # only the type: the patches and saved files are read for a LoadedModel made elsewhere
+    from .loaded import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ PATCHES_TENSORS = "patches.safetensors"
 PATCHES_FORMAT = "lightning-edit/patches"
 SAVED_MODEL_FORMAT = "lightning-edit/saved-model"
 RECORD_FILE = "edits.json"
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _model_dtype(loaded: "LoadedModel") -> str:
@@ -287,3 +284,15 @@ class SavedDirectory:
         if not (self.path / PATCH_DIR).is_dir():
             return []
         return load_patches(loaded, self.path / PATCH_DIR)
+
+    def restore(self, loaded: "LoadedModel") -> list[Patch]:
+        """The model loaded from this directory made the edited one: its weights checked against the manifest
+        (before any patch goes on it), then its patches attached."""
+        self.check_weights(loaded)
+        return self.attach_patches(loaded)
+
+
+def open_saved(target: str | Path) -> Optional[SavedDirectory]:
+    """The verified saved directory at ``target``; None for anything else (a hub id, an ordinary model folder)."""
+    path = Path(target)
+    return SavedDirectory.open(path) if path.is_dir() else None

@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
 from ...models.teacher_forcing import build_target_batch, target_logits
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import pad_right, pad_token_id, resolve_layers
-from ...models.patches import Patch, register_patch
+from ...models.patches import EntryPatch, PatchChange, register_patch
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -80,28 +80,33 @@ class CalibrationFFN(nn.Module):
 
 
 @register_patch
-class CalibrationPatch(Patch):
+class CalibrationPatch(EntryPatch):
     """One edit's calibration memories, a patch in the model's registry: attached, its hooks add each memory's
-    output beside its FFN; detached, they are gone. Several edits stack as several patches."""
+    output beside its FFN; detached, they are gone. Several edits stack as several patches (``calinet-0``,
+    ``calinet-1``...): each holds one entry, its edit's memories."""
 
     kind = "calinet"
 
-    def __init__(self, memories: dict[str, CalibrationFFN], activation: str = "gelu") -> None:
-        self.memories = memories  # FFN module name → memory
+    def __init__(self, memories: Optional[dict[str, CalibrationFFN]] = None, activation: str = "gelu") -> None:
+        self.memories = memories or {}  # FFN module name → memory
         self.activation = activation
         self._handles: list = []
 
-    # ---- as an EditDelta patch (one edit) --------------------------------------------------------
-    def attach(self, loaded: LoadedModel) -> None:
-        if loaded.patches.get(self.key) is self:
-            return
-        # the n-th stacked CaliNET edit on this model; edits are undone newest first, so the numbers stay unique
-        self.key = f"calinet-{sum(k.startswith('calinet-') for k in loaded.patches.keys())}"
-        loaded.patches.attach(self)
+    # ---- the entry (EntryPatch): one edit's memories ----------------------------------------------
+    def add_entry(self, entry: dict[str, CalibrationFFN]) -> None:
+        if self.memories:
+            raise CheckpointError(f"{self.key}: a calinet patch holds one edit's memories; this one holds some already")
+        self.memories = entry
 
-    def detach(self, loaded: LoadedModel) -> None:
-        if self.key and loaded.patches.get(self.key) is self:
-            loaded.patches.detach(self)
+    def remove_entry(self, entry: dict[str, CalibrationFFN]) -> None:
+        self.memories = {}
+
+    def has_entry(self, entry: object) -> bool:
+        return self.memories is entry
+
+    @property
+    def empty(self) -> bool:
+        return not self.memories
 
     # ---- in the registry ----------------------------------------------------------------------
     def on_attach(self, loaded: LoadedModel) -> None:
@@ -197,13 +202,12 @@ class CaliNETEditor(Editor):
             mask = torch.ones((len(rows), 1), dtype=torch.long)
         return inputs, mask.bool().to(loaded.device)
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         hp = self.hparams
         layers = resolve_layers(hp.layers, loaded.layout.num_layers(loaded.model))
         generator = torch.Generator().manual_seed(hp.seed)
         memories = {loaded.layout.ffn_name(layer): CalibrationFFN(self._hidden_size(loaded, layer), hp.slots, hp.activation, generator)
                     .to(loaded.device) for layer in layers}
-        patch = CalibrationPatch(memories, hp.activation)
         batch = build_target_batch(loaded, [r.prompt for r in requests], [r.target_new for r in requests])
         mask = batch.labels != -100
         use_kl = hp.kl_weight > 0
@@ -213,7 +217,9 @@ class CaliNETEditor(Editor):
                 base_logp = torch.log_softmax(loaded.model(**kl_inputs).logits.float(), dim=-1)
         params = [p for m in memories.values() for p in m.parameters()]
         optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        patch.attach(loaded)
+        # the n-th stacked CaliNET edit on this model; edits are undone newest first, so the numbers stay unique
+        key = f"calinet-{sum(k.startswith('calinet-') for k in loaded.patches.keys())}"
+        change = loaded.patches.change(CalibrationPatch, memories, key=key, create=lambda: CalibrationPatch(activation=hp.activation))
         try:
             for _ in range(hp.num_steps):
                 optimizer.zero_grad(set_to_none=True)
@@ -234,8 +240,8 @@ class CaliNETEditor(Editor):
             if not all(torch.isfinite(p).all() for p in params):
                 raise FloatingPointError("non-finite values in the calibration memory")
         except BaseException:
-            patch.detach(loaded)
+            change.detach(loaded)
             raise
         for p in params:
             p.requires_grad_(False)
-        return [patch]
+        return [change]

@@ -24,14 +24,14 @@ import torch
 from torch import nn
 
 from ...errors import CheckpointError, ConfigError, EditFailedError
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
 from ...models.teacher_forcing import build_target_batch
 from ...requests import EditRequest
 from ...hooks import trace
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
-from ...models.patches import register_patch
+from ...models.patches import PatchChange, register_patch
 from .memory import FFNMemory, editing_memory
 
 VALUE_INITS = ("warm", "cold")
@@ -142,7 +142,7 @@ class GraceEditor(Editor):
     def _signature(self, module_name: str) -> dict:
         return {"module": module_name}
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         hp = self.hparams
         request = requests[0]
         block, module_name = self._module_name(loaded)
@@ -159,7 +159,7 @@ class GraceEditor(Editor):
             return GraceCodebook(self._signature(module_name), module_name, key.shape[-1], ffn_out.shape[-1], p.device, p.dtype)
 
         with editing_memory(loaded, GraceCodebook.key, factory, self._signature(module_name)) as session:
-            book: GraceCodebook = session.memory  # type: ignore[assignment]
+            book: GraceCodebook = session.container  # type: ignore[assignment]
             v = book.values
             label = _label(request)
             entry: Optional[int] = None  # the entry whose value this edit trains
@@ -195,7 +195,7 @@ class GraceEditor(Editor):
             values = v["values"].clone()
             values[entry] = value
             v["values"] = values
-        return [session.patch]
+        return [session.change]
 
     def _train_value(self, loaded: LoadedModel, book: GraceCodebook, batch, block: int, key_position: int,
                      init: torch.Tensor) -> torch.Tensor:

@@ -30,11 +30,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from ...errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError
+from ...errors import CheckpointError, ConfigError, ModelNotAvailableError
 from ...hashing import sha256_file
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
 from ...models.registry import SENTENCE_ENCODERS, EncoderSpec
-from ...models.patches import Patch, register_patch
+from ...models.patches import EntryPatch, PatchChange, register_patch
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 
@@ -153,15 +153,28 @@ class IKEContext:
 
 
 @register_patch
-class ContextRouter(Patch):
+class ContextRouter(EntryPatch):
     """The prompt rewriter in the model's patch registry while IKE edits are attached: each prompt gets the
-    demonstrations of the edit whose new fact is nearest to it."""
+    demonstrations of the edit whose new fact is nearest to it. Its entries are the edits' contexts."""
 
     kind = "ike-context"
     key = "ike"
 
     def __init__(self) -> None:
         self.contexts: list[IKEContext] = []
+
+    def add_entry(self, entry: IKEContext) -> None:
+        self.contexts.append(entry)
+
+    def remove_entry(self, entry: IKEContext) -> None:
+        self.contexts.remove(entry)
+
+    def has_entry(self, entry: object) -> bool:
+        return entry in self.contexts
+
+    @property
+    def empty(self) -> bool:
+        return not self.contexts
 
     def rewrite_prompts(self, prompts: Sequence[str]) -> list[str]:
         if len(self.contexts) == 1:
@@ -204,30 +217,6 @@ class ContextRouter(Patch):
             raise CheckpointError(f"ike: saved fact embeddings do not match the {len(self.contexts)} saved contexts")
         for context, embedding in zip(self.contexts, embeddings):
             context.fact_embedding = embedding
-
-
-class IKEPatch:
-    """Adds one edit's context to the model's prompt router; detach removes it (and the router when empty)."""
-
-    def __init__(self, context: IKEContext) -> None:
-        self.context = context
-
-    def attach(self, loaded: LoadedModel) -> None:
-        router = loaded.patches.get(ContextRouter.key)
-        if router is None:
-            router = loaded.patches.attach(ContextRouter())
-        elif not isinstance(router, ContextRouter):
-            raise LightningEditError(f"ike: model {loaded.name!r} already has a prompt context of another kind "
-                                     f"({type(router).__name__}); undo that edit first")
-        router.contexts.append(self.context)
-
-    def detach(self, loaded: LoadedModel) -> None:
-        router = loaded.patches.get(ContextRouter.key)
-        if not isinstance(router, ContextRouter) or self.context not in router.contexts:
-            return
-        router.contexts.remove(self.context)
-        if not router.contexts:
-            loaded.patches.detach(router)
 
 
 @register_editor
@@ -301,8 +290,6 @@ class IKEEditor(Editor):
         prefix = "".join(demos) + copy + f"New Fact: {fact}\nPrompt: "
         return IKEContext(prefix, self.encoder.encode([fact])[0], self.encoder)
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         self.prepare(loaded)
-        patch = IKEPatch(self.build_context(requests[0]))
-        patch.attach(loaded)
-        return [patch]
+        return [loaded.patches.change(ContextRouter, self.build_context(requests[0]))]

@@ -1,14 +1,13 @@
 """Shared machinery of editors that add a memory to a model instead of rewriting its weights
 (T-Patcher's neurons, GRACE's codebook, WISE's side memory).
 
-- ``HookedMemory``: the memory itself, a patch in the model's registry (``loaded.patches``) that acts through
-  forward hooks it registers when attached and removes when detached. Its contents are a dict of values that are
-  replaced, never written into, so a state is a cheap dict of references.
-- ``MemoryChange``: what one edit returns in ``EditDelta.patches``: what that edit changed in the memory
-  (``StateDiff``); ``detach`` reverts exactly that, and the edit that created the memory also detaches it from the
-  registry, so undoing every edit in reverse leaves the model without a hook or patch.
-- ``editing_memory``: the context manager an editor's ``_apply`` runs its training in: it finds or creates
-  the memory and, if the training raises, restores the memory and removes it if it was new.
+- ``HookedMemory``: the memory itself, a container patch in the model's registry (``loaded.patches``) that acts
+  through forward hooks it registers when attached and removes when detached. Its contents are a dict of values that
+  are replaced, never written into, so a state is a cheap dict of references. Its entries are the edits' state
+  differences (``StateDiff``): ordered, each undone newest first and re-applied in order.
+- ``editing_memory``: the context manager an editor's ``_apply`` runs its training in: the registry's in-place change
+  (``loaded.patches.changing``) finds or creates the memory, puts it back if the training raises, and records what
+  the edit changed as a ``PatchChange`` (``session.change``), which ``EditDelta`` undoes and re-applies.
 
 The replay of the network's top (``models/tail.py``) and the unrelated prompts (``pool.py``) live beside this.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -25,8 +23,8 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError
 from ...hooks import collect_handles, remove_handles
-from ...models.loading import LoadedModel
-from ...models.patches import Patch
+from ...models.loaded import LoadedModel
+from ...models.patches import EntryPatch, PendingChange
 from .state_diff import StateDiff
 
 log = logging.getLogger(__name__)
@@ -34,19 +32,23 @@ log = logging.getLogger(__name__)
 
 # ---- the memory on the model ----------------------------------------------------------------------
 
-class HookedMemory(Patch):
+class HookedMemory(EntryPatch):
     """A memory attached to one model through forward hooks, held in the model's patch registry.
 
     ``values`` holds everything the memory knows (tensors, tuples, numbers); subclasses replace entries,
-    never mutate them in place, so ``state()`` can hand out references.
+    never mutate them in place, so ``state()`` can hand out references. Its registry entries are the state
+    differences of the edits made in it (``StateDiff``), which build on each other: ``ordered``.
     """
 
     key: str = "memory"  # one memory per key on a model
+    ordered = True
 
     def __init__(self, signature: dict) -> None:
         self.signature = dict(signature)  # the settings it was built with; a later edit must match them
         self.values: dict[str, Any] = {}
         self._handles: list = []
+        self._diffs: list[StateDiff] = []  # the edits' changes it holds, oldest first
+        self._saved = False  # rebuilt from a saved file: content that no change of this session takes out
 
     @abstractmethod
     def register_hooks(self, model: nn.Module) -> Iterator:
@@ -64,6 +66,33 @@ class HookedMemory(Patch):
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.values = dict(state)
+
+    # ---- entries (EntryPatch): the edits' state differences ------------------------------------------
+    def add_entry(self, entry: StateDiff) -> None:
+        self.load_state(entry.apply(self.state()))
+        self._diffs.append(entry)
+
+    def remove_entry(self, entry: StateDiff) -> None:
+        self.load_state(entry.revert(self.state()))
+        self._diffs.remove(entry)
+
+    def has_entry(self, entry: Any) -> bool:
+        return any(d is entry for d in self._diffs)
+
+    @property
+    def empty(self) -> bool:
+        return not self._diffs and not self._saved
+
+    def mark(self) -> dict[str, Any]:
+        return self.state()
+
+    def restore(self, mark: dict[str, Any]) -> None:
+        self.load_state(mark)
+
+    def entry_since(self, mark: dict[str, Any]) -> StateDiff:
+        diff = StateDiff.between(mark, self.state())
+        self._diffs.append(diff)
+        return diff
 
     # ---- the declared state (Patch) ---------------------------------------------------------------
     # ``values`` are split into plain JSON (numbers, labels, None) and tensors; a tuple of tensors (WISE's shards)
@@ -135,6 +164,7 @@ class HookedMemory(Patch):
             raise CheckpointError(f"{cls.kind}: saved entries {sorted(values)} differ from this memory's {sorted(memory.values)}")
         template, memory.values = memory.values, values
         memory.check_values(template)
+        memory._saved = True
         return memory
 
     def expect(self, name: str, tensor: Any, shape: tuple, dtype: torch.dtype) -> None:
@@ -182,71 +212,19 @@ def find_memory(loaded: LoadedModel, key: str) -> Optional[HookedMemory]:
 
 
 
-@dataclass
-class MemoryChange:
-    """What one edit changed in the model's memory (an ``EditDelta`` patch): reverted by ``detach``."""
-
-    memory: HookedMemory
-    created: bool  # this edit installed the memory (and so removes it when detached)
-    diff: StateDiff
-    summary: dict = field(default_factory=dict)
-
-    def _current(self, loaded: LoadedModel) -> HookedMemory:
-        current = find_memory(loaded, self.memory.key)
-        if current is not self.memory:
-            raise CheckpointError(
-                f"{self.memory.key}: the model does not carry the memory this edit was made in; undo edits in reverse "
-                "order and re-apply them in the order they were made"
-            )
-        return current
-
-    def detach(self, loaded: LoadedModel) -> None:
-        memory = self._current(loaded)
-        memory.load_state(self.diff.revert(memory.state()))
-        if self.created:
-            loaded.patches.detach(memory)
-
-    def attach(self, loaded: LoadedModel) -> None:
-        if self.created:
-            if find_memory(loaded, self.memory.key) is not None:
-                raise CheckpointError(f"{self.memory.key}: the model already carries a memory; this edit created its own")
-            loaded.patches.attach(self.memory)
-        memory = self._current(loaded)
-        memory.load_state(self.diff.apply(memory.state()))
-
-
-@dataclass
-class MemoryEditSession:
-    memory: HookedMemory
-    created: bool
-    patch: Optional[MemoryChange] = None
-
-
 @contextlib.contextmanager
-def editing_memory(loaded: LoadedModel, key: str, factory: Callable[[], HookedMemory], signature: dict) -> Iterator[MemoryEditSession]:
-    """Find (or create and install) the model's ``key`` memory for one edit.
+def editing_memory(loaded: LoadedModel, key: str, factory: Callable[[], HookedMemory], signature: dict) -> Iterator[PendingChange]:
+    """Find (or create and install) the model's ``key`` memory for one edit (``session.container``).
 
-    On success ``session.patch`` holds the edit's ``MemoryChange``; on any exception the memory is put back
-    as it was (and uninstalled if this edit created it) before the exception propagates.
+    On success ``session.change`` holds the edit's ``PatchChange``; on any exception the memory is put back as it
+    was (and uninstalled if this edit created it) before the exception propagates.
     """
     memory = find_memory(loaded, key)
-    created = memory is None
-    if created:
-        memory = factory()
-        loaded.patches.attach(memory)
-    elif memory.signature != signature:
+    if memory is not None and memory.signature != signature:
         changed = sorted(k for k in set(signature) | set(memory.signature) if signature.get(k) != memory.signature.get(k))
         raise ConfigError(
             f"the model already carries a {key} memory built with other settings ({changed}: "
             f"{[memory.signature.get(k) for k in changed]} → {[signature.get(k) for k in changed]}); undo those edits first"
         )
-    before = memory.state()
-    session = MemoryEditSession(memory, created)
-    try:
+    with loaded.patches.changing(HookedMemory, key=key, create=factory) as session:
         yield session
-    except BaseException:
-        memory.load_state(before)
-        if created:
-            loaded.patches.detach(memory)
-        raise
-    session.patch = MemoryChange(memory, created, StateDiff.between(before, memory.state()))

@@ -29,9 +29,9 @@ import torch
 
 from ...errors import CheckpointError, ConfigError, EditFailedError
 from ...hooks import collect_handles, remove_handles
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
 from ...models.ops import pad_right, pad_token_id
-from ...models.patches import Patch, register_patch
+from ...models.patches import EntryPatch, PatchChange, register_patch
 from ...models.teacher_forcing import prompt_ids
 from ...requests import EditRequest
 from ..learned.hypernetwork import LearnedEditor, LearnedHyperParams
@@ -78,24 +78,48 @@ def prompt_keys(loaded: LoadedModel, network: SERACNetwork, layer: int, prompts:
     return network.classifier.embed(feats[torch.arange(len(rows), device=feats.device), last])
 
 
+@dataclass(eq=False)
+class SERACEdits:
+    """Some edits in the memory of a model's SERAC router (one ``PatchChange``'s entry): their scope keys and the
+    token ids put before an in-scope input for the counterfactual model."""
+
+    requests: list[EditRequest]
+    keys: torch.Tensor
+    prefixes: list[list[int]]
+
+
 @register_patch
-class SERACRouter(Patch):
+class SERACRouter(EntryPatch):
     """In the model's patch registry while at least one SERAC edit is attached: holds the edit memory and routes
     each forward through hooks (a pre-hook that turns the key/value cache off, a hook recording the scope block's
     output, and a hook on the model's output that replaces in-scope positions by the counterfactual model's logits).
-    Detached with its last edit."""
+    Its entries are the edits (``SERACEdits``); detached with its last edit."""
 
     kind = "serac-router"
     key = "serac"
 
     def __init__(self, loaded: LoadedModel, network: SERACNetwork, hparams: SERACHyperParams):
         self.loaded, self.network, self.hparams = loaded, network, hparams
-        self.edits: list["SERACPatch"] = []
+        self.edits: list[SERACEdits] = []
         self._saved_use_cache: Any = None
         self._handles: list = []
         self._scope_output: Optional[torch.Tensor] = None
         self._inputs: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self._inside = False  # the counterfactual pass runs the same model: its hooks must let it through
+
+    # ---- entries (EntryPatch) --------------------------------------------------------------------
+    def add_entry(self, entry: SERACEdits) -> None:
+        self.edits.append(entry)
+
+    def remove_entry(self, entry: SERACEdits) -> None:
+        self.edits.remove(entry)
+
+    def has_entry(self, entry: object) -> bool:
+        return entry in self.edits
+
+    @property
+    def empty(self) -> bool:
+        return not self.edits
 
     # ---- memory ----------------------------------------------------------------------------------
     def memory(self) -> tuple[torch.Tensor, list[list[int]]]:
@@ -137,8 +161,7 @@ class SERACRouter(Patch):
             raise CheckpointError(f"serac: the saved prefixes are not token ids of model {loaded.name!r}'s tokenizer")
         router = cls(loaded, network, hp)
         offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-        router.edits = [SERACPatch(network, hp, [], part, prefixes[o: o + n])
-                        for o, n, part in zip(offsets, sizes, torch.split(keys, sizes))]
+        router.edits = [SERACEdits([], part, prefixes[o: o + n]) for o, n, part in zip(offsets, sizes, torch.split(keys, sizes))]
         return router
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -242,28 +265,6 @@ def kept_positions(logits_to_keep: Union[int, torch.Tensor], seq_len: int, devic
     return torch.arange(seq_len - n if n else 0, seq_len, device=device)
 
 
-class SERACPatch:
-    """Some edits in the memory of a model's SERAC router (an ``EditDelta`` patch)."""
-
-    def __init__(self, network: SERACNetwork, hparams: SERACHyperParams, requests: Sequence[EditRequest], keys: torch.Tensor,
-                 prefixes: list[list[int]]):
-        self.network, self.hparams = network, hparams
-        self.requests, self.keys, self.prefixes = list(requests), keys, prefixes
-
-    def attach(self, loaded: LoadedModel) -> None:
-        router = loaded.patches.get(SERACRouter.key)
-        if router is None:
-            router = loaded.patches.attach(SERACRouter(loaded, self.network, self.hparams))
-        router.edits.append(self)
-
-    def detach(self, loaded: LoadedModel) -> None:
-        router = loaded.patches.get(SERACRouter.key)
-        if router is not None and self in router.edits:
-            router.edits.remove(self)
-            if not router.edits:
-                loaded.patches.detach(router)
-
-
 @register_editor
 class SERACEditor(LearnedEditor):
     edits_weights_only = False  # its edits are patches; see Editor.edits_weights_only
@@ -292,7 +293,7 @@ class SERACEditor(LearnedEditor):
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return []  # the base model's weights never change
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         network = self._network(loaded)
         self._check(loaded)
         router = loaded.patches.get(SERACRouter.key)
@@ -302,6 +303,5 @@ class SERACEditor(LearnedEditor):
             # an attached router does not disturb this: the pass stops at the scope block, before any routing
             keys = prompt_keys(loaded, network, self.hparams.scope_layer, [r.prompt for r in requests])
         prefixes = [edit_prefix_ids(loaded, self.hparams.edit_template, r) for r in requests]
-        patch = SERACPatch(network, self.hparams, requests, keys, prefixes)
-        patch.attach(loaded)
-        return [patch]
+        edits = SERACEdits(list(requests), keys, prefixes)
+        return [loaded.patches.change(SERACRouter, edits, create=lambda: SERACRouter(loaded, network, self.hparams))]

@@ -32,13 +32,13 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError, EditFailedError
 from ...hooks import trace
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
 from ...models.teacher_forcing import build_target_batch
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
-from ...models.patches import register_patch
+from ...models.patches import PatchChange, register_patch
 from .memory import FFNMemory, editing_memory
 from .pool import collect_inputs, load_memory_pool
 
@@ -159,7 +159,7 @@ class TPatcherEditor(Editor):
         self._pool = torch.cat(inputs) if inputs else None
         self._pool_for = (weakref.ref(loaded.model), module_name)  # a weak reference: never mistaken for a later model
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         self.prepare(loaded)
         request = requests[0]
         block, module_name = self._module_name(loaded)
@@ -176,7 +176,7 @@ class TPatcherEditor(Editor):
             return PatchNeurons({"module": module_name}, module_name, queries.shape[-1], d_out, p.device, p.dtype)
 
         with editing_memory(loaded, PatchNeurons.key, factory, {"module": module_name}) as session:
-            patch: PatchNeurons = session.memory  # type: ignore[assignment]
+            patch: PatchNeurons = session.container  # type: ignore[assignment]
             memory_queries = patch.values["edit_queries"]
             if self._pool is not None:
                 memory_queries = torch.cat([self._pool.to(memory_queries.dtype), memory_queries])
@@ -186,8 +186,8 @@ class TPatcherEditor(Editor):
             v_["biases"] = torch.cat([v_["biases"], b])
             v_["values"] = torch.cat([v_["values"], v])
             v_["edit_queries"] = torch.cat([v_["edit_queries"], queries])
-        session.patch.summary = {"neurons": patch.size, "steps": steps}
-        return [session.patch]
+        session.change.summary = {"neurons": patch.size, "steps": steps}
+        return [session.change]
 
     def _train(self, loaded: LoadedModel, patch: PatchNeurons, batch, block: int, queries: torch.Tensor,
                memory_queries: torch.Tensor, d_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

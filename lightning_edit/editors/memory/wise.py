@@ -29,7 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...errors import ConfigError, EditFailedError
-from ...models.loading import LoadedModel
+from ...models.loaded import LoadedModel
+from ...models.patches import PatchChange
 from ...models.teacher_forcing import build_target_batch
 from ...requests import EditRequest
 from ..base import Editor, HyperParams, register_editor
@@ -123,7 +124,7 @@ class WISEEditor(Editor):
         generator = torch.Generator().manual_seed(self.hparams.seed * 100003 + shard)
         return (torch.rand(shape, generator=generator) < self.hparams.mask_ratio).to(device)
 
-    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
+    def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         self.prepare(loaded)
         hp = self.hparams
         request = requests[0]
@@ -136,7 +137,7 @@ class WISEEditor(Editor):
             return SideMemory(signature, module_name, weight, getattr(module, "bias", None), loaded.layout.is_encoder_decoder)
 
         with editing_memory(loaded, SideMemory.key, factory, signature) as session:
-            memory: SideMemory = session.memory  # type: ignore[assignment]
+            memory: SideMemory = session.container  # type: ignore[assignment]
             v = memory.values
             if v["current_edits"] >= hp.shard_size:
                 self._close_shard(memory)
@@ -149,8 +150,8 @@ class WISEEditor(Editor):
             v["current_edits"] = v["current_edits"] + 1
             v["current_min_act"] = min(v["current_min_act"], score)
             v["edits"] = v["edits"] + 1
-        session.patch.summary = {"activation_score": score, "steps": steps, "shard": v["shard_count"]}
-        return [session.patch]
+        session.change.summary = {"activation_score": score, "steps": steps, "shard": v["shard_count"]}
+        return [session.change]
 
     def _close_shard(self, memory: SideMemory) -> None:
         hp, v = self.hparams, memory.values
