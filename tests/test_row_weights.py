@@ -9,7 +9,7 @@ from conftest import build_tiny
 from test_rome import stats_cache, stats_text  # noqa: F401  (fixtures)
 from lightning_edit.data import load_requests
 from lightning_edit.editors import build_editor
-from lightning_edit.evaluation import protocols
+from lightning_edit.evaluation import generation as protocols  # the deferred generation, once inside protocols.py
 from lightning_edit.evaluation.measure import generate_greedy
 from lightning_edit.evaluation.protocols import evaluate_editing
 from lightning_edit.models.row_weights import row_weight_changes, supports_row_changes

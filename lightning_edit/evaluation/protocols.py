@@ -4,6 +4,9 @@
 - batch: ``batch_size`` requests per edit call, measured on those requests, undone.
 - sequential: requests (or batches of ``batch_size``, as MEMIT/AlphaEdit users run them) applied one
   after another and kept; all measured after the last edit (the study's protocol), then every edit undone.
+
+The loop is here; what a measurement adds to the metrics is in ``scoring.py``, the generations that wait for the
+unedited model in ``generation.py``.
 """
 from __future__ import annotations
 
@@ -18,22 +21,20 @@ from tqdm.auto import tqdm
 
 from ..editors.base import EditDelta, Editor
 from ..editors.delta import undo_all
-from ..metrics import (EditSeconds, Fluency, LocalityAgreement, PeakMemory, PeakMemoryMonitor, ProbabilityPreference,
-                       TargetAccuracy)
+from ..metrics import EditSeconds, PeakMemory, PeakMemoryMonitor
 from ..models.loading import LoadedModel
-from ..models.row_weights import supports_row_changes
 from ..requests import EditRequest
 from ..version import package_versions
-from .measure import RequestScores, fluency_prompts, generate_greedy, measure
+from .generation import GENERATION_ROWS, PENDING_BYTES, DeferredGeneration  # noqa: F401  (importable here as before)
+from .measure import measure
 from .pre_edit import PreEditCache, pre_edit_results
+from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable here as before)
 
 # Bump when a change of the evaluation (what is scored, how a metric is computed) changes results: cached study
 # cells of an older version are computed again.
 EVALUATION_VERSION = 1
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
-GENERATION_ROWS = 64  # prompts per batched generation of deferred weight edits (the demo's 20 requests: one batch)
-PENDING_BYTES = 512 * 2**20  # weight differences held for deferred generation before they are generated
 
 # What each summary key measures, written into every report.
 KEY_PROTOCOLS = {
@@ -59,74 +60,6 @@ KEY_PROTOCOLS = {
     "time_split_seconds": "total seconds per phase: prepare (statistics, caches), edit, scoring, generation",
     "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM, reset at each edit after freed heap is returned; CUDA: allocator peak)",
 }
-
-
-class MetricSet:
-    """One set of torchmetrics for one moment (pre or post)."""
-
-    def __init__(self) -> None:
-        self.m = {
-            "reliability": TargetAccuracy("token"), "reliability_exact": TargetAccuracy("exact"),
-            "generalization": TargetAccuracy("token"), "generalization_exact": TargetAccuracy("exact"),
-            "locality": LocalityAgreement("token"), "locality_exact": LocalityAgreement("exact"),
-            "portability": TargetAccuracy("token"), "portability_exact": TargetAccuracy("exact"),
-            "efficacy_score": ProbabilityPreference("score"), "efficacy_magnitude": ProbabilityPreference("magnitude"),
-            "paraphrase_score": ProbabilityPreference("score"), "paraphrase_magnitude": ProbabilityPreference("magnitude"),
-            "neighborhood_score": ProbabilityPreference("score"), "neighborhood_magnitude": ProbabilityPreference("magnitude"),
-            "fluency": Fluency(),
-        }
-
-    def add(self, s: RequestScores, reference: RequestScores, generations: Optional[list[str]] = None,
-            request: Optional[EditRequest] = None) -> dict[str, float]:
-        """Update with one request; return that request's values (only those its data allow). With the
-        ``request``, locality and portability are also scored per probe kind (``locality/<kind>``,
-        ``portability/<kind>``: KnowEdit's Relation_Specificity, Reasoning, ... as its files name them)."""
-        row: dict[str, float] = {}
-
-        def put(key: str, *args) -> None:
-            if args and all(len(a) for a in args):
-                if key not in self.m:  # a probe kind first seen in this request
-                    self.m[key] = LocalityAgreement("token") if key.startswith("locality/") else TargetAccuracy("token")
-                row[key] = float(self.m[key](*args))
-
-        put("reliability", s.rewrite_new)
-        put("reliability_exact", s.rewrite_new)
-        put("generalization", s.rephrase_new)
-        put("generalization_exact", s.rephrase_new)
-        put("locality", reference.locality, s.locality)
-        put("locality_exact", reference.locality, s.locality)
-        put("portability", s.portability)
-        put("portability_exact", s.portability)
-        put("efficacy_score", s.rewrite_new, s.rewrite_true)
-        put("efficacy_magnitude", s.rewrite_new, s.rewrite_true)
-        put("paraphrase_score", s.rephrase_new, s.rephrase_true)
-        put("paraphrase_magnitude", s.rephrase_new, s.rephrase_true)
-        put("neighborhood_score", s.locality, s.locality_new)
-        put("neighborhood_magnitude", s.locality, s.locality_new)
-        row.update(self.add_generations(generations or []))
-        if request is not None:
-            for kind in _kinds(request.locality):
-                idx = [i for i, probe in enumerate(request.locality) if probe.kind == kind]
-                put(f"locality/{kind}", [reference.locality[i] for i in idx], [s.locality[i] for i in idx])
-            for kind in _kinds(request.portability):
-                put(f"portability/{kind}", [s.portability[i] for i, probe in enumerate(request.portability) if probe.kind == kind])
-        return row
-
-    def add_generations(self, generations: list[str]) -> dict[str, float]:
-        """Update the fluency score with one request's generations; return its value (nothing without any)."""
-        return {"fluency": float(self.m["fluency"](generations))} if generations else {}
-
-    def summary(self) -> dict[str, float]:
-        out = {}
-        for k, metric in self.m.items():
-            if int(getattr(metric, "count", 0)) > 0:
-                out[k] = round(float(metric.compute()), 4)
-        return out
-
-
-def _kinds(probes) -> list[str]:
-    """The named kinds among a request's probes, in first-seen order (unnamed probes count only overall)."""
-    return list(dict.fromkeys(p.kind for p in probes if p.kind))
 
 
 @dataclass
@@ -178,138 +111,22 @@ def evaluate_editing(
     ``pre_cache``: where pre-edit scores and generations of earlier runs on the same model are read from and
     new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
     """
-    if protocol not in EDITING_PROTOCOLS:
+    if protocol not in EDITING_PROTOCOLS:  # before the requests are checked, as ever
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
     requests = editor.validate(requests)
-    if protocol == "single":
-        batch_size = 1
-    if batch_size < 1:
-        raise ValueError("batch_size must be ≥ 1")
-    chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
-    if keep_edits and protocol != "sequential" and len(chunks) > 1:
-        raise ValueError("keep_edits needs protocol='sequential' or a single edit call (single and batch edits are "
-                         "undone after scoring each)")
+    batch_size, chunks = _edit_calls(protocol, batch_size, len(requests), keep_edits)
     # One set of generations serves both the fluency score and the printed answers.
     gen_tokens = max(fluency_tokens if fluency else 0, generate_tokens)
     timer = _Timer()
-
     with timer("prepare"):
         editor.prepare(loaded)
-
     pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
-    pre_metrics, post_metrics = MetricSet(), MetricSet()
-    rows: list[dict] = [{"case_id": r.case_id, "prompt": r.prompt, "target_new": r.target_new, "target_true": r.target_true} for r in requests]
-    for i, s in enumerate(pre_scores):
-        gens = pre_gens[i] if gen_tokens else None
-        rows[i]["pre"] = pre_metrics.add(s, s, gens if fluency else None, requests[i])
-        if gens is not None:
-            rows[i]["pre_generations"] = gens
-
-    seconds_metric, memory_metric = EditSeconds(), PeakMemory()
-    applied: list[EditDelta] = []  # edits currently in the model, undone in `finally` unless kept
-    kept: list[EditDelta] = []
-    bar = tqdm(total=len(requests), desc=f"{editor.name} ({protocol})", disable=not progress, unit="req")
-
-    # Weight edits wait here (as their weight differences) to have their generations made together, many edits'
-    # rows in one batch on the unedited model (models/row_weights.py): on a CPU a greedy step costs about as much
-    # for one row as for many. Edits that attach patches are generated on the edited model at once.
-    pending: list[tuple[list[int], dict[str, torch.Tensor]]] = []
-
-    def score_post(idx: list[int], delta: Optional[EditDelta] = None) -> None:
-        start = time.perf_counter()
-        with timer("scoring"):
-            post = measure(loaded, [requests[i] for i in idx])
-        for i, s in zip(idx, post):
-            rows[i]["post"] = post_metrics.add(s, pre_scores[i], None, requests[i])
-        per_request = (time.perf_counter() - start) / len(idx)
-        for i in idx:
-            rows[i]["score_seconds"] = round(per_request, 4)
-        if not gen_tokens:
-            return
-        # ``delta`` is given only for an edit that is undone next: its generations wait for the unedited model.
-        # The differences are kept in float32: a bf16 difference of two bf16 weights would round the change away.
-        weights_only = delta is not None and not any(getattr(p, "changes_outputs", True) for p in delta.patches)
-        changes = ({name: after.float() - delta.weights_before[name].float() for name, after in delta.weights_after.items()}
-                   if weights_only else None)
-        if changes is not None and supports_row_changes(loaded.model, [changes]):
-            pending.append((idx, changes))
-        else:
-            generate_for([(idx, None)])
-
-    def generate_pending(only_if_full: bool = False) -> None:
-        """Generate for the waiting edits (the model must hold none of them); with ``only_if_full``, only once
-        they fill a generation batch or hold ``PENDING_BYTES`` of weight differences."""
-        rows_waiting = sum(len(fluency_prompts(requests[i])) for idx, _ in pending for i in idx)
-        bytes_waiting = sum(t.numel() * t.element_size() for _, c in pending for t in c.values())
-        if pending and (not only_if_full or rows_waiting >= GENERATION_ROWS or bytes_waiting >= PENDING_BYTES):
-            generate_for(pending)
-            pending.clear()
-
-    def generate_for(groups: list[tuple[list[int], Optional[dict[str, torch.Tensor]]]]) -> None:
-        """Greedy generations of the groups' requests (each group: its requests and its edit's weight changes,
-        or None for the model as it is now); fluency and the answers shown come from them."""
-        prompts, owners = [], []
-        for g, (idx, _) in enumerate(groups):
-            for i in idx:
-                prompts += fluency_prompts(requests[i])
-                owners += [g] * len(fluency_prompts(requests[i]))
-        changes = [c for _, c in groups]
-        start = time.perf_counter()
-        with timer("generation"):
-            if any(c is not None for c in changes):
-                gens = generate_greedy(loaded, prompts, gen_tokens, batch_size=GENERATION_ROWS,
-                                       row_changes=[c or {} for c in changes], groups=owners)
-            else:
-                gens = generate_greedy(loaded, prompts, gen_tokens)
-        share = (time.perf_counter() - start) / sum(len(idx) for idx, _ in groups)
-        pos = 0
-        for idx, _ in groups:
-            for i in idx:
-                k = len(fluency_prompts(requests[i]))
-                if fluency:
-                    rows[i]["post"].update(post_metrics.add_generations(gens[pos: pos + k]))
-                rows[i]["post_generations"] = gens[pos: pos + k]
-                rows[i]["score_seconds"] = round(rows[i]["score_seconds"] + share, 4)
-                pos += k
-
-    try:
-        for chunk in chunks:
-            with PeakMemoryMonitor(loaded.device) as mem, timer("edit"):
-                delta = editor.edit(loaded, [requests[i] for i in chunk])
-            applied.append(delta)
-            memory_metric.update(mem.peak_mb)
-            for i in chunk:
-                seconds_metric.update(delta.seconds / len(chunk))
-                rows[i]["edit_seconds"] = round(delta.seconds / len(chunk), 4)
-            if protocol != "sequential":
-                score_post(chunk, None if keep_edits else delta)
-                if not keep_edits:
-                    applied[-1].undo(loaded)  # still listed until undone: an interrupt inside undo leaves it to `finally`
-                    applied.pop()
-                    generate_pending(only_if_full=True)
-            bar.update(len(chunk))
-        generate_pending()
-        if protocol == "sequential":
-            score_post(list(range(len(requests))))
-        if keep_edits:
-            kept, applied = applied, []
-    finally:
-        bar.close()
-        undo_all(applied, loaded)  # on error or Ctrl-C, always restore the model (every edit, even if one fails)
-
-    n = len(requests)
-    efficiency = {
-        "edit_seconds": round(float(seconds_metric.compute()), 4),
-        "edit_seconds_mean": round(timer.total["edit"] / n, 4),
-        "scoring_seconds_per_request": round((timer.total["scoring"] + timer.total["generation"]) / n, 4),
-        "seconds_per_request": round((timer.total["edit"] + timer.total["scoring"] + timer.total["generation"]) / n, 4),
-        "peak_memory_mb": round(float(memory_metric.compute()), 1),
-        "prepare_seconds": round(timer.total["prepare"], 3),
-        "time_split_seconds": {k: round(v, 3) for k, v in timer.total.items()},
-    }
+    scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency)
+    run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
+    kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
     return Report(
-        method=editor.name, model=loaded.name, protocol=protocol, n=n, batch_size=batch_size,
-        requests=rows, pre=pre_metrics.summary(), post=post_metrics.summary(), efficiency=efficiency,
+        method=editor.name, model=loaded.name, protocol=protocol, n=len(requests), batch_size=batch_size,
+        requests=scoring.rows, pre=scoring.pre.summary(), post=scoring.post.summary(), efficiency=_efficiency(run),
         config={"hparams": editor.hparams.to_dict(), "fluency_tokens": gen_tokens if fluency else 0,
                 "generate_tokens": gen_tokens, "versions": package_versions(), "device": str(loaded.device),
                 "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
@@ -317,6 +134,100 @@ def evaluate_editing(
                 "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size)},
         kept_deltas=kept,
     )
+
+
+def _edit_calls(protocol: str, batch_size: int, n: int, keep_edits: bool) -> tuple[int, list[list[int]]]:
+    """The batch size in effect and the requests of each edit call, in order; a ``ValueError`` for a batch size
+    or ``keep_edits`` that cannot run."""
+    if protocol == "single":
+        batch_size = 1
+    if batch_size < 1:
+        raise ValueError("batch_size must be ≥ 1")
+    chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    if keep_edits and protocol != "sequential" and len(chunks) > 1:
+        raise ValueError("keep_edits needs protocol='sequential' or a single edit call (single and batch edits are "
+                         "undone after scoring each)")
+    return batch_size, chunks
+
+
+@dataclass
+class _Run:
+    """What the protocol loop works with: the model and editor, the requests, where the phases' seconds, the
+    scores and the deferred generations go, and the edit calls' seconds and peak memory."""
+
+    loaded: LoadedModel
+    editor: Editor
+    requests: Sequence[EditRequest]
+    timer: "_Timer"
+    scoring: Scoring
+    generation: DeferredGeneration
+    seconds: EditSeconds = field(default_factory=EditSeconds)
+    memory: PeakMemory = field(default_factory=PeakMemory)
+
+
+def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits: bool,
+                  progress: bool) -> list[EditDelta]:
+    """Edit call by edit call: single and batch edits scored and undone each (unless kept), sequential ones kept
+    until all are in and scored. Returns the edits kept; on error or Ctrl-C every edit is undone."""
+    applied: list[EditDelta] = []  # edits currently in the model, undone in `finally` unless kept
+    kept: list[EditDelta] = []
+    bar = tqdm(total=len(run.requests), desc=f"{run.editor.name} ({protocol})", disable=not progress, unit="req")
+    try:
+        for chunk in chunks:
+            delta = _edit(run, chunk)
+            applied.append(delta)
+            if protocol != "sequential":
+                _score(run, chunk, None if keep_edits else delta)
+                if not keep_edits:
+                    applied[-1].undo(run.loaded)  # still listed until undone: an interrupt inside undo leaves it to `finally`
+                    applied.pop()
+                    run.generation.flush(only_if_full=True)
+            bar.update(len(chunk))
+        run.generation.flush()
+        if protocol == "sequential":
+            _score(run, list(range(len(run.requests))))
+        if keep_edits:
+            kept, applied = applied, []
+    finally:
+        bar.close()
+        undo_all(applied, run.loaded)  # on error or Ctrl-C, always restore the model (every edit, even if one fails)
+    return kept
+
+
+def _edit(run: _Run, chunk: list[int]) -> EditDelta:
+    """One edit call on the requests ``chunk``, its seconds and peak memory recorded."""
+    with PeakMemoryMonitor(run.loaded.device) as mem, run.timer("edit"):
+        delta = run.editor.edit(run.loaded, [run.requests[i] for i in chunk])
+    run.memory.update(mem.peak_mb)
+    for _ in chunk:
+        run.seconds.update(delta.seconds / len(chunk))
+    run.scoring.add_edit_seconds(chunk, delta.seconds)
+    return delta
+
+
+def _score(run: _Run, idx: list[int], delta: Optional[EditDelta] = None) -> None:
+    """Score the requests ``idx`` on the model as it is now, then have their generations made (``delta``: an
+    edit about to be undone, whose generations may wait for the unedited model)."""
+    start = time.perf_counter()
+    with run.timer("scoring"):
+        post = measure(run.loaded, [run.requests[i] for i in idx])
+    run.scoring.add_post(idx, post)
+    run.scoring.set_score_seconds(idx, (time.perf_counter() - start) / len(idx))
+    run.generation.after_scoring(idx, delta)
+
+
+def _efficiency(run: _Run) -> dict:
+    """Seconds and memory of a finished run, for the report's summary."""
+    n, total = len(run.requests), run.timer.total
+    return {
+        "edit_seconds": round(float(run.seconds.compute()), 4),
+        "edit_seconds_mean": round(total["edit"] / n, 4),
+        "scoring_seconds_per_request": round((total["scoring"] + total["generation"]) / n, 4),
+        "seconds_per_request": round((total["edit"] + total["scoring"] + total["generation"]) / n, 4),
+        "peak_memory_mb": round(float(run.memory.compute()), 1),
+        "prepare_seconds": round(total["prepare"], 3),
+        "time_split_seconds": {k: round(v, 3) for k, v in total.items()},
+    }
 
 
 def _scored_statement(protocol: str, calls: int, batch_size: int = 1) -> str:
