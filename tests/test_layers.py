@@ -2,7 +2,8 @@
 
 Every module of ``lightning_edit`` is read (not imported) and each ``import`` of another part of the package is
 checked against the layer order below; the import graph must also have no cycles (function-level imports
-included: they are only a way of hiding a cycle from Python)."""
+included: they are only a way of hiding a cycle from Python). ``importlib.import_module("lightning_edit...")`` and
+``__import__("lightning_edit...")`` with a constant name count as imports too."""
 from __future__ import annotations
 
 import ast
@@ -60,7 +61,31 @@ def _imports(path: Path) -> set[str]:
                 found.add(target)
             else:  # "from .. import x": x is a module of that package (or a name, resolved to the package below)
                 found |= {f"{target}.{a.name}" for a in node.names}
+    return found | _dynamic_imports(tree, hints_only)
+
+
+def _dynamic_imports(tree: ast.AST, skip: frozenset = frozenset()) -> set[str]:
+    """``importlib.import_module("lightning_edit.x")`` / ``import_module(...)`` / ``__import__(...)`` calls whose name
+    is a constant inside the package: an import the statement scan above would not see."""
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip or not isinstance(node, ast.Call) or not node.args:
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        arg = node.args[0]
+        if name in ("import_module", "__import__") and isinstance(arg, ast.Constant) and isinstance(arg.value, str) \
+                and arg.value.startswith("lightning_edit"):
+            found.add(arg.value)
     return found
+
+
+def test_the_scan_sees_imports_by_name_at_run_time():
+    tree = ast.parse('import importlib\nfrom importlib import import_module\n'
+                     'def f():\n    importlib.import_module("lightning_edit.editors")\n'
+                     '    import_module("lightning_edit.evaluation.protocols")\n    __import__("lightning_edit.cli")\n'
+                     '    importlib.import_module("json")\n')
+    assert _dynamic_imports(tree) == {"lightning_edit.editors", "lightning_edit.evaluation.protocols", "lightning_edit.cli"}
 
 
 def _layer(module: str) -> tuple[str, int]:

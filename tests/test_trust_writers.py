@@ -106,7 +106,7 @@ def fake_gguf(tmp_path, tokenizer, monkeypatch):
     """A registered GGUF model whose "dequantization" builds a tiny llama (slowly enough for two loads to meet)."""
     import transformers
 
-    from lightning_edit.models import loading
+    from lightning_edit.models import gguf as gguf_loader  # the GGUF loader beside LoadedModel
     from lightning_edit.models.registry import ModelSpec
 
     gguf = tmp_path / "tiny.gguf"
@@ -127,7 +127,7 @@ def fake_gguf(tmp_path, tokenizer, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from_pretrained)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer_from_pretrained)
-    monkeypatch.setattr(loading, "_gguf_path", lambda spec, cache_dir: gguf)
+    monkeypatch.setattr(gguf_loader, "_gguf_path", lambda spec, cache_dir: gguf)
     return spec, gguf, calls, tmp_path / "cache"
 
 
@@ -181,7 +181,7 @@ def test_a_damaged_cache_is_recomputed_with_a_warning(damage, fake_gguf, caplog)
         (entry / "config.json").unlink()
     else:
         gguf.write_bytes(b"GGUF tiny model v2")  # the package was upgraded: the cache is of the old one
-    with caplog.at_level(logging.WARNING, logger="lightning_edit.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="lightning_edit.models.gguf"):
         again = _load(spec, cache)
     assert len(calls) == 2 and "recomputing" in caplog.text
     assert same_weights(first, again)
