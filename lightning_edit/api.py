@@ -18,21 +18,12 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from .editors import EDITORS, Editor, HyperParams
+from .editors import Editor, HyperParams
 from .errors import ConfigError
-from .evaluation import evaluate_editing
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model  # noqa: F401  (load_model: part of this API, as in EasyEdit scripts)
 from .models.loading import resolve_dtype
-from .preflight import check_model_source, check_requests
 from .requests import requests_from_lists
-
-
-def editor_for_hparams(hparams: HyperParams) -> Editor:
-    """The registered editor whose hyperparameter class is exactly ``type(hparams)``."""
-    matches = [cls for cls in EDITORS.values() if cls.HParams is type(hparams)]
-    if len(matches) != 1:
-        raise ConfigError(f"no single editor takes {type(hparams).__name__}; use one of the methods' own HyperParams classes")
-    return matches[0](hparams)
+from .runner import Run, RunSpec, editor_for as editor_for_hparams  # noqa: F401  (the name this module had)
 
 
 def _device_for(device: Union[int, str, torch.device, None]) -> torch.device:
@@ -75,9 +66,10 @@ def _dtype_for(dtype: Union[str, torch.dtype, None], fp16: Optional[bool], devic
 class BaseEditor:
     """Holds a model and an editor; ``edit`` applies requests and returns (metrics, model, deltas)."""
 
-    def __init__(self, editor: Editor, loaded: LoadedModel):
+    def __init__(self, editor: Editor, loaded: LoadedModel, run: Optional[Run] = None):
         self.editor = editor
         self.loaded = loaded
+        self.run = run or Run(RunSpec(model=loaded.name, device=str(loaded.device), hparams=editor.hparams), loaded=loaded)
 
     @classmethod
     def from_hparams(cls, hparams: HyperParams, loaded: Optional[LoadedModel] = None, *,
@@ -95,12 +87,14 @@ class BaseEditor:
                 raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
             target = _device_for(device if device is not None else getattr(hparams, "device", None))
             chosen = _dtype_for(dtype, getattr(hparams, "fp16", None), target)
-            check_model_source(hparams.model_name, flag="hyperparameter 'model_name'")  # the shared preflight
-            loaded = load_model(hparams.model_name, dtype=chosen, device=target)
+            run = Run(RunSpec(model=hparams.model_name, device=target, dtype=chosen, hparams=hparams,
+                              model_flag="hyperparameter 'model_name'"))  # the shared preflight, then the load
         elif device is not None or dtype is not None:
             raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given; "
                               "load it with load_model(name, device=..., dtype=...) instead")
-        return cls(editor_for_hparams(hparams), loaded)
+        else:
+            run = Run(RunSpec(model=loaded.name, device=str(loaded.device), hparams=hparams), loaded=loaded)
+        return cls(run.editor(), run.load(), run)
 
     def edit(
         self,
@@ -119,9 +113,9 @@ class BaseEditor:
         returned model (undo them with ``[d.undo(editor.loaded) for d in reversed(deltas)]``); otherwise each is
         undone after scoring, as EasyEdit does."""
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs, portability_inputs)
-        check_requests(requests, self.loaded)
-        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "single",
-                                  fluency=fluency, progress=verbose, keep_edits=sequential_edit)
+        self.run.check(requests)
+        report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "single",
+                                   fluency=fluency, progress=verbose, keep_edits=sequential_edit)
         return report.requests, self.loaded.model, report.kept_deltas
 
     def batch_edit(self, prompts, target_new, ground_truth=None, subject=None, rephrase_prompts=None,
@@ -131,8 +125,8 @@ class BaseEditor:
         ``sequential_edit`` the chunks are applied one after another, kept, and all scored after the last (undo
         them with the returned deltas, as for ``edit``)."""
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs, portability_inputs)
-        check_requests(requests, self.loaded)
-        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "batch",
-                                  batch_size=batch_size or len(requests), fluency=False, progress=verbose,
-                                  keep_edits=sequential_edit)
+        self.run.check(requests)
+        report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "batch",
+                                   batch_size=batch_size or len(requests), fluency=False, progress=verbose,
+                                   keep_edits=sequential_edit)
         return report.requests, self.loaded.model, report.kept_deltas

@@ -21,7 +21,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .options import add_threads_option, parse_override  # one override parser and thread option for every command
 from .errors import CheckpointError, ConfigError, DataError, LightningEditError, ModelNotAvailableError, RequestError
@@ -94,7 +94,7 @@ class Plan:
     targets: dict[str, str]  # edit prompt or rephrase → target_new
     requests: list = dataclasses.field(default_factory=list)
     method: Optional[str] = None
-    overrides: dict = dataclasses.field(default_factory=dict)
+    run: Optional[Any] = None  # the edit's runner.Run (edit mode)
     record: Optional[dict] = None  # edits.json of a saved directory
 
 
@@ -188,9 +188,9 @@ def plan(args: argparse.Namespace) -> Plan:
                 raise RequestError(f"--requests {args.requests!r}: no edit requests in it")
             requests.extend(loaded_requests)
         method = args.method or DEFAULT_METHOD
-        overrides = _check_edit_method(args, method, requests)
+        run = _edit_run(args, method, requests)
         edit_prompts, targets = _edit_prompts(requests)
-        return Plan("edit", args.model, prompts or edit_prompts, targets, requests, method, overrides)
+        return Plan("edit", args.model, prompts or edit_prompts, targets, requests, method, run)
 
     if saved:
         record = read_saved(Path(args.model).expanduser())
@@ -221,34 +221,24 @@ def _check_model_or_dir(model: str) -> bool:
     return saved is not None
 
 
-def _check_edit_method(args: argparse.Namespace, method: str, requests: list) -> dict:
-    """The method, its hyperparameters merged and type-checked (the shared preflight), the subjects it needs."""
-    from .preflight import check_method
+def _edit_run(args: argparse.Namespace, method: str, requests: list):
+    """The run of the edit (``runner.Run``: the shared preflight, the hyperparameters merged once), and the
+    subjects and trained editor the method needs."""
+    from .editors import get_editor_class
+    from .runner import Run, RunSpec
 
-    overrides = dict(args.overrides)
-    cls, hparams, overrides = check_method(method, args.model, _with_cache_dir(method, overrides, args.cache_dir),
-                                           args.editor)
-    if cls.needs_subject:
+    run = Run(RunSpec(model=args.model, method=method, device=args.device, overrides=dict(args.overrides),
+                      editor=args.editor, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR"))
+    if get_editor_class(method).needs_subject:
         for r in requests:
             if r.subject is None:
                 raise RequestError(
                     f"method '{method}' needs the subject of each edit: {r.prompt!r} has none; "
                     f"write --edit {EDIT_SYNTAX!r} with the SUBJECT as it occurs in the prompt")
             r.require_subject(method)
-    if hasattr(hparams, "editor_checkpoint") and not overrides.get("editor_checkpoint"):
+    if hasattr(run.hparams, "editor_checkpoint") and not run.hparams.editor_checkpoint:
         raise ConfigError(f"method '{method}' needs a trained editor: give --editor DIR (from `python train.py {method} MODEL`)")
-    return overrides
-
-
-def _with_cache_dir(method: str, overrides: dict, cache_dir: Optional[str]) -> dict:
-    """--cache-dir for the fields that hold a cache: statistics, IKE's pool embeddings."""
-    from .editors import get_editor_class
-
-    fields = {f.name for f in dataclasses.fields(get_editor_class(method).HParams)}
-    for cache_field in ("stats_dir", "cache_dir"):
-        if cache_dir and cache_field in fields:
-            overrides.setdefault(cache_field, cache_dir)
-    return overrides
+    return run
 
 
 # ---- answering --------------------------------------------------------------------------------------
@@ -284,14 +274,14 @@ def run(args: argparse.Namespace) -> int:
 
     from .editors.delta import undo_all
     from .evaluation.measure import generate_greedy
-    from .models import load_model
-    from .preflight import check_prompts, check_requests, unavailable_reason
+    from .preflight import check_prompts, unavailable_reason
+    from .runner import Run, RunSpec
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
     def load(name: str):
-        return load_model(name, cache_dir=args.cache_dir, device=args.device)
+        return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR")).load()
 
     def answers(loaded) -> list[str]:
         return generate_greedy(loaded, p.prompts, max_new_tokens=args.max_new_tokens)
@@ -332,12 +322,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # p.mode == "edit"
-    from .editors import build_editor
-
-    loaded = load(p.model)
-    check_requests(p.requests, loaded)
+    loaded = p.run.load()
+    p.run.check(p.requests)
     check_prompts(p.prompts, loaded, args.max_new_tokens)
-    editor = build_editor(p.method, loaded, p.overrides)
+    editor = p.run.editor()
     before = answers(loaded)
     deltas = []
     try:

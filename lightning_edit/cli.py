@@ -174,19 +174,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def preflight(args: argparse.Namespace, n_requests: int):
-    """Everything that can be checked without the model: the method and its merged hyperparameters (types
-    included), files it will read, the protocol and what --save can honestly save. Returns the editor class and
-    the hyperparameter overrides."""
-    from .preflight import check_environment, check_method, check_model_source
+    """Everything checked before the model loads: the outputs, then the shared preflight of the run (device, dtype,
+    model, the method and its hyperparameters merged once: ``runner.Run``), then what --save can honestly save.
+    Returns the run."""
+    from .editors import get_editor_class
+    from .runner import Run, RunSpec
 
-    check_environment(args.device, args.dtype)
-    check_model_source(args.model)
     check_output_path("--output", args.output, directory=False)
     check_output_path("--save", args.save, directory=True)
     if args.save:
         check_new_directory(Path(args.save), "--save")  # a symlink too: the saved folder is never written through one
-    cls, _, overrides = check_method(args.method, args.model, dict(args.overrides), args.editor)
+    edit_run = Run(RunSpec.from_args(args))
     if args.save:
+        cls = get_editor_class(args.method)
         if cls.cannot_save:
             raise ConfigError(f"--save: {args.method}'s edited model cannot be saved: {cls.cannot_save}")
         calls = n_requests if not args.sequential and args.batch_size == 1 else -(-n_requests // args.batch_size)
@@ -194,7 +194,7 @@ def preflight(args: argparse.Namespace, n_requests: int):
             raise ConfigError(f"--save: this run edits {n_requests} requests as {calls} separate edits, each scored alone and "
                               "undone, so there is no one edited model to save. Add --sequential (keep every edit, score "
                               f"all after the last) or --batch-size {n_requests} (one batch), or --n 1")
-    return cls, overrides
+    return edit_run
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,15 +203,12 @@ def run(args: argparse.Namespace) -> int:
     if args.multihop:
         from .multihop_cli import run_multihop
 
-        return run_multihop(args, preflight=preflight, known_overrides=_known_overrides)
+        return run_multihop(args)
     from transformers import set_seed
 
     from .data import load_requests
-    from .editors import build_editor
     from .editors.delta import undo_all
-    from .evaluation import default_pre_cache, evaluate_editing, format_table, verdict
-    from .models import load_model
-    from .preflight import check_requests
+    from .evaluation import default_pre_cache, format_table, verdict
 
     apply_threads(args.threads)
     set_seed(args.seed)  # Python, NumPy and torch (every device), as Lightning's seed_everything
@@ -220,19 +217,16 @@ def run(args: argparse.Namespace) -> int:
     if not requests:
         raise DataError(f"--data {args.data}: no request to edit (--offset {args.offset} is past the end, or every record "
                         "was skipped: the warnings above say why, e.g. an empty 'prompt' or 'target_new')")
-    _, overrides = preflight(args, len(requests))
-    if args.quiet:
-        overrides.setdefault("progress", False)
-    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
+    run_ = preflight(args, len(requests))
+    loaded = run_.load()
     if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
         print(f"{args.model}: re-attached the saved patches {loaded.patches.keys()} (verified against its manifest)")
-    # What needs the tokenizer: control-token text in a request, prompts longer than the model's context.
-    check_requests(requests, loaded)
-    editor = build_editor(args.method, loaded, _known_overrides(args.method, overrides, args))
-    report = evaluate_editing(loaded, editor, requests, protocol=protocol, batch_size=args.batch_size,
-                              fluency=not args.no_fluency, fluency_tokens=args.fluency_tokens, progress=not args.quiet,
-                              keep_edits=bool(args.save), generate_tokens=args.generate,
-                              pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
+    run_.check(requests)  # what needs the tokenizer: control-token text, prompts longer than the context
+    editor = run_.editor()
+    report = run_.evaluate(requests, editor, protocol=protocol, batch_size=args.batch_size, fluency=not args.no_fluency,
+                           fluency_tokens=args.fluency_tokens, progress=not args.quiet, keep_edits=bool(args.save),
+                           generate_tokens=args.generate,
+                           pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
     try:
         result = report.to_json()
         result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
@@ -244,22 +238,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         undo_all(report.kept_deltas, loaded)
     return 0
-
-
-def _known_overrides(method: str, overrides: dict, args: argparse.Namespace) -> dict:
-    """Settings of the run that map onto hyperparameters the method has (progress bars, the statistics cache)."""
-    import dataclasses
-
-    from .editors import get_editor_class
-
-    fields = {f.name for f in dataclasses.fields(get_editor_class(method).HParams)}
-    out = dict(overrides)
-    if "progress" not in fields:  # --quiet asks every method with a progress bar to hide it; others have none
-        out.pop("progress", None)
-    for cache_field in ("stats_dir", "cache_dir"):  # statistics (ROME, MEMIT, AlphaEdit), IKE's pool embeddings
-        if args.cache_dir and cache_field in fields:
-            out.setdefault(cache_field, args.cache_dir)
-    return out
 
 
 class WritingInterrupted(KeyboardInterrupt):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import Callable
-
+from .atomic import atomic_write_text
 from .errors import ConfigError
 
 
@@ -20,31 +18,25 @@ def check_multihop_args(args: argparse.Namespace) -> None:
                           "model to save; drop --save (or run the case's edits without --multihop)")
 
 
-def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides: Callable) -> int:
-    """``edit.py --multihop``. ``preflight`` and ``known_overrides`` are edit.py's own checks (cli.py hands them over, so
-    this module does not import cli.py back)."""
+def run_multihop(args: argparse.Namespace) -> int:
+    """``edit.py --multihop``: the same run as ``edit.py`` (``runner.Run``: one preflight, one merge), the
+    multi-hop protocol instead of the single one."""
     from transformers import set_seed
 
-    from .options import apply_threads
     from .data.multihop import load_multihop_cases
-    from .editors import build_editor
-    from .evaluation.multihop import FEW_SHOT_TEMPLATE, ZERO_SHOT_TEMPLATE, evaluate_multihop, format_multihop, multihop_verdict
-    from .models import load_model
-    from .preflight import check_requests
+    from .evaluation.multihop import FEW_SHOT_TEMPLATE, ZERO_SHOT_TEMPLATE, format_multihop, multihop_verdict
+    from .options import apply_threads, check_output_path
+    from .runner import Run, RunSpec
 
     check_multihop_args(args)
     apply_threads(args.threads)
     set_seed(args.seed)  # Python, NumPy and torch (every device), as Lightning's seed_everything
     cases = load_multihop_cases(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
-    requests = [r for case in cases for r in case.requests]
-    _, overrides = preflight(args, len(requests))
-    if args.quiet:
-        overrides.setdefault("progress", False)
-    loaded = load_model(args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype)
-    check_requests(requests, loaded)
-    editor = build_editor(args.method, loaded, known_overrides(args.method, overrides, args))
+    check_output_path("--output", args.output, directory=False)
+    run = Run(RunSpec.from_args(args))
+    run.check([r for case in cases for r in case.requests])
     template = ZERO_SHOT_TEMPLATE if args.zero_shot else FEW_SHOT_TEMPLATE
-    report = evaluate_multihop(loaded, editor, cases, template, generate_tokens=args.generate, progress=not args.quiet)
+    report = run.evaluate_multihop(cases, template, generate_tokens=args.generate, progress=not args.quiet)
     result = report.to_json()
     result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
     print(format_multihop(report))
@@ -52,6 +44,6 @@ def run_multihop(args: argparse.Namespace, preflight: Callable, known_overrides:
     if args.json:
         print(json.dumps({"pre": report.pre, "post": result["summary"]}, indent=2))
     if args.output:
-        Path(args.output).write_text(json.dumps(result, indent=2, default=str))
+        atomic_write_text(args.output, json.dumps(result, indent=2, default=str))
         print(f"report written to {args.output}")
     return 0

@@ -25,9 +25,10 @@ from .models.checks import (HUB_MODEL_ID, check_device, check_environment, check
 
 
 def check_method(method: str, model: str, overrides: Optional[dict] = None, editor: Optional[str] = None,
-                 editor_flag: str = "--editor") -> tuple[Type, Any, dict]:
-    """The editor class, its merged and type-checked hyperparameters for ``model``, and the overrides (with
-    ``editor_checkpoint`` from ``editor``). Hub editors are fetched now: offline, a one-line error."""
+                 editor_flag: str = "--editor", family: Optional[str] = None) -> tuple[Type, Any, dict]:
+    """The editor class, its merged and type-checked hyperparameters for ``model`` (of ``family``: by default
+    what the model's name or folder tells), and the overrides (with ``editor_checkpoint`` from ``editor``). Hub
+    editors are fetched now: offline, a one-line error."""
     from .checkpoints import is_hub_id, resolve_editor_dir
     from .editors import get_editor_class
     from .models.registry import family_of, resolve_model_name
@@ -42,7 +43,8 @@ def check_method(method: str, model: str, overrides: Optional[dict] = None, edit
             raise ConfigError(f"{editor_flag} {editor}: no such checkpoint folder; train one with "
                               f"'python train.py {method} {model}' or give its path (or a hub id user/repo)")
         overrides["editor_checkpoint"] = editor
-    hparams = cls.HParams.for_model(method, resolve_model_name(model), family_of(model), overrides)
+    family = family if family is not None else family_of(model)
+    hparams = cls.HParams.for_model(method, resolve_model_name(model), family, overrides)
     if editor and is_hub_id(editor):
         resolve_editor_dir(editor)
     _check_stats_text(getattr(hparams, "stats_text", None))

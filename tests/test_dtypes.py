@@ -17,6 +17,7 @@ from lightning_edit.evaluation import evaluate_editing
 from lightning_edit.models.loading import resolve_dtype
 from lightning_edit.models.teacher_forcing import output_cache, score_targets
 from lightning_edit.requests import EditRequest, PromptAnswer
+import lightning_edit.models as models
 
 REQUEST = EditRequest(prompt="The mother tongue of Danielle Darrieux", subject="Danielle Darrieux", target_new="English",
                       target_true="French", locality=(PromptAnswer("The sky is", "blue"),), case_id=0)
@@ -137,7 +138,7 @@ def test_api_device_and_fp16(monkeypatch):
         seen.update(kwargs, name=name)
         raise RuntimeError("stop")  # nothing to load here: the arguments are what is checked
 
-    monkeypatch.setattr(api, "load_model", fake_load)
+    monkeypatch.setattr(models, "load_model", fake_load)  # where the runner loads from
     from lightning_edit.editors.ft import FTMHyperParams
 
     hp = FTMHyperParams(model_name="smollm2-135m")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_edit import api
+import lightning_edit.models as models
 from lightning_edit.easyedit import (BaseEditor, EasyEditKeyWarning, FTHyperParams, GraceHyperParams, MEMITHyperParams,
                                      ROMEHyperParams, WISEHyperParams, resolve_easyedit_model_name)
 from lightning_edit.errors import ConfigError
@@ -172,7 +172,7 @@ def test_device_0_without_cuda_falls_back_to_cpu(tmp_path, tokenizer, monkeypatc
         seen.update(kwargs, name=name)
         return build_tiny("llama", tokenizer)
 
-    monkeypatch.setattr(api, "load_model", fake_load)
+    monkeypatch.setattr(models, "load_model", fake_load)  # where the runner loads from
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     hp = ROMEHyperParams.from_hparams(rome_file(tmp_path))
     with pytest.warns(RuntimeWarning, match="sees no CUDA"):

@@ -11,11 +11,11 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from .. import api
-from ..editors import EDITORS, HyperParams
+from ..editors import HyperParams
 from ..editors.delta import undo_all
-from ..preflight import check_model_source, check_requests
+from ..runner import Run, RunSpec
 from ..errors import ConfigError
-from ..evaluation import Report, evaluate_editing
+from ..evaluation import Report
 from ..models import LoadedModel
 from ..requests import EditRequest, requests_from_lists
 from .hparams import EasyEditHParams, check_against_model, resolve_easyedit_model_name
@@ -47,8 +47,8 @@ class WeightsCopy(dict):
 class BaseEditor(api.BaseEditor):
     """``BaseEditor.from_hparams(hparams)`` then ``edit(...)`` → ``(metrics, edited_model, weights_copy)``."""
 
-    def __init__(self, editor, loaded: LoadedModel, hparams: Optional[HyperParams] = None):
-        super().__init__(editor, loaded)
+    def __init__(self, editor, loaded: LoadedModel, hparams: Optional[HyperParams] = None, run: Optional[Run] = None):
+        super().__init__(editor, loaded, run)
         self.hparams = hparams if hparams is not None else editor.hparams
         self.last_report: Optional[Report] = None  # the full lightning-edit report of the last edit/batch_edit
 
@@ -78,19 +78,23 @@ class BaseEditor(api.BaseEditor):
         with a warning). The file's module templates and ``v_loss_layer`` are checked against the model."""
         if not isinstance(hparams, EasyEditHParams):
             base = api.BaseEditor.from_hparams(hparams, loaded, device=device, dtype=dtype)
-            return cls(base.editor, base.loaded)
+            return cls(base.editor, base.loaded, run=base.run)
         native = hparams.native()  # validated now, after whatever the script changed
         if loaded is None:
             if not hparams.model_name:
                 raise ConfigError("hyperparameter 'model_name' is empty; set it (e.g. model_name: smollm2-135m) or pass loaded=")
             name, _ = resolve_easyedit_model_name(hparams.model_name)  # again: a script may have set it
             target = api._device_for(device if device is not None else hparams.device)
-            check_model_source(name, flag="hyperparameter 'model_name'")  # the shared preflight
-            loaded = api.load_model(name, dtype=api._dtype_for(dtype, hparams.fp16, target), device=target)
+            run = Run(RunSpec(model=name, method=hparams.method(), device=target, hparams=native,
+                              dtype=api._dtype_for(dtype, hparams.fp16, target),
+                              model_flag="hyperparameter 'model_name'"))  # the shared preflight, then the load
         elif device is not None or dtype is not None:
             raise ConfigError("from_hparams: device= and dtype= say how to load the model, but a loaded model was given")
-        check_against_model(hparams, loaded)
-        return cls(EDITORS[hparams.method()](native), loaded, hparams)
+        else:
+            run = Run(RunSpec(model=loaded.name, method=hparams.method(), device=str(loaded.device), hparams=native),
+                      loaded=loaded)
+        check_against_model(hparams, run.load())
+        return cls(run.editor(), run.load(), hparams, run)
 
     def edit(self, prompts: Union[str, Sequence[str]], target_new: Union[str, Sequence[str]],
              ground_truth: Union[str, Sequence[str], None] = None, rephrase_prompts: Union[str, Sequence[Any], None] = None,
@@ -103,9 +107,9 @@ class BaseEditor(api.BaseEditor):
         ``test_generation`` (adds EasyEdit's ``fluency``), ``eval_metric`` ('exact match'/'token_em' only)."""
         requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
                                            portability_inputs, sequential_edit, kwargs)
-        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "single",
-                                  fluency=options["test_generation"], fluency_tokens=FLUENCY_TOKENS, progress=verbose,
-                                  keep_edits=sequential_edit)
+        report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "single",
+                                   fluency=options["test_generation"], fluency_tokens=FLUENCY_TOKENS, progress=verbose,
+                                   keep_edits=sequential_edit)
         return self._returned(requests, report)
 
     def batch_edit(self, prompts: Sequence[str], target_new: Sequence[str], ground_truth: Optional[Sequence[str]] = None,
@@ -121,9 +125,9 @@ class BaseEditor(api.BaseEditor):
         kwargs["keep_original_weight"] = keep_original_weight
         requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
                                            portability_inputs, sequential_edit, kwargs)
-        report = evaluate_editing(self.loaded, self.editor, requests, protocol="sequential" if sequential_edit else "batch",
-                                  batch_size=batch_size or len(requests), fluency=options["test_generation"],
-                                  fluency_tokens=FLUENCY_TOKENS, progress=verbose, keep_edits=sequential_edit)
+        report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "batch",
+                                   batch_size=batch_size or len(requests), fluency=options["test_generation"],
+                                   fluency_tokens=FLUENCY_TOKENS, progress=verbose, keep_edits=sequential_edit)
         return self._returned(requests, report)
 
     # ---- shared parts ------------------------------------------------------------------------------------------
@@ -152,7 +156,7 @@ class BaseEditor(api.BaseEditor):
             ground_truth = [ground_truth]
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
                                        portability_inputs)
-        check_requests(requests, self.loaded)  # control-token text, context length: as edit.py checks them
+        self.run.check(requests)  # control-token text, context length: as edit.py checks them
         return requests, options
 
     def _returned(self, requests: list[EditRequest], report: Report):

@@ -134,6 +134,7 @@ def run(args: Any) -> dict:
     from ..metrics import PeakMemoryMonitor
     from ..models import load_model
     from ..models.registry import family_of
+    from ..preflight import check_model_source
     from ..paths import CONFIG_ROOT
     from .export import ExportAtTrainEnd, full_state_dict
     from .modules import module_class
@@ -144,6 +145,7 @@ def run(args: Any) -> dict:
     cls = module_class(config.method)
     export = ExportAtTrainEnd()
     trainer, checkpoint_cb, precision = build_trainer(args, config, extra_callbacks=[export])
+    check_model_source(args.model, flag="MODEL")  # the shared preflight, after the strategy (named first)
     training = config.training
     torch.set_num_threads(training.num_threads)
     L.seed_everything(training.seed, verbose=False)

@@ -248,7 +248,6 @@ def resolve_run(args: Any) -> RunConfig:
     """The run's complete configuration from parsed arguments; loads no model (refuses bad values first)."""
     from ..editors import get_editor_class
     from ..models.registry import family_of, resolve_model_name
-    from ..preflight import check_model_source
     from .modules import module_class
     from .strategies import check_strategy_name
 
@@ -260,7 +259,6 @@ def resolve_run(args: Any) -> RunConfig:
     strategy = explicit.get("strategy", args.strategy or "auto")
     accelerator = explicit.get("accelerator", args.accelerator or "auto")
     check_strategy_name(strategy)  # before the model name is looked at: DeepSpeed on a CPU machine is named first
-    check_model_source(args.model, flag="MODEL")  # the shared preflight (a model folder's config.json checked)
     model = resolve_model_name(args.model)
     extra = {**(args.hparams or {}), **({"training": args.training} if args.training else {})}
     merged = resolve_config(args.method, model, family_of(args.model), extra, args.overrides)
