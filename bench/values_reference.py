@@ -74,11 +74,13 @@ def edit_case(loaded, method: str, overrides: dict, requests: list[EditRequest])
 def direct_case(loaded, replay: bool, **value_settings) -> dict[str, torch.Tensor]:
     """``optimise_values`` called directly: its vectors, initial outputs, steps run and final losses."""
     from lightning_edit.editors.locate.batching import ReplayCheck
+    from lightning_edit.editors.locate.common import LocateHyperParams
     from lightning_edit.editors.locate.values import ValueHParams, optimise_values
 
     requests = demo_requests(3)
     site = loaded.layout.mlp_out.format(1)
-    result = optimise_values(loaded, requests, site, ["", "It was a sunny day. ", "Yes. "], ValueHParams(**value_settings),
+    hp = ValueHParams.from_hparams(LocateHyperParams(), **value_settings)
+    result = optimise_values(loaded, requests, site, ["", "It was a sunny day. ", "Yes. "], hp,
                              replay_check=ReplayCheck() if replay else None)
     return {"targets": result.targets, "initial": result.initial, "steps_run": torch.tensor(result.steps_run),
             "final_loss": torch.tensor(result.final_loss, dtype=torch.float64)}
@@ -90,13 +92,16 @@ STOP_AT = {"llama": 7.6, "gpt2": 7.415}
 
 
 def direct_settings(family: str) -> dict[str, dict]:
+    # the reference was written with ValueHParams' own default of 1024 tokens per pass (now the hyperparameters' 256):
+    # stated here, so that it is the same computation
+    one_pass = dict(tokens_per_pass=1024)
     free = dict(steps=8, lr=1.0, weight_decay=0.0, clamp_norm_factor=1e4)  # the clamp would hold the vectors still
     return {
-        "plain": dict(steps=4, lr=0.5, early_stop_loss=0.0),
+        "plain": dict(steps=4, lr=0.5, early_stop_loss=0.0, **one_pass),
         "buckets": dict(steps=4, lr=0.5, early_stop_loss=0.0, tokens_per_pass=16),
         "stop-nll": dict(**free, early_stop_loss=STOP_AT[family], tokens_per_pass=16),
-        "stop-loss": dict(**free, early_stop_loss=STOP_AT[family], early_stop_on="loss"),
-        "stop-prob": dict(**free, early_stop_loss=0.0, early_stop_prob=math.exp(-STOP_AT[family]), kl_factor=0.5),
+        "stop-loss": dict(**free, early_stop_loss=STOP_AT[family], early_stop_on="loss", **one_pass),
+        "stop-prob": dict(**free, early_stop_loss=0.0, early_stop_prob=math.exp(-STOP_AT[family]), kl_factor=0.5, **one_pass),
     }
 
 

@@ -55,10 +55,34 @@ def test_prefix_cache_with_nothing_to_cache(tokenizer):
     assert args["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
+def value_hparams(**changes):
+    """The value settings of the locate methods' hyperparameters (their defaults), with ``changes`` by short name."""
+    from lightning_edit.editors.locate.common import LocateHyperParams
+    from lightning_edit.editors.locate.values import ValueHParams
+
+    return ValueHParams.from_hparams(LocateHyperParams(), **changes)
+
+
+def test_value_hparams_are_read_from_the_method_hyperparameters():
+    """One source of truth: every value setting is a hyperparameter field, its default and a config's value included."""
+    import dataclasses
+
+    from lightning_edit.editors import get_editor_class
+    from lightning_edit.editors.locate.values import HPARAM_FIELDS, ValueHParams
+
+    assert set(HPARAM_FIELDS) == {f.name for f in dataclasses.fields(ValueHParams)}
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(ValueHParams))  # no defaults of its own
+    hp = get_editor_class("memit").HParams.for_model("memit", "smollm2-135m", "llama", {"v_tokens_per_pass": 64})
+    values = hp.value_hparams()
+    assert {name: getattr(values, name) for name in HPARAM_FIELDS} == {name: getattr(hp, field) for name, field in HPARAM_FIELDS.items()}
+    assert (values.steps, values.clamp_norm_factor, values.tokens_per_pass) == (15, 0.75, 64)  # the configs' and --set's
+    assert value_hparams().tokens_per_pass == 256 and value_hparams(steps=3).steps == 3
+
+
 def test_value_optimisation_in_length_buckets_matches_one_pass(tokenizer):
     """Rows split over several passes (gradients accumulated) find the same vectors as one pass."""
     from lightning_edit.editors.locate.batching import length_buckets as _length_buckets
-    from lightning_edit.editors.locate.values import ValueHParams, optimise_values
+    from lightning_edit.editors.locate.values import optimise_values
     from lightning_edit.requests import EditRequest
 
     loaded = build_tiny("llama", tokenizer)
@@ -70,8 +94,8 @@ def test_value_optimisation_in_length_buckets_matches_one_pass(tokenizer):
     prefixes = ["", "It was a sunny day. ", "Yes. "]
     site = loaded.layout.mlp_out.format(1)
     common = dict(steps=4, lr=0.5, early_stop_loss=0.0)  # no early stop: every request runs every step
-    one = optimise_values(loaded, requests, site, prefixes, ValueHParams(tokens_per_pass=10_000, **common))
-    many = optimise_values(loaded, requests, site, prefixes, ValueHParams(tokens_per_pass=8, **common))
+    one = optimise_values(loaded, requests, site, prefixes, value_hparams(tokens_per_pass=10_000, **common))
+    many = optimise_values(loaded, requests, site, prefixes, value_hparams(tokens_per_pass=8, **common))
     torch.testing.assert_close(many.initial, one.initial, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(many.targets, one.targets, atol=1e-4, rtol=1e-3)
     assert many.steps_run == one.steps_run == [4, 4, 4]
@@ -95,7 +119,7 @@ def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, f
     passes split by length, and the check that allowed it passed on every family. Weights that require grad (a
     model a Trainer is about to train) change nothing: what is replayed is detached from the first pass."""
     from lightning_edit.editors.locate.batching import BlockReplay, ReplayCheck
-    from lightning_edit.editors.locate.values import ValueHParams, optimise_values
+    from lightning_edit.editors.locate.values import optimise_values
     from lightning_edit.requests import EditRequest
 
     loaded = build_tiny(family, tokenizer)
@@ -112,7 +136,7 @@ def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, f
         return real_run(self, *args)
 
     monkeypatch.setattr(BlockReplay, "run", counted_run)
-    for hp in (ValueHParams(steps=5, lr=0.5, early_stop_loss=0.0), ValueHParams(steps=6, lr=1.0, early_stop_loss=2.5, tokens_per_pass=16)):
+    for hp in (value_hparams(steps=5, lr=0.5, early_stop_loss=0.0), value_hparams(steps=6, lr=1.0, early_stop_loss=2.5, tokens_per_pass=16)):
         full = optimise_values(loaded, requests, site, prefixes, hp)
         assert not replays  # without a check object no step replays
         check = ReplayCheck()
@@ -128,12 +152,12 @@ def test_value_steps_replaying_the_top_blocks_find_the_same_vectors(tokenizer, f
 def test_value_steps_run_whole_passes_where_a_replay_did_not_reproduce_one(tokenizer, monkeypatch):
     """A model whose replay failed the check keeps running full passes (and the check is not repeated)."""
     from lightning_edit.editors.locate.batching import BlockReplay, ReplayCheck
-    from lightning_edit.editors.locate.values import ValueHParams, optimise_values
+    from lightning_edit.editors.locate.values import optimise_values
     from lightning_edit.requests import EditRequest
 
     loaded = build_tiny("llama", tokenizer)
     requests = [EditRequest(prompt=p, subject=s, target_new=t) for p, s, t in REPLAY_REQUESTS[:1]]
-    hp = ValueHParams(steps=3, early_stop_loss=0.0)
+    hp = value_hparams(steps=3, early_stop_loss=0.0)
     site = loaded.layout.mlp_out.format(1)
     check = ReplayCheck(reproduces=False)
     monkeypatch.setattr(BlockReplay, "run", lambda *a: pytest.fail("replayed after a failed check"))

@@ -86,10 +86,9 @@ class LocateHyperParams(HyperParams):
                               f"(its new-object term), got {self.v_early_stop_on!r}")
 
     def value_hparams(self) -> ValueHParams:
-        return ValueHParams(steps=self.v_num_grad_steps, lr=self.v_lr, weight_decay=self.v_weight_decay,
-                            clamp_norm_factor=self.clamp_norm_factor, kl_factor=self.kl_factor,
-                            early_stop_loss=self.v_early_stop_loss, early_stop_on=self.v_early_stop_on,
-                            early_stop_prob=self.v_early_stop_prob, tokens_per_pass=self.v_tokens_per_pass)
+        """The ``v_*`` fields above (and ``clamp_norm_factor``, ``kl_factor``) as ``optimise_values`` reads them: declared
+        and defaulted here only."""
+        return ValueHParams.from_hparams(self)
 
 
 @dataclass

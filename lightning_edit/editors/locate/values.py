@@ -12,23 +12,25 @@ The loss of one request, as ROME's paper writes it (eq. 4) and its code computes
 
 ``optimise_values`` minimises it with Adam for all requests at once (one δ each, independent losses), stopping a
 request once its new-object NLL is below ``early_stop_loss`` (``early_stop_on="loss"``: once the whole loss is, as
-ROME's and MEMIT's code do); how rows are cached and bucketed is ``batching.py``.
+ROME's and MEMIT's code do). This module is the loss and the optimisation; which rows are run and how (length
+buckets, the prefix cache, block replay) is ``value_passes.py`` over ``batching.py``.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from ...hooks import edit_output, trace
 from ...models.loading import LoadedModel
-from ...models.teacher_forcing import target_ids
 from ...requests import EditRequest
-from .batching import BlockReplay, PrefixCache, ReplayCheck, final_hidden_and_logits, length_buckets, output_width
-from .keys import encode_subject_texts
+from .batching import ReplayCheck
+from .value_passes import PassIndex, ValuePasses, ValueRows
+
+if TYPE_CHECKING:
+    from .common import LocateHyperParams
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +39,30 @@ KL_TEMPLATE = "{} is a"  # ROME's "essence" prompt
 
 @dataclass
 class ValueHParams:
-    """The value-optimisation settings (ROME's ``v_*`` hyperparameters)."""
+    """The value-optimisation settings under short names. They are declared and defaulted once, as fields of the
+    method's hyperparameters (``LocateHyperParams``, named in ``HPARAM_FIELDS``): build them with ``from_hparams``."""
 
-    steps: int = 20
-    lr: float = 0.5
-    weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    early_stop_loss: float = 0.05
-    # what must fall below early_stop_loss: "nll", the new-object NLL alone, or "loss", the whole L(δ) (ROME's and
-    # MEMIT's code, EasyEdit). MEMIT, 20 CounterFact records in one batch on smollm2: the same scores either way, 23%
-    # more time with "loss" (bench/bench_memit_quality.py), hence "nll"
-    early_stop_on: str = "nll"
-    early_stop_prob: Optional[float] = None  # also stop once mean P(target token) on the edit prompt exceeds this
-    tokens_per_pass: int = 1024  # rows are run in length-sorted passes of at most this many padded tokens
+    steps: int
+    lr: float
+    weight_decay: float
+    clamp_norm_factor: float
+    kl_factor: float
+    early_stop_loss: float
+    early_stop_on: str  # "nll": the new-object NLL must fall below early_stop_loss; "loss": the whole L(δ)
+    early_stop_prob: Optional[float]  # also stop once exp(−NLL) exceeds this
+    tokens_per_pass: int  # rows are run in length-sorted passes of at most this many padded tokens
+
+    @classmethod
+    def from_hparams(cls, hp: "LocateHyperParams", **changes) -> "ValueHParams":
+        """The settings ``hp`` holds, with ``changes`` (short names) on top."""
+        return dataclasses.replace(cls(**{name: getattr(hp, hp_name) for name, hp_name in HPARAM_FIELDS.items()}), **changes)
+
+
+HPARAM_FIELDS = {  # ValueHParams' field → the hyperparameter field it is read from
+    "steps": "v_num_grad_steps", "lr": "v_lr", "weight_decay": "v_weight_decay", "clamp_norm_factor": "clamp_norm_factor",
+    "kl_factor": "kl_factor", "early_stop_loss": "v_early_stop_loss", "early_stop_on": "v_early_stop_on",
+    "early_stop_prob": "v_early_stop_prob", "tokens_per_pass": "v_tokens_per_pass",
+}
 
 
 @dataclass
@@ -59,6 +71,7 @@ class ValueResult:
     initial: torch.Tensor  # (n, d): output before optimisation
     steps_run: list[int] = field(default_factory=list)
     final_loss: list[float] = field(default_factory=list)
+
 
 # ---- the three terms of one request's loss (tensors hold one entry per request) ----------------------------------
 def new_object_nll(token_logprob: torch.Tensor, token_weight: torch.Tensor, token_request: torch.Tensor, n_requests: int) -> torch.Tensor:
@@ -78,6 +91,7 @@ def weight_decay_term(delta: torch.Tensor, initial_norm_sq: torch.Tensor, factor
     return factor * delta.norm(dim=-1) / initial_norm_sq
 
 
+# ---- on top: the optimisation of L(δ); the pieces it calls are below -----------------------------------------------
 def optimise_values(
     loaded: LoadedModel,
     requests: Sequence[EditRequest],
@@ -86,165 +100,148 @@ def optimise_values(
     hp: ValueHParams,
     replay_check: Optional[ReplayCheck] = None,
 ) -> ValueResult:
-    """For each request, a vector added at the subject's last token to the output of module ``site`` so
-    that every ``prefix + prompt`` continues with ``target_new`` (ROME's compute_v / MEMIT's compute_z).
+    """For each request, a vector δ added at the subject's last token to the output of module ``site`` so that every
+    ``prefix + prompt`` continues with ``target_new`` (ROME's compute_v / MEMIT's compute_z): Adam on
+    L(δ) = new_object_nll + kl_factor · essence_kl + weight_decay_term, ‖δ‖ clamped after each step.
 
-    Requests are optimised together (one delta each, independent losses); a request that reaches the
-    early-stop criterion leaves the batch. ``replay_check`` (the editor's, per model): later steps run only the
-    blocks from the site's on (``BlockReplay``); without it every step runs the whole model."""
-    tok, model, device = loaded.tokenizer, loaded.model, loaded.device
-    module = model.get_submodule(site)
-    n_req, n_pref = len(requests), len(prefixes)
-
-    # rows: per request, n_pref rewriting rows (prefix + prompt + target[:-1]) and one KL row.
-    rewrite_ids, rewrite_pos = encode_subject_texts(tok, prefixes, requests)
-    kl_ids, kl_pos = encode_subject_texts(tok, [""], requests, template=KL_TEMPLATE)
-    targets = [target_ids(tok, r.target_new) for r in requests]
-    rows, sub_pos, owner = [], [], []
-    score_rows, score_pos, score_tok, score_owner = [], [], [], []  # flattened target-token predictions
-    kl_rows = []
-    for i in range(n_req):
-        for j in range(n_pref):
-            k = i * n_pref + j
-            prompt = rewrite_ids[k]
-            row = len(rows)
-            rows.append(prompt + targets[i][:-1])
-            sub_pos.append(rewrite_pos[k])
-            owner.append(i)
-            for t, tid in enumerate(targets[i]):
-                score_rows.append(row)
-                score_pos.append(len(prompt) - 1 + t)
-                score_tok.append(tid)
-                score_owner.append((i, j, len(targets[i])))
-        kl_rows.append(len(rows))
-        rows.append(kl_ids[i])
-        sub_pos.append(kl_pos[i])
-        owner.append(i)
-    # Tokens before each row's subject position are run once into a cache; steps run only the rest.
-    prefix = PrefixCache(loaded, rows, sub_pos)
-    owner_t = torch.tensor(owner, device=device)
-    score_rows_t = torch.tensor(score_rows, device=device)
-    score_pos_t = torch.tensor(score_pos, device=device) - torch.tensor(sub_pos, device=device)[score_rows_t]
-    score_tok_t = torch.tensor(score_tok, device=device)
-    # weight of each scored token: mean over the target's tokens, then mean over prefixes (ROME)
-    score_w = torch.tensor([1.0 / (n_tok * n_pref) for (_, _, n_tok) in score_owner], device=device)
-    score_req = torch.tensor([i for (i, _, _) in score_owner], device=device)
-    kl_rows_t = torch.tensor(kl_rows, device=device)
-    kl_last = prefix.suffix_mask.sum(1) - 1  # per row: its last real suffix token
-    plain_rows_t = torch.tensor([i * (n_pref + 1) for i in range(n_req)], device=device)
-
-    hidden_of, to_logits = final_hidden_and_logits(loaded)
-    replay = BlockReplay(loaded, module, replay_check) if replay_check is not None else None
-
-    d_site = output_width(model, site)
-    delta = torch.zeros(n_req, d_site, device=device, requires_grad=True)
+    Requests are optimised together (one δ each, independent losses); a request that reaches the early-stop
+    criterion leaves the batch. ``replay_check`` (the editor's, per model): later steps run only the blocks from the
+    site's on (``BlockReplay``); without it every step runs the whole model."""
+    n, device = len(requests), loaded.device
+    rows = ValueRows.build(loaded.tokenizer, requests, prefixes, KL_TEMPLATE, device)
+    passes = ValuePasses(loaded, site, rows, hp.tokens_per_pass, replay_check)
+    delta = torch.zeros(n, passes.width, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.lr)
-    # Step 0 runs with delta = 0: it gives the site's initial output (plain prompt = prefix 0, the subject being
-    # each suffix's first token) and the KL reference, so no separate pass is needed.
-    initial = torch.zeros(n_req, d_site, device=device)
-    kl_ref: Optional[torch.Tensor] = None
-    max_norm = init_norm_sq = None
-    suffix_len = prefix.suffix_mask.sum(1)
-    score_of_row = [[] for _ in rows]  # indices into the flattened scored tokens, per row
-    for e, r in enumerate(score_rows):
-        score_of_row[r].append(e)
-    is_plain = torch.zeros(len(rows), dtype=torch.bool, device=device)
-    is_plain[plain_rows_t] = True
-    kl_slot = torch.full((len(rows),), -1, dtype=torch.long, device=device)
-    kl_slot[kl_rows_t] = torch.arange(n_req, device=device)
-    active = torch.ones(n_req, dtype=torch.bool, device=device)
-    steps_run = [0] * n_req
-    final_loss = [float("nan")] * n_req
-
+    unedited = Unedited(initial=torch.zeros(n, passes.width, device=device))  # filled by step 0, where δ = 0
+    progress = Progress.start(n, device)
     for step in range(hp.steps):
-        act_idx = active.nonzero().flatten()
-        if act_idx.numel() == 0:
+        requests_left = progress.active.nonzero().flatten()
+        if requests_left.numel() == 0:
             break
-        row_sel = torch.isin(owner_t, act_idx).nonzero().flatten()
-        chunks = length_buckets(row_sel, suffix_len, hp.tokens_per_pass)
-        if replay is not None:
-            replay.keep_only(chunks)
-        last_step = step == hp.steps - 1
+        last = step == hp.steps - 1
         opt.zero_grad(set_to_none=True)
-        nll = torch.zeros(n_req, device=device)
-        kl = torch.zeros(n_req, device=device)
-        single_loss: Optional[torch.Tensor] = None  # one chunk: its backward waits for the early-stop decision
-        for chunk in chunks:
-            chunk_owner = owner_t[chunk]
-
-            def add_delta(out: torch.Tensor, chunk_owner=chunk_owner) -> torch.Tensor:
-                out = out.clone()
-                out[:, 0] = out[:, 0] + delta[chunk_owner].to(out.dtype)
-                return out
-
-            if step > 0 and replay is not None and replay.has(chunk):
-                with edit_output(module, add_delta):
-                    hidden = replay.run(chunk, prefix.inputs(chunk))
-            else:
-                record_site = trace(model, [site]) if step == 0 else contextlib.nullcontext()
-                recording = replay.recording(chunk) if replay is not None else contextlib.nullcontext()
-                with edit_output(module, add_delta), record_site as site_trace, recording, hidden_of() as run:
-                    hidden = run(**prefix.inputs(chunk))
-                if replay is not None and replay.unchecked:  # once per model: its inputs cost a cache copy
-                    with edit_output(module, add_delta):
-                        replay.verify(chunk, prefix.inputs(chunk), hidden)
-            pos_in_chunk = {int(r): i for i, r in enumerate(chunk.tolist())}
-            entries = [e for r in chunk.tolist() for e in score_of_row[r]]
-            entries_t = torch.tensor(entries, dtype=torch.long, device=device)
-            h = hidden[torch.tensor([pos_in_chunk[score_rows[e]] for e in entries], dtype=torch.long, device=device),
-                       score_pos_t[entries_t]]
-            chunk_kl_rows = chunk[kl_slot[chunk] >= 0]
-            kl_req = kl_slot[chunk_kl_rows]
-            kl_h = hidden[torch.tensor([pos_in_chunk[int(r)] for r in chunk_kl_rows.tolist()], dtype=torch.long, device=device),
-                          kl_last[chunk_kl_rows]]
-            # one vocabulary projection per chunk: the LM head is the largest matrix read
-            logp = torch.log_softmax(to_logits(torch.cat([h, kl_h])), -1)
-            logp, kl_logp = logp[: h.shape[0]], logp[h.shape[0]:]
-            if step == 0:  # delta is 0: record the initial output and the KL reference
-                plain_in_chunk = chunk[is_plain[chunk]]
-                site_out = site_trace[site].output
-                at = torch.tensor([pos_in_chunk[int(r)] for r in plain_in_chunk.tolist()], dtype=torch.long, device=device)
-                initial[owner_t[plain_in_chunk]] = site_out[at, 0].float()
-                if kl_ref is None:
-                    kl_ref = torch.zeros(n_req, kl_logp.shape[-1], device=device)
-                kl_ref[kl_req] = kl_logp.detach()
-            tok_logp = logp.gather(-1, score_tok_t[entries_t, None]).squeeze(-1)
-            chunk_nll = new_object_nll(tok_logp, score_w[entries_t], score_req[entries_t], n_req)
-            chunk_kl = essence_kl(kl_logp, kl_ref[kl_req], kl_req, n_req)
-            nll = nll + chunk_nll.detach()
-            kl = kl + chunk_kl.detach()
-            chunk_loss = chunk_nll + hp.kl_factor * chunk_kl
-            if len(chunks) == 1:
-                single_loss = chunk_loss
-            elif not last_step:
-                chunk_loss.sum().backward()  # frees this chunk's graph; rows of one request add up in delta.grad
+        nll, kl, pending = step_terms(passes, requests_left, delta, unedited, hp.kl_factor, step == 0, last)
         if step == 0:
-            max_norm = hp.clamp_norm_factor * initial.norm(dim=-1)  # (n,)
-            init_norm_sq = initial.norm(dim=-1) ** 2
-        wd = weight_decay_term(delta, init_norm_sq, hp.weight_decay)
-        total = nll + hp.kl_factor * kl + wd.detach()
-        for a, li in zip(act_idx.tolist(), total[act_idx].tolist()):
-            steps_run[a] = step + 1
-            final_loss[a] = li
+            unedited.settle(hp.clamp_norm_factor)
+        decay = weight_decay_term(delta, unedited.norm_sq, hp.weight_decay)
+        loss = nll + hp.kl_factor * kl + decay.detach()
+        progress.record(step, requests_left, loss)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("value step %d: nll %s", step, [round(x, 3) for x in nll[act_idx].tolist()])
-        # Early stop: the NLL term (or, with early_stop_on="loss", the whole loss) is small enough.
-        done = (total if hp.early_stop_on == "loss" else nll)[act_idx] < hp.early_stop_loss
-        if hp.early_stop_prob is not None:
-            done |= torch.exp(-nll[act_idx]) > hp.early_stop_prob
-        active[act_idx[done]] = False
-        if last_step or not active.any():
+            log.debug("value step %d: nll %s", step, [round(x, 3) for x in nll[requests_left].tolist()])
+        progress.active[requests_left[reached_goal(hp, nll[requests_left], loss[requests_left])]] = False
+        if last or not progress.active.any():
             break
-        keep = active.float()
-        if single_loss is not None:
-            (single_loss * keep).sum().backward()
-        (wd * keep).sum().backward()
-        frozen = delta.detach()[~active].clone()
-        opt.step()
-        with torch.no_grad():
-            delta[~active] = frozen  # Adam's momentum must not move a finished request's vector
-            norms = delta.norm(dim=-1)
-            scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
-            delta.mul_(scale[:, None])
+        keep = progress.active.float()
+        if pending is not None:
+            (pending * keep).sum().backward()
+        (decay * keep).sum().backward()
+        adam_step(opt, delta, progress.active)
+        clamp_norms_(delta, unedited.max_norm)
     with torch.no_grad():
-        return ValueResult(targets=(initial + delta).detach(), initial=initial, steps_run=steps_run, final_loss=final_loss)
+        return ValueResult(targets=(unedited.initial + delta).detach(), initial=unedited.initial,
+                           steps_run=progress.steps_run, final_loss=progress.final_loss)
+
+
+# ---- beneath: the unedited model's reference, the terms over a step's passes ---------------------------------
+@dataclass
+class Unedited:
+    """What the loss compares with, read on the first step (δ = 0): m, the site's output at the plain prompt, and
+    the next-token distribution after "{subject} is a" (the KL term's reference)."""
+
+    initial: torch.Tensor  # (n, d)
+    essence: Optional[torch.Tensor] = None  # (n, vocabulary) log-probabilities
+    norm_sq: Optional[torch.Tensor] = None  # ‖m‖², the weight decay's scale
+    max_norm: Optional[torch.Tensor] = None  # the clamp on ‖δ‖
+
+    def record(self, index: PassIndex, site_output: torch.Tensor, essence_logp: torch.Tensor) -> None:
+        self.initial[index.plain_request] = site_output[index.plain_row, 0].float()
+        if self.essence is None:
+            self.essence = torch.zeros(self.initial.shape[0], essence_logp.shape[-1], device=self.initial.device)
+        self.essence[index.essence_request] = essence_logp.detach()
+
+    def settle(self, clamp_norm_factor: float) -> None:
+        """After the first step, every request's m is known: the clamp and the decay's scale."""
+        self.max_norm = clamp_norm_factor * self.initial.norm(dim=-1)
+        self.norm_sq = self.initial.norm(dim=-1) ** 2
+
+
+# ---- the loss of one step, over the rows of one pass and then over all of a step's passes -----------------------
+def pass_terms(passes: ValuePasses, rows: torch.Tensor, delta: torch.Tensor, unedited: Unedited, first: bool
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new-object NLL and the essence KL per request over ``rows`` (one pass), with grad towards δ."""
+    n = delta.shape[0]
+    index = passes.rows.index(rows)
+    hidden, site_output = passes.hidden(rows, delta, first)
+    target_logp, essence_logp = passes.log_probs(hidden, index)
+    if first:
+        unedited.record(index, site_output, essence_logp)
+    nll = new_object_nll(target_logp, index.target_weight, index.target_request, n)
+    kl = essence_kl(essence_logp, unedited.essence[index.essence_request], index.essence_request, n)
+    return nll, kl
+
+
+def step_terms(passes: ValuePasses, requests: torch.Tensor, delta: torch.Tensor, unedited: Unedited, kl_factor: float,
+               first: bool, last: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One step's NLL and KL per request (detached), over the rows of ``requests`` in length buckets.
+
+    With several passes each one's NLL + KL is backpropagated as soon as it is computed, freeing its graph (a
+    request's rows add up in δ's gradient), except on the ``last`` step, which only measures. With one pass, its
+    loss (with grad) is returned instead, to be backpropagated once early stopping has masked finished requests."""
+    nll = torch.zeros(delta.shape[0], device=delta.device)
+    kl = torch.zeros(delta.shape[0], device=delta.device)
+    buckets = passes.buckets(requests)
+    pending: Optional[torch.Tensor] = None
+    for rows in buckets:
+        pass_nll, pass_kl = pass_terms(passes, rows, delta, unedited, first)
+        nll = nll + pass_nll.detach()
+        kl = kl + pass_kl.detach()
+        pass_loss = pass_nll + kl_factor * pass_kl
+        if len(buckets) == 1:
+            pending = pass_loss
+        elif not last:
+            pass_loss.sum().backward()
+    return nll, kl, pending
+
+
+# ---- early stopping, the Adam step and the clamp -------------------------------------------------------------------
+def reached_goal(hp: ValueHParams, nll: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Which requests may stop: their NLL (or, with early_stop_on="loss", their whole loss) is below
+    early_stop_loss, or the mean probability exp(−NLL) of their target is above early_stop_prob."""
+    done = (loss if hp.early_stop_on == "loss" else nll) < hp.early_stop_loss
+    if hp.early_stop_prob is not None:
+        done |= torch.exp(-nll) > hp.early_stop_prob
+    return done
+
+
+@torch.no_grad()
+def clamp_norms_(delta: torch.Tensor, max_norm: torch.Tensor) -> None:
+    """Scale each δ whose norm exceeds ``max_norm`` back onto it (ROME's clamp, after every step)."""
+    norms = delta.norm(dim=-1)
+    scale = torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12), torch.ones_like(norms))
+    delta.mul_(scale[:, None])
+
+
+def adam_step(opt: torch.optim.Optimizer, delta: torch.Tensor, active: torch.Tensor) -> None:
+    """One optimiser step for the ``active`` requests: Adam's momentum must not move a finished request's vector."""
+    frozen = delta.detach()[~active].clone()
+    opt.step()
+    with torch.no_grad():
+        delta[~active] = frozen
+
+
+@dataclass
+class Progress:
+    """Which requests are still optimised, and for each the steps it ran and its loss at the last of them."""
+
+    active: torch.Tensor
+    steps_run: list[int]
+    final_loss: list[float]
+
+    @classmethod
+    def start(cls, n: int, device: torch.device) -> "Progress":
+        return cls(torch.ones(n, dtype=torch.bool, device=device), [0] * n, [float("nan")] * n)
+
+    def record(self, step: int, requests: torch.Tensor, loss: torch.Tensor) -> None:
+        for request, value in zip(requests.tolist(), loss[requests].tolist()):
+            self.steps_run[request] = step + 1
+            self.final_loss[request] = value
