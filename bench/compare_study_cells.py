@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -101,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", default=str(DEFAULT_STUDY), help="committed study folder (config.yaml, cells/)")
     parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), help="glob patterns of cell files")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--results", default=None, help="where to compute (default: a temporary folder)")
+    parser.add_argument("--results", default=None, help="where to compute, kept (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.data_dir:  # data an editor loads itself (WISE's and GRACE's training pools) from the same folder
+        os.environ.setdefault("LIGHTNING_EDIT_DATA", args.data_dir)
     torch.set_num_threads(1)
     study = Path(args.study)
     study_config = yaml.safe_load((study / "config.yaml").read_text(encoding="utf-8"))
