@@ -5,7 +5,7 @@ Three uses:
 * ``ask MODEL "prompt" ...``: the registered (or hub, or local) model's greedy continuations;
 * ``ask DIR ["prompt" ...]``: DIR was written by ``python edit.py ... --save DIR``; the base model named
   in ``DIR/edits.json`` answers "before" (when it loads here), the saved edited model answers "after";
-* ``ask MODEL --method rome --edit "prompt|target|subject" ["prompt" ...]`` (or ``--requests FILE``):
+* ``ask MODEL --method rome --edit "prompt|target|subject" ["prompt" ...]`` (or ``--data FILE``, formerly ``--requests``):
   answers before the edit, applies it, answers after, then undoes it.
 
 Without prompts, the edit prompts and their rephrases are asked. An "after" answer to an edit prompt
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .options import add_threads_option, parse_override  # one override parser and thread option for every command
-from .errors import CheckpointError, ConfigError, DataError, LightningEditError, ModelNotAvailableError, RequestError
+from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"
 EDIT_SYNTAX = "PROMPT|TARGET[|SUBJECT]"
@@ -49,14 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompts", nargs="*", metavar="PROMPT",
                    help="prompts to answer (default: the edit prompts and their rephrases)")
     p.add_argument("--method", default=None,
-                   help=f"editing method for --edit/--requests (default {DEFAULT_METHOD}); see `python edit.py --help`")
+                   help=f"editing method for --edit/--data (default {DEFAULT_METHOD}); see `python edit.py --help`")
     p.add_argument("--edit", action="append", default=[], metavar=EDIT_SYNTAX,
                    help="an edit to apply, e.g. 'The mother tongue of Danielle Darrieux is|English|Danielle Darrieux' "
                         "(repeatable; ROME/MEMIT/AlphaEdit need the SUBJECT, written as in the prompt)")
-    p.add_argument("--requests", default=None, metavar="FILE",
-                   help="edit requests from a JSON file (or dataset name) that `python edit.py --data` reads")
-    p.add_argument("--n", type=int, default=None, help="use the first N records of --requests")
-    p.add_argument("--data-dir", default=None, help="folder of benchmark data for a dataset name in --requests")
+    p.add_argument("--data", "--requests", dest="requests", default=None, metavar="FILE",
+                   help="edit requests from a JSON file or dataset name, as `python edit.py --data` reads them "
+                        "(--requests: the same, its former name)")
+    p.add_argument("--n", type=int, default=None, help="use the first N records of --data")
+    p.add_argument("--data-dir", default=None, help="folder of benchmark data for a dataset name in --data")
     p.add_argument("--batch", action="store_true", help="apply all edits in one call (default: one after another, keeping each)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML)")
@@ -161,7 +162,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     if args.n is not None and not args.requests:
-        raise ConfigError("--n counts records of --requests FILE; give --requests too")
+        raise ConfigError("--n counts records of --data FILE (formerly --requests); give --data too")
     prompts = [p for p in args.prompts]
     for p in prompts:
         if not p.strip():
@@ -172,7 +173,7 @@ def plan(args: argparse.Namespace) -> Plan:
         extra = [flag for flag, given in (("--method", args.method), ("--set", args.overrides), ("--editor", args.editor),
                                           ("--batch", args.batch)) if given]
         if extra:
-            raise ConfigError(f"{', '.join(extra)}: used only with an edit; give --edit {EDIT_SYNTAX!r} or --requests FILE")
+            raise ConfigError(f"{', '.join(extra)}: used only with an edit; give --edit {EDIT_SYNTAX!r} or --data FILE")
 
     saved = _check_model_or_dir(args.model)
     if editing:
@@ -180,12 +181,9 @@ def plan(args: argparse.Namespace) -> Plan:
 
         requests = [parse_edit(text, i) for i, text in enumerate(args.edit)]
         if args.requests:
-            try:
-                loaded_requests = load_requests(args.requests, n=args.n, data_dir=args.data_dir)
-            except DataError as err:  # the loaders name edit.py's flag; here the same file is --requests
-                raise DataError(str(err).replace("--data ", "--requests ", 1)) from None
+            loaded_requests = load_requests(args.requests, n=args.n, data_dir=args.data_dir)  # errors name --data
             if not loaded_requests:
-                raise RequestError(f"--requests {args.requests!r}: no edit requests in it")
+                raise RequestError(f"--data {args.requests!r}: no edit requests in it")
             requests.extend(loaded_requests)
         method = args.method or DEFAULT_METHOD
         run = _edit_run(args, method, requests)
@@ -200,7 +198,7 @@ def plan(args: argparse.Namespace) -> Plan:
         return Plan("saved", args.model, prompts or edit_prompts, targets, record["_requests"], record.get("method"), record=record)
 
     if not prompts:
-        raise RequestError(f"nothing to ask: give a PROMPT, or --edit {EDIT_SYNTAX!r} / --requests FILE to ask the edit prompts")
+        raise RequestError(f"nothing to ask: give a PROMPT, or --edit {EDIT_SYNTAX!r} / --data FILE to ask the edit prompts")
     return Plan("answer", args.model, prompts, {})
 
 
@@ -272,75 +270,79 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .editors.delta import undo_all
-    from .evaluation.measure import generate_greedy
-    from .preflight import check_prompts, unavailable_reason
-    from .runner import Run, RunSpec
-
     if args.threads:
         torch.set_num_threads(args.threads)
+    return {"answer": _answer, "saved": _before_and_after_saved, "edit": _before_and_after_edit}[p.mode](p, args)
 
-    def load(name: str):
-        return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR")).load()
 
-    def answers(loaded) -> list[str]:
-        return generate_greedy(loaded, p.prompts, max_new_tokens=args.max_new_tokens)
+def _load(name: str, args: argparse.Namespace):
+    """A model to answer with, through the one runner (its preflight, its loading)."""
+    from .runner import Run, RunSpec
 
-    if p.mode == "answer":
-        loaded = load(p.model)
-        check_prompts(p.prompts, loaded, args.max_new_tokens)
-        for prompt, text in zip(p.prompts, answers(loaded)):
-            print(format_block(prompt, None, None, answer=text) + "\n")
-        return 0
+    return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR")).load()
 
-    if p.mode == "saved":
-        record = p.record
-        base = record.get("base_model")
-        n_edits = len(p.requests)
-        print(f"saved edit: {p.model}  (method {record.get('method', '?')}, {n_edits} request{'s' * (n_edits != 1)}, "
-              f"base model {base or '?'})\n")
-        before: Optional[list[str]] = None
-        reason = unavailable_reason(str(base)) if isinstance(base, str) else f"{EDITS_FILE} names no base_model"
-        if reason is None:
-            try:
-                base_loaded = load(str(base))
-            except (LightningEditError, OSError, ValueError) as err:
-                reason = str(err)
-            else:
-                check_prompts(p.prompts, base_loaded, args.max_new_tokens)
-                before = answers(base_loaded)
-                del base_loaded  # one model in memory at a time
-                gc.collect()
-        if reason is not None:
-            print(f"note: no answers before the edit: the base model cannot be loaded here ({reason}); "
-                  f"showing the saved model's answers only\n")
-        saved_loaded = load(p.model)
-        check_prompts(p.prompts, saved_loaded, args.max_new_tokens)
-        after = answers(saved_loaded)
-        for i, prompt in enumerate(p.prompts):
-            print(format_block(prompt, before[i] if before is not None else None, after[i], p.targets.get(prompt)) + "\n")
-        return 0
 
-    # p.mode == "edit"
+def _answers(loaded, p: Plan, args: argparse.Namespace) -> list[str]:
+    from .evaluation.measure import generate_greedy
+    from .preflight import check_prompts
+
+    check_prompts(p.prompts, loaded, args.max_new_tokens)  # control tokens, context length
+    return generate_greedy(loaded, p.prompts, max_new_tokens=args.max_new_tokens)
+
+
+def _answer(p: Plan, args: argparse.Namespace) -> int:
+    for prompt, text in zip(p.prompts, _answers(_load(p.model, args), p, args)):
+        print(format_block(prompt, None, None, answer=text) + "\n")
+    return 0
+
+
+def _before_and_after_saved(p: Plan, args: argparse.Namespace) -> int:
+    """The base model named in the (verified) edits.json answers before, when it loads here; the saved one after."""
+    from .preflight import unavailable_reason
+
+    record, base = p.record, p.record.get("base_model")
+    n_edits = len(p.requests)
+    print(f"saved edit: {p.model}  (method {record.get('method', '?')}, {n_edits} request{'s' * (n_edits != 1)}, "
+          f"base model {base or '?'})\n")
+    before: Optional[list[str]] = None
+    reason = unavailable_reason(str(base)) if isinstance(base, str) else f"{EDITS_FILE} names no base_model"
+    if reason is None:
+        try:
+            base_loaded = _load(str(base), args)
+        except (LightningEditError, OSError, ValueError) as err:
+            reason = str(err)
+        else:
+            before = _answers(base_loaded, p, args)
+            del base_loaded  # one model in memory at a time
+            gc.collect()
+    if reason is not None:
+        print(f"note: no answers before the edit: the base model cannot be loaded here ({reason}); "
+              f"showing the saved model's answers only\n")
+    after = _answers(_load(p.model, args), p, args)
+    for i, prompt in enumerate(p.prompts):
+        print(format_block(prompt, before[i] if before is not None else None, after[i], p.targets.get(prompt)) + "\n")
+    return 0
+
+
+def _before_and_after_edit(p: Plan, args: argparse.Namespace) -> int:
+    """Answers, the edits (one call, or one after another), answers again, every edit undone."""
+    from .editors.delta import undo_all
+
     loaded = p.run.load()
     p.run.check(p.requests)
-    check_prompts(p.prompts, loaded, args.max_new_tokens)
     editor = p.run.editor()
-    before = answers(loaded)
+    before = _answers(loaded, p, args)
     deltas = []
     try:
         if args.batch:
             deltas.append(editor.edit(loaded, p.requests))
-        else:
-            # editor.edit_sequential(loaded, requests), one request at a time so that a failure
-            # part-way still undoes the edits already made
+        else:  # one request at a time, so that a failure part-way still undoes the edits already made
             for r in p.requests:
                 deltas.append(editor.edit(loaded, [r]))
-        after = answers(loaded)
+        after = _answers(loaded, p, args)
     finally:
         undo_all(deltas, loaded)
-    seconds = sum(d.seconds for d in deltas)
-    n = len(p.requests)
+    seconds, n = sum(d.seconds for d in deltas), len(p.requests)
     print(f"model: {loaded.name}  edit: {p.method}, {n} request{'s' * (n != 1)}"
           f"{' in one batch' if args.batch else ''}, {seconds:.1f} s (undone afterwards)\n")
     for prompt, b, a in zip(p.prompts, before, after):

@@ -55,7 +55,7 @@ def test_unknown_method_and_flags_without_an_edit(capsys, no_model_load):
     for flags, named in ((["--method", "rome"], "--method"), (["--set", "lr=1"], "--set"), (["--batch"], "--batch")):
         err = _error(capsys, ["smollm2-135m", "a prompt", *flags])
         assert named in err and "--edit" in err
-    assert "--n counts records of --requests" in _error(capsys, ["smollm2-135m", "--n", "2", "a prompt"])
+    assert "--n counts records of --data" in _error(capsys, ["smollm2-135m", "--n", "2", "a prompt"])
     assert "--max-new-tokens" in _error(capsys, ["smollm2-135m", "--max-new-tokens", "0", "a prompt"])
     assert "--threads" in _error(capsys, ["smollm2-135m", "--threads", "0", "a prompt"])
 
@@ -69,7 +69,7 @@ def test_learnt_method_needs_editor_checkpoint(capsys, no_model_load, tmp_path):
 
 def test_nothing_to_ask(capsys, no_model_load):
     err = _error(capsys, ["smollm2-135m"])
-    assert "PROMPT" in err and "--edit" in err and "--requests" in err
+    assert "PROMPT" in err and "--edit" in err and "--data" in err
 
 
 def test_bad_model_or_directory(capsys, no_model_load, tmp_path):

@@ -71,5 +71,6 @@ def cases(folder: Path) -> list[Case]:
         Case("ask a PROMPT with a control token", "ask", "<|endoftext|>", argv=ask + [tiny, "Hi <|endoftext|> there"],
              needs_model=True),
         Case("ask a PROMPT longer than the context", "ask", "positions", argv=ask + [tiny, "word " * 600], needs_model=True),
-        Case("ask --requests a folder", "ask", "--requests", argv=ask + [tiny, "--requests", str(folder)]),
+        Case("ask --requests a folder", "ask", "--data", argv=ask + [tiny, "--requests", str(folder)]),
+        Case("ask --data a folder", "ask", "--data", argv=ask + [tiny, "--data", str(folder)]),
     ]
