@@ -142,7 +142,7 @@ def optimise_values(
                            steps_run=progress.steps_run, final_loss=progress.final_loss)
 
 
-# ---- beneath: the unedited model's reference, the terms over a step's passes ---------------------------------
+# ---- beneath: what the unedited model gives (m, the KL reference), read on the first step ----------------------
 @dataclass
 class Unedited:
     """What the loss compares with, read on the first step (δ = 0): m, the site's output at the plain prompt, and
@@ -154,6 +154,7 @@ class Unedited:
     max_norm: Optional[torch.Tensor] = None  # the clamp on ‖δ‖
 
     def record(self, index: PassIndex, site_output: torch.Tensor, essence_logp: torch.Tensor) -> None:
+        """m and the reference distribution of the requests whose rows one pass of the first step ran."""
         self.initial[index.plain_request] = site_output[index.plain_row, 0].float()
         if self.essence is None:
             self.essence = torch.zeros(self.initial.shape[0], essence_logp.shape[-1], device=self.initial.device)
