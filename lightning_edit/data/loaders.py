@@ -14,8 +14,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Optional, Union
 
 from ..errors import ConfigError, DataError
 from ..paths import DATA_ENV, DEMO_PATH, default_data_root
@@ -199,41 +198,32 @@ def read_source(name_or_path: str, data_dir: Optional[Union[str, Path]], n: Opti
 def load_request_dataset(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None,
                          offset: int = 0, on_invalid: str = "skip") -> "Dataset":
     """A named dataset, a JSON (list or JSON-lines) file or a hub file (``hf://datasets/OWNER/NAME/PATH``) as a
-    ``datasets.Dataset`` of requests (columns: records.REQUEST_FEATURES): ``n`` records after ``offset`` (``.select``),
-    converted by a ``.map``. ``load_requests`` turns it into ``EditRequest``s."""
+    ``datasets.Dataset`` of requests (columns: records.REQUEST_FEATURES): ``n`` records after ``offset``,
+    each record parsed and converted once. ``load_requests`` gives the ``EditRequest``s without the dataset."""
+    from .records import requests_dataset
+
+    return requests_dataset(_converted(name_or_path, n, data_dir, offset, on_invalid))
+
+
+def _converted(name_or_path: str, n: Optional[int], data_dir: Optional[Union[str, Path]], offset: int,
+               on_invalid: str) -> list[tuple[int, EditRequest]]:
+    """The chosen records of a source, each parsed once (with its file) and converted once."""
+    from .records import convert_requests
+
     source, records = read_source(name_or_path, data_dir, n, offset)
-    from .records import convert_dataset, records_dataset
-
-    if n is not None or offset:
-        records = records[offset:offset + n if n is not None else None]  # only the chosen ones become JSON text
-    with _nesting_named(source):
-        raw = records_dataset(records)
-        return convert_dataset(raw, source=source, on_invalid=on_invalid, start=offset)
-
-
-@contextmanager
-def _nesting_named(source: str) -> Iterator[None]:
-    """A record nested deeper than the recursion limit (parsed, but not converted or re-encoded): a DataError
-    naming the file, not a RecursionError."""
-    try:
-        yield
-    except RecursionError:
-        raise DataError(f"{source}: a record is nested too deeply (lists or objects inside each other more than "
-                        f"~{sys.getrecursionlimit()} levels); a request record is a flat object") from None
+    chosen = records[offset:offset + n if n is not None else None]
+    return convert_requests(chosen, source=source, on_invalid=on_invalid, start=offset)
 
 
 def load_requests(name_or_path: str, n: Optional[int] = None, data_dir: Optional[Union[str, Path]] = None, offset: int = 0,
                   on_invalid: str = "skip") -> list[EditRequest]:
     """Requests from a named dataset, a JSON (list or JSON-lines) file or a hub file; ``n`` first after ``offset``."""
-    from .records import requests_from_dataset
-
-    return requests_from_dataset(load_request_dataset(name_or_path, n, data_dir, offset, on_invalid))
+    return [request for _, request in _converted(name_or_path, n, data_dir, offset, on_invalid)]
 
 
 def convert_records(records: Iterable[dict], source: str = "<records>", on_invalid: str = "skip", start: int = 0) -> list[EditRequest]:
     """Convert raw records (parsed JSON) to requests, through the same ``.map`` as the files (records.convert_dataset).
     ``start``: the index in the file of the first record (for messages)."""
-    from .records import convert_dataset, records_dataset, requests_from_dataset
+    from .records import convert_requests
 
-    with _nesting_named(source):
-        return requests_from_dataset(convert_dataset(records_dataset(list(records)), source, on_invalid, start))
+    return [request for _, request in convert_requests(list(records), source, on_invalid, start)]

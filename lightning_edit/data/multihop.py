@@ -63,7 +63,7 @@ def load_multihop_cases(name_or_path: str, n: Optional[int] = None, data_dir: Op
 
     A record whose rewrites cannot be edits is skipped with a warning (``on_invalid="skip"``) or raises
     (``"raise"``), as in ``load_requests``; a field of the wrong type always raises ``DataError`` naming it."""
-    from .records import convert_dataset, records_dataset, requests_from_dataset
+    from .records import convert_requests
 
     source, records = read_source(name_or_path, data_dir, n, offset, unit="cases")
     chosen = records[offset: None if n is None else offset + n]
@@ -73,9 +73,8 @@ def load_multihop_cases(name_or_path: str, n: Optional[int] = None, data_dir: Op
         raise DataError(f"{source}: the multi-hop protocol needs MQuAKE records (keys 'requested_rewrite' as a list, "
                         f"'questions', 'new_answer', 'new_answer_alias'); record {offset} is not one. Use --data mquake "
                         "(get it with: python edit.py data get mquake) or a file in MQuAKE's format")
-    rows = convert_dataset(records_dataset(chosen), source=source, on_invalid=on_invalid, start=offset)
     by_record: dict[int, list[EditRequest]] = {}
-    for index, request in zip(rows["record_index"], requests_from_dataset(rows)):
+    for index, request in convert_requests(chosen, source=source, on_invalid=on_invalid, start=offset):
         by_record.setdefault(index, []).append(request)
     cases = []
     for index, requests in by_record.items():  # in file order; skipped records have no requests

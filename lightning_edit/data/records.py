@@ -1,10 +1,11 @@
-"""The data layer's ``datasets.Dataset``s: raw records in, typed request rows out, ``EditRequest``s at the edge.
+"""Records in, ``EditRequest``s out, and the data layer's ``datasets.Dataset`` of typed request rows.
 
 Benchmark records are heterogeneous (KnowEdit's answer is a string in one record and a list of alias lists in the
 next; a user's file may hold a number where text belongs, and must get an error naming that record and field), which
-Arrow's typed columns cannot hold as they are. So the *raw* dataset keeps each record as its JSON text (column
-``record``); the converters of lightning_edit/data/formats.py run as one ``.map`` that parses, checks and converts
-them into the typed ``REQUEST_FEATURES`` columns; ``requests_from_dataset`` builds the ``EditRequest``s editors see.
+Arrow's typed columns cannot hold as they are. So each record is converted once, as parsed from its file, by the
+converters of lightning_edit/data/formats.py (``convert_requests``: one parse, one ``EditRequest`` per request);
+``requests_dataset`` puts those requests in the typed ``REQUEST_FEATURES`` columns for whoever wants a ``Dataset``
+(the DataModules of training), and ``requests_from_dataset`` builds the ``EditRequest``s back from one.
 
 Every dataset here lives in memory (``from_dict``; ``map``/``select``/``train_test_split`` of an in-memory dataset stay
 in memory), so nothing is written to the datasets cache in the user's home.
@@ -26,7 +27,6 @@ from .formats import FORMATS, detect_format
 
 log = logging.getLogger(__name__)
 
-RAW_COLUMN = "record"
 _PROBE = {"prompt": Value("string"), "answer": Value("string"), "kind": Value("string")}
 REQUEST_FEATURES = Features({
     "prompt": Value("string"), "target_new": Value("string"), "subject": Value("string"), "target_true": Value("string"),
@@ -50,11 +50,6 @@ def quiet_progress() -> Iterator[None]:
             enable_progress_bars()
 
 
-def records_dataset(records: Sequence) -> Dataset:
-    """Raw records (parsed JSON values) as a one-column dataset of their JSON text."""
-    return Dataset.from_dict({RAW_COLUMN: [json.dumps(r) for r in records]})
-
-
 def _probe_rows(probes: Sequence[PromptAnswer]) -> list[dict]:
     return [{"prompt": p.prompt, "answer": p.answer, "kind": p.kind} for p in probes]
 
@@ -67,8 +62,28 @@ def request_row(request: EditRequest, record_index: int) -> dict:
             "case_id": json.dumps(request.case_id, default=str), "record_index": record_index}
 
 
-def _convert_rows(records: list, source: str, on_invalid: str, start: int, skipped: list[str]) -> list[dict]:
-    """The rows of ``records`` (the file's records ``start``, ``start + 1``, ...); unusable ones appended to ``skipped``."""
+def convert_requests(records: Sequence, source: str = "<records>", on_invalid: str = "skip",
+                     start: int = 0) -> list[tuple[int, EditRequest]]:
+    """``(record index in the file, request)`` for every request of ``records`` (the file's records ``start``,
+    ``start + 1``, ..., as parsed). Records unusable as edits (an empty target: ZsRE's train file has one) are
+    skipped with a warning naming them (``on_invalid="skip"``) or raise (``"raise"``); a field of the wrong type
+    always raises a ``DataError`` naming the record and field."""
+    if on_invalid not in ("skip", "raise"):
+        raise ValueError("on_invalid must be 'skip' or 'raise'")
+    if not records:
+        return []
+    skipped: list[str] = []
+    try:
+        pairs = _convert(list(records), source, on_invalid, start, skipped)
+    except RecursionError:
+        raise DataError(f"{source}: a record is nested too deeply (lists or objects inside each other more than "
+                        "a thousand levels); a request record is a flat object") from None
+    if skipped:
+        log.warning("%s: skipped %d unusable record(s); first: %s", source, len(skipped), skipped[0])
+    return pairs
+
+
+def _convert(records: list, source: str, on_invalid: str, start: int, skipped: list[str]) -> list[tuple[int, EditRequest]]:
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise DataError(f"{source}: record {start + i} is {_type_name(rec)}, not an object; every record must be a JSON "
@@ -78,7 +93,7 @@ def _convert_rows(records: list, source: str, on_invalid: str, start: int, skipp
     except DataError as err:
         raise DataError(f"{source}: record {start}: {err}") from err
     convert = FORMATS[fmt][1]
-    rows: list[dict] = []
+    pairs: list[tuple[int, EditRequest]] = []
     for i, rec in enumerate(records):
         index = start + i
         try:
@@ -96,34 +111,15 @@ def _convert_rows(records: list, source: str, on_invalid: str, start: int, skipp
         except (TypeError, AttributeError) as err:  # a field of a shape no check above foresaw
             raise DataError(f"{source}: record {index} (format {fmt}) has a field of the wrong type ({err}); "
                             f"compare it with record {start} or with lightning_edit/data/demo.json") from err
-        rows.extend(request_row(r, index) for r in (made if isinstance(made, list) else [made]))
-    return rows
+        pairs.extend((index, r) for r in (made if isinstance(made, list) else [made]))
+    return pairs
 
 
-def convert_dataset(raw: Dataset, source: str = "<records>", on_invalid: str = "skip", start: int = 0) -> Dataset:
-    """The format converter as a ``.map`` from a raw dataset (``records_dataset``) to ``REQUEST_FEATURES`` rows.
-
-    Records unusable as edits (an empty target: ZsRE's train file has one) are skipped with a warning naming them
-    (``on_invalid="skip"``) or raise (``"raise"``); a field of the wrong type always raises. ``start``: the index in
-    the file of ``raw``'s first record (for messages)."""
-    if on_invalid not in ("skip", "raise"):
-        raise ValueError("on_invalid must be 'skip' or 'raise'")
-    if len(raw) == 0:
-        return Dataset.from_dict({name: [] for name in REQUEST_FEATURES}, features=REQUEST_FEATURES)
-    skipped: list[str] = []
-
-    def convert_table(table: pa.Table) -> pa.Table:
-        records = [json.loads(text) for text in table.column(RAW_COLUMN).to_pylist()]
-        return pa.Table.from_pylist(_convert_rows(records, source, on_invalid, start, skipped), schema=_SCHEMA)
-
-    # One batch (the format is detected once, from the first record); Arrow tables in and out, so the rows are not
-    # encoded feature by feature in Python. The fingerprint is given so datasets does not hash the closure.
+def requests_dataset(pairs: Sequence[tuple[int, EditRequest]]) -> Dataset:
+    """``(record index, request)`` pairs (``convert_requests``) as a ``REQUEST_FEATURES`` dataset, in memory."""
+    table = pa.Table.from_pylist([request_row(r, index) for index, r in pairs], schema=_SCHEMA)
     with quiet_progress():
-        converted = raw.with_format("arrow").map(convert_table, batched=True, batch_size=None, remove_columns=[RAW_COLUMN],
-                                                 features=REQUEST_FEATURES, new_fingerprint=f"{raw._fingerprint}-{on_invalid}-{start}")
-    if skipped:
-        log.warning("%s: skipped %d unusable record(s); first: %s", source, len(skipped), skipped[0])
-    return converted.with_format(None)
+        return Dataset(table).cast(REQUEST_FEATURES)
 
 
 def _probes(rows: list[dict]) -> tuple[PromptAnswer, ...]:
