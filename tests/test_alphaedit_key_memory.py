@@ -93,3 +93,19 @@ def test_undo_takes_the_keys_out_and_reapply_puts_them_back(base_dir, stats_dir)
     assert len(loaded.patches) == 0  # the container goes with its last entry
     delta.reapply(loaded)
     assert loaded.patches.keys() == [KeyMemory.key] and same(sums(loaded), edited)
+
+
+def test_the_models_layer_imports_no_editor_and_an_unknown_kind_is_a_checkpoint_error():
+    """Loading code never imports the editors (not even by name at run time): a kind no module registered is a
+    ``CheckpointError`` naming it; ``lightning_edit.load_model`` registers every method's kinds first."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport lightning_edit.models.loading, lightning_edit.models.saving\n"
+            "from lightning_edit.errors import CheckpointError\nfrom lightning_edit.models.patches import patch_class\n"
+            "try:\n    patch_class('alphaedit-keys')\nexcept CheckpointError as err:\n    assert 'alphaedit-keys' in str(err)\n"
+            "else:\n    raise SystemExit('a kind was registered without its editor being imported')\n"
+            "assert not [m for m in sys.modules if m.startswith('lightning_edit.editors')]\n"
+            "import lightning_edit.editors\nassert patch_class('alphaedit-keys').__name__ == 'KeyMemory'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

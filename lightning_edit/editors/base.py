@@ -104,8 +104,9 @@ class Editor(ABC):
     HParams: ClassVar[Type[HyperParams]] = HyperParams
     needs_subject: ClassVar[bool] = False
     supports_batch: ClassVar[bool] = True  # False: a list of requests is applied one after another
-    # True: an edit is changed weights only, so the edited model saves as an ordinary transformers directory.
-    # False: it adds patches (modules, memories, routers, prompts) that save_pretrained does not see; --save writes
+    # True: what the edited model computes is changed through its weights only, so a plain transformers load of a
+    # saved one answers as it does (bookkeeping patches, such as AlphaEdit's key memory, are saved beside it for
+    # later edits). False: it adds patches (modules, memories, routers, prompts) that save_pretrained does not see; --save writes
     # them beside the weights (models/saving.py) and load_model(DIR) re-attaches them.
     edits_weights_only: ClassVar[bool] = True
     # Why this method's edited model cannot be saved (None: it can); --save is refused before any work with it.

@@ -74,7 +74,7 @@ class HookedMemory(EntryPatch):
 
     def remove_entry(self, entry: StateDiff) -> None:
         self.load_state(entry.revert(self.state()))
-        self._diffs.remove(entry)
+        self._diffs = [d for d in self._diffs if d is not entry]  # by identity: diffs hold tensors, == is elementwise
 
     def has_entry(self, entry: Any) -> bool:
         return any(d is entry for d in self._diffs)
