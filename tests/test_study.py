@@ -5,7 +5,7 @@ import pytest
 
 from conftest import build_tiny
 from lightning_edit.errors import ConfigError
-from lightning_edit.evaluation.study import study as study_mod  # the module whose evaluate_editing/build_editor Study calls
+from lightning_edit.evaluation.study import study as study_mod  # the module whose evaluate_editing and Run Study uses
 from lightning_edit.evaluation.study import Study, StudyConfig
 from lightning_edit.metrics.intervals import bootstrap_interval
 
@@ -23,14 +23,14 @@ def test_study_writes_tables_figures_and_resumes(tmp_path, tokenizer, monkeypatc
         return real(*a, **k)
 
     built = []
-    real_build = study_mod.build_editor
+    real_build = study_mod.Run.editor  # every editor is built by the one runner
 
-    def counting_builds(method, *a, **k):
-        built.append(method)
-        return real_build(method, *a, **k)
+    def counting_builds(run):
+        built.append(run.spec.method)
+        return real_build(run)
 
     monkeypatch.setattr(study_mod, "evaluate_editing", counting)
-    monkeypatch.setattr(study_mod, "build_editor", counting_builds)
+    monkeypatch.setattr(study_mod.Run, "editor", counting_builds)
     tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
     # The curves' first points are the single-edit cell (2 records, each edited alone), not cells of one record
     assert calls == ["single", "batch", "sequential"]

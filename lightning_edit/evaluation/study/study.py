@@ -13,9 +13,10 @@ import yaml
 from ...atomic import atomic_write_text
 from ...data import load_requests
 from ...data.multihop import load_multihop_cases
-from ...editors import Editor, build_editor
+from ...editors import Editor
 from ...errors import LightningEditError
-from ...models import LoadedModel, load_model
+from ...models import LoadedModel
+from ...runner import Run, RunSpec
 from ...version import package_versions
 from ..multihop import evaluate_multihop
 from ..pre_edit import default_pre_cache
@@ -47,19 +48,18 @@ class Study:
 
     @property
     def loaded(self) -> LoadedModel:
-        if self._loaded is None:
-            self._loaded = load_model(self.config.model, device=self.device)
+        if self._loaded is None:  # through the one runner: its preflight, then the load
+            self._loaded = Run(RunSpec(model=self.config.model, device=self.device, model_flag="model")).load()
         return self._loaded
 
-    def _overrides(self, method: str) -> dict:
-        out = dict(self.config.overrides.get(method, {}))
-        if method in self.config.editor_checkpoints:
-            out["editor_checkpoint"] = self.config.editor_checkpoints[method]
-        return out
-
     def _editor(self, method: str) -> Editor:
+        """The method's editor through the one runner (its hyperparameters merged once: configs ← the study's
+        overrides ← its trained editor), kept while the method's cells run."""
         if method not in self._editors:
-            self._editors[method] = build_editor(method, self.loaded, self._overrides(method))
+            spec = RunSpec(model=self.config.model, method=method, device=self.device,
+                           overrides=dict(self.config.overrides.get(method, {})),
+                           editor=self.config.editor_checkpoints.get(method))
+            self._editors[method] = Run(spec, loaded=self.loaded).editor()
         return self._editors[method]
 
     @staticmethod
