@@ -2,7 +2,6 @@
 --cache-dir honoured, IKE pool embeddings verified (lightning_edit/stats/cache_files.py)."""
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import threading
@@ -211,9 +210,10 @@ def test_cache_dir_reaches_the_statistics_of_edit_py(tokenizer, tmp_path, monkey
 
 @pytest.mark.parametrize("method, field", [("rome", "stats_dir"), ("memit", "stats_dir"), ("ike", "cache_dir")])
 def test_cache_dir_flag_maps_onto_each_methods_field(method, field):
-    from lightning_edit.cli import _known_overrides
+    from lightning_edit.runner import Run, RunSpec
 
-    assert _known_overrides(method, {}, argparse.Namespace(cache_dir="/x/cache"))[field] == "/x/cache"
+    run = Run(RunSpec(model="smollm2-135m", method=method, cache_dir="/x/cache"))  # the one merge of the run
+    assert getattr(run.hparams, field) == "/x/cache"
 
 
 def test_ike_pool_cache_has_a_manifest_honours_cache_dir_and_refuses_tampering(tokenizer, tmp_path, monkeypatch, caplog):

@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -24,6 +22,7 @@ from filelock import FileLock
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from ..atomic import atomic_write_bytes
 from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -47,18 +46,6 @@ def key_lock(path: Union[str, Path]) -> FileLock:
     return FileLock(f"{path}.lock", is_singleton=True)
 
 
-def _replace_from_temp(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def write_verified(path: Path, tensors: Mapping[str, torch.Tensor], manifest: Mapping) -> dict:
     """Write ``tensors`` (moved to the CPU) and their manifest atomically under the key's lock; returns the manifest."""
     tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
@@ -67,8 +54,8 @@ def write_verified(path: Path, tensors: Mapping[str, torch.Tensor], manifest: Ma
                 tensors={name: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for name, t in tensors.items()})
     with key_lock(path):
         # data first, manifest last: a reader that sees the new manifest finds the new data
-        _replace_from_temp(path, data)
-        _replace_from_temp(manifest_path(path), json.dumps(full, indent=2, default=str).encode())
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(manifest_path(path), json.dumps(full, indent=2, default=str).encode())
     return full
 
 

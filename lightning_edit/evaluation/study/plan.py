@@ -7,8 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
-import yaml
-
+from ...config import load_yaml
 from ...editors import get_editor_class
 from ...errors import ConfigError
 from ...paths import STUDY_CONFIGS
@@ -76,21 +75,13 @@ def safe_folder_name(text: str) -> str:
 
 def _read_study_yaml(path: Path) -> dict:
     """The YAML mapping of a study file; anything else (not a file, not UTF-8, not YAML, not a mapping) is a
-    ``ConfigError`` naming the file."""
+    ``ConfigError`` naming the file (``config.load_yaml``)."""
     if not path.is_file():
         raise ConfigError(f"study configuration {path} is not a file; give a YAML file or a name in {STUDY_CONFIGS}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"study configuration {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study configuration {path} is not valid YAML: {err}".splitlines()[0]) from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"study configuration {path} is a YAML {type(values).__name__}, not a mapping of fields "
-                          "(name: ..., methods: [...], datasets: {...}); see configs/study/quick.yaml")
-    return values
+        return load_yaml(path, what="study configuration")
+    except ConfigError as err:
+        raise ConfigError(f"{str(err).splitlines()[0]}; see configs/study/quick.yaml for the fields") from None
 
 
 def _is_int(value: object) -> bool:
