@@ -36,7 +36,7 @@ def _no_temporaries(folder: Path) -> bool:
 def two_first_loads(folder: Path) -> Callable[[], bool]:
     def call() -> bool:
         from lightning_edit.hashing import sha256_file
-        from lightning_edit.models.loading import _gguf_path, _read_cache
+        from lightning_edit.models.gguf import _gguf_path, _read_cache
         from lightning_edit.models.registry import MODELS
 
         cache = folder / "cache"

@@ -168,7 +168,7 @@ def _damaged_dequantization_cache(folder: Path) -> Callable[[], bool]:
     def call() -> bool:
         from lightning_edit.hashing import sha256_file
         from lightning_edit.models import load_model
-        from lightning_edit.models.loading import _gguf_path, _read_cache
+        from lightning_edit.models.gguf import _gguf_path, _read_cache
         from lightning_edit.models.registry import MODELS
 
         cache = folder / "dequantized"
