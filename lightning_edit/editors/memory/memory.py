@@ -9,7 +9,8 @@
   (``loaded.patches.changing``) finds or creates the memory, puts it back if the training raises, and records what
   the edit changed as a ``PatchChange`` (``session.change``), which ``EditDelta`` undoes and re-applies.
 
-The replay of the network's top (``models/tail.py``) and the unrelated prompts (``pool.py``) live beside this.
+The replay of the network's top (``models/tail.py``) and the inputs on unrelated prompts (``pool.py``; the prompts
+themselves from ``data/pools.py``) live beside this.
 """
 from __future__ import annotations
 

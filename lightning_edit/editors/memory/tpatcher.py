@@ -40,7 +40,8 @@ from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
 from ...models.patches import PatchChange, register_patch
 from .memory import FFNMemory, editing_memory
-from .pool import collect_inputs, load_memory_pool
+from ...data.pools import load_memory_pool
+from .pool import collect_inputs
 
 
 @dataclass

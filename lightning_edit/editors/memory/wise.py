@@ -38,7 +38,8 @@ from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, valid_positions
 from .memory import editing_memory
 from .wise_memory import SideMemory, ties_merge  # noqa: F401  (ties_merge: importable from here)
-from .pool import collect_inputs, load_memory_pool
+from ...data.pools import load_memory_pool
+from .pool import collect_inputs
 
 log = logging.getLogger(__name__)
 
