@@ -27,7 +27,7 @@ from lightning_edit.metrics import PeakMemoryMonitor  # noqa: E402
 from lightning_edit.models import load_model  # noqa: E402
 from lightning_edit.training.cli import resolve_config  # noqa: E402
 from lightning_edit.editors.learned.hypernetwork import edit_batch, target_nll  # noqa: E402
-from lightning_edit.training.modules import module_class  # noqa: E402
+from lightning_edit.training.registry import module_class  # noqa: E402
 
 
 def time_steps(step, n_steps: int) -> dict:

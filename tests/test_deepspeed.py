@@ -135,7 +135,7 @@ def test_trained_networks_have_no_zero_dim_parameters(method, tokenizer):
 
 
 def test_serac_reads_checkpoints_with_scalar_classifier_parameters():
-    from lightning_edit.editors.memory.serac_network import ScopeClassifier
+    from lightning_edit.editors.learned.serac.network import ScopeClassifier
 
     classifier = ScopeClassifier(hidden_dim=4, scope_dim=3)
     old = {k: (v.reshape(()) if k in ("log_scale", "bias") else v) for k, v in classifier.state_dict().items()}

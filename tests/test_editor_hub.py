@@ -16,7 +16,7 @@ from lightning_edit.editors import build_editor
 from lightning_edit.editors.learned.mend import MENDEditor
 from lightning_edit.errors import CheckpointError, ModelNotAvailableError
 from lightning_edit.requests import EditRequest, PromptAnswer
-from lightning_edit.training.modules import MENDModule
+from lightning_edit.editors.learned.mend.module import MENDModule
 
 REQUEST = EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City",
                       rephrase_prompts=("Freedonia's capital is",), locality=(PromptAnswer("The sky is", "blue"),), case_id=0)

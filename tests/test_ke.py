@@ -11,7 +11,7 @@ from lightning_edit.editors.learned.ke import KEEditor, KEHyperParams
 from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import score_targets
 from lightning_edit.requests import EditRequest, PromptAnswer
-from lightning_edit.training.modules import KEModule
+from lightning_edit.editors.learned.ke.module import KEModule
 
 REQUEST = EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City", target_true="Fredville",
                       rephrase_prompts=("Freedonia's capital is",), locality=(PromptAnswer("The sky is", "blue"),), case_id=0)

@@ -13,7 +13,7 @@ from lightning_edit.errors import ConfigError
 from lightning_edit.models.teacher_forcing import build_target_batch
 from lightning_edit.requests import EditRequest, PromptAnswer
 from lightning_edit.editors.learned.hypernetwork import edit_batch, gradient_factors, target_nll
-from lightning_edit.training.modules import MENDModule
+from lightning_edit.editors.learned.mend.module import MENDModule
 
 REQUESTS = [
     EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City", rephrase_prompts=("Freedonia's capital is",),

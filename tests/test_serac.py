@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import build_tiny
-from lightning_edit.editors.memory.serac import SERACEditor, SERACRouter, SERACHyperParams, edit_prefix_ids, lora_active
+from lightning_edit.editors.learned.serac import SERACEditor, SERACRouter, SERACHyperParams, edit_prefix_ids, lora_active
 from lightning_edit.errors import ConfigError
 from lightning_edit.evaluation.measure import generate_greedy
 from lightning_edit.models.teacher_forcing import build_target_batch, prompt_ids
 from lightning_edit.requests import EditRequest, PromptAnswer
-from lightning_edit.training.modules import SERACModule
+from lightning_edit.editors.learned.serac.module import SERACModule
 
 EDIT = EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City", rephrase_prompts=("Freedonia's capital is",),
                    locality=(PromptAnswer("The sky is", "blue"),), case_id=0)

@@ -14,7 +14,9 @@ from conftest import require_data, save_tiny
 from lightning_edit.config import SetValue, checked_value, deep_merge, parse_override, typed_dataclass
 from lightning_edit.errors import ConfigError
 from lightning_edit.training.cli import build_parser, main, run
-from lightning_edit.training.settings import KETraining, MENDTraining, SERACTraining
+from lightning_edit.editors.learned.ke import KETraining
+from lightning_edit.editors.learned.mend import MENDTraining
+from lightning_edit.editors.learned.serac import SERACTraining
 
 
 @dataclass

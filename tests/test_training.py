@@ -40,7 +40,7 @@ def test_resolve_config_merges_sections_and_overrides():
     assert cfg["training"]["c_edit"] == 0.1  # untouched keys of the section survive a partial override
     with pytest.raises(ConfigError, match="not a trainable method"):
         resolve_config("no-such-method", "smollm2-135m", "llama", None, [])
-    from lightning_edit.training.modules import module_class
+    from lightning_edit.training.registry import module_class
 
     with pytest.raises(ConfigError, match="need no training"):
         module_class("rome")

@@ -335,7 +335,7 @@ def test_checkpoint_templates_name_only_their_fields(tokenizer):
     from conftest import build_tiny
     from lightning_edit.checkpoints import EditorCheckpoint
     from lightning_edit.editors.learned.hypernetwork import checked_architecture
-    from lightning_edit.editors.memory.serac import SERACHyperParams
+    from lightning_edit.editors.learned.serac import SERACHyperParams
 
     loaded = build_tiny("llama", tokenizer)
     hp = SERACHyperParams(scope_layer=1)

@@ -107,7 +107,7 @@ def _template(template: str) -> Callable[[], object]:
     def call():
         from lightning_edit.checkpoints import EditorCheckpoint
         from lightning_edit.editors.learned.hypernetwork import checked_architecture
-        from lightning_edit.editors.memory.serac import SERACHyperParams
+        from lightning_edit.editors.learned.serac import SERACHyperParams
 
         ckpt = EditorCheckpoint(directory=Path("serac-crafted"), state_dict={}, config={"edit_template": template})
         return checked_architecture(SERACHyperParams(scope_layer=1), ckpt, _tiny_loaded())

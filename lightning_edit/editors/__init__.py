@@ -2,8 +2,8 @@
 
 - ``ft.py``: fine-tuning (FT-L, FT-M);
 - ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
-- ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, SERAC, IKE);
-- ``learned/``: trained editors (MEND, KE).
+- ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, IKE);
+- ``learned/``: trained editors, one folder each with its LightningModule and settings (MEND, KE, SERAC).
 
 Importing this package registers them all in ``EDITORS``.
 """

@@ -1,7 +1,7 @@
 """`python train.py METHOD MODEL`: train a learnt editor (MEND, KE, SERAC) and save a shareable checkpoint.
 
 Everything but the method and model comes from ``configs/<method>/`` (``default.yaml``, then the family's
-and the model's file; the ``training:`` section holds the training settings, typed by ``settings.py``),
+and the model's file; the ``training:`` section holds the training settings, typed by the method's ``settings.py``),
 overridable with ``--set KEY=VALUE`` (``--set training.lr=3e-4``, ``--set rank=256``), the dedicated flags and
 ``--trainer.KEY`` (any ``lightning.Trainer`` argument: devices, strategy incl. fsdp and our DeepSpeed ones,
 precision, logger, max_steps...). ``--print_config`` prints the resolved configuration and exits; every run
@@ -137,7 +137,7 @@ def run(args: Any) -> dict:
     from ..preflight import check_model_source
     from ..paths import CONFIG_ROOT
     from .export import ExportAtTrainEnd, full_state_dict
-    from .modules import module_class
+    from .registry import module_class
 
     config = resolve_run(args)
     # before anything loads or trains: an --output that cannot take a new editor fails now, not after training

@@ -13,12 +13,14 @@ import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from ..config import apply_overrides, deep_merge, layered_configs, load_yaml
 from ..errors import ConfigError
 from ..paths import CONFIG_ROOT, default_editors_root, default_runs_root
-from .settings import TRAINING_CONFIGS, TrainingConfig
+
+if TYPE_CHECKING:  # the settings live with the editors (their package imports torch): read when a run is resolved
+    from ..editors.learned.settings import TrainingConfig
 
 DTYPES = ("float32", "bfloat16", "float16")
 # training-section keys that are Trainer arguments: an explicit --trainer.KEY overrides the section
@@ -248,7 +250,7 @@ def resolve_run(args: Any) -> RunConfig:
     """The run's complete configuration from parsed arguments; loads no model (refuses bad values first)."""
     from ..editors import get_editor_class
     from ..models.registry import family_of, resolve_model_name
-    from .modules import module_class
+    from .registry import TRAINING_CONFIGS, module_class
     from .strategies import check_strategy_name
 
     module_class(args.method)  # an untrainable method: refused first

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError
-from ...models.loading import LoadedModel
-from ...requests import EditRequest
-from .hypernetwork import (GradientFactors, LearnedEditor, LearnedHyperParams, as_stored, edit_batch,
+from ....errors import ConfigError
+from ....models.loading import LoadedModel
+from ....requests import EditRequest
+from ..hypernetwork import (GradientFactors, LearnedEditor, LearnedHyperParams, as_stored, edit_batch,
                                 gradient_factors)
-from ..base import add_update, register_editor
-from ...models.ops import resolve_layers
+from ...base import add_update, register_editor
+from ....models.ops import resolve_layers
 
 
 @dataclass

@@ -9,9 +9,9 @@ from typing import Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from ...hooks import hooks, run_until, trace
-from ...models.loading import LoadedModel
-from ...models.ops import resolve_layers
+from ....hooks import hooks, run_until, trace
+from ....models.loading import LoadedModel
+from ....models.ops import resolve_layers
 
 
 class ScopeClassifier(nn.Module):

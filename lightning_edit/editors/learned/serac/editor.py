@@ -27,16 +27,16 @@ from typing import Any, ClassVar, Iterator, Optional, Sequence, Union
 
 import torch
 
-from ...errors import CheckpointError, ConfigError, EditFailedError
-from ...hooks import collect_handles, remove_handles
-from ...models.loaded import LoadedModel
-from ...models.ops import pad_right, pad_token_id
-from ...models.patches import EntryPatch, PatchChange, register_patch
-from ...models.teacher_forcing import prompt_ids
-from ...requests import EditRequest
-from ..learned.hypernetwork import LearnedEditor, LearnedHyperParams
-from .serac_network import SERACNetwork, lora_active, lora_shapes, running_mean_features, scope_features  # noqa: F401
-from ..base import register_editor
+from ....errors import CheckpointError, ConfigError, EditFailedError
+from ....hooks import collect_handles, remove_handles
+from ....models.loaded import LoadedModel
+from ....models.ops import pad_right, pad_token_id
+from ....models.patches import EntryPatch, PatchChange, register_patch
+from ....models.teacher_forcing import prompt_ids
+from ....requests import EditRequest
+from ..hypernetwork import LearnedEditor, LearnedHyperParams
+from .network import SERACNetwork, lora_active, lora_shapes, running_mean_features, scope_features  # noqa: F401
+from ...base import register_editor
 
 
 

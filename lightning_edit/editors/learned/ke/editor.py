@@ -21,13 +21,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from ...errors import ConfigError
-from ...models.loading import LoadedModel
-from ...requests import EditRequest
-from .hypernetwork import LearnedEditor, LearnedHyperParams, as_stored, cond_text, edit_batch, gradient_factors
-from ..base import add_update, register_editor
-from ...models.ops import resolve_layers
-from .mend import weight_shapes
+from ....errors import ConfigError
+from ....models.loading import LoadedModel
+from ....requests import EditRequest
+from ..hypernetwork import LearnedEditor, LearnedHyperParams, as_stored, cond_text, edit_batch, gradient_factors
+from ...base import add_update, register_editor
+from ....models.ops import resolve_layers
+from ..mend.editor import weight_shapes
 
 
 @dataclass
