@@ -70,10 +70,12 @@ def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
     assert list((run_dir / "tensorboard").glob("version_*/events.out.tfevents.*"))
     if method == "mend":  # resume: two more steps from last.ckpt
         first_seconds = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["lightning_edit_train_seconds"]
+        # the resumed run exports into a new folder: a trained editor is never overwritten (--output must be new)
         resumed = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, "--max-steps", "4", "--ckpt-path",
-                                                          str(run_dir / "checkpoints" / "last.ckpt"))))
+                                                          str(run_dir / "checkpoints" / "last.ckpt"),
+                                                          "--output", str(tmp_path / "editor-resumed"))))
         assert resumed["steps"] == 4
-        training = read_manifest(tmp_path / "editor")["training"]
+        training = read_manifest(tmp_path / "editor-resumed")["training"]
         assert training["resumed_from"].endswith("last.ckpt")
         # the earlier run's time carried over (not compared with "seconds", which counts the fit's set-up too)
         assert training["seconds_including_resumed_runs"] > first_seconds > 0 and training["seconds"] > 0
