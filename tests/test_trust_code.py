@@ -118,7 +118,7 @@ def test_saved_ike_edit_cannot_name_a_module_to_import(tiny_tokenizer, tmp_path,
 
 
 def test_hyperparameters_name_only_registered_encoders_or_folders():
-    from lightning_edit.editors.memory.ike import SentenceEncoder
+    from lightning_edit.models.encoders import SentenceEncoder
     from lightning_edit.errors import ModelNotAvailableError
 
     with pytest.raises(ModelNotAvailableError, match="registered encoder"):

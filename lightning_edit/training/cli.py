@@ -132,10 +132,9 @@ def run(args: Any) -> dict:
     from ..checkpoints import save_editor_checkpoint
     from ..data import EditDataModule
     from ..metrics import PeakMemoryMonitor
-    from ..models import load_model
     from ..models.registry import family_of
-    from ..preflight import check_model_source
     from ..paths import CONFIG_ROOT
+    from ..runner import Run, RunSpec
     from .export import ExportAtTrainEnd, full_state_dict
     from .registry import module_class
 
@@ -145,12 +144,13 @@ def run(args: Any) -> dict:
     cls = module_class(config.method)
     export = ExportAtTrainEnd()
     trainer, checkpoint_cb, precision = build_trainer(args, config, extra_callbacks=[export])
-    check_model_source(args.model, flag="MODEL")  # the shared preflight, after the strategy (named first)
+    # the one runner: its preflight (after the strategy, which is named first), then the load
+    run = Run(RunSpec(model=args.model, dtype=config.dtype, cache_dir=config.cache_dir, model_flag="MODEL"))
     training = config.training
     torch.set_num_threads(training.num_threads)
     L.seed_everything(training.seed, verbose=False)
     config_path = save_config(config)
-    loaded = load_model(args.model, cache_dir=config.cache_dir, dtype=getattr(torch, config.dtype))
+    loaded = run.load()
     family = loaded.layout.family
     if family and family_of(args.model) is None and (CONFIG_ROOT / config.method / f"{family}.yaml").exists():
         logging.getLogger(__name__).warning("configs/%s/%s.yaml was not applied: a hub id's family is known only once "
@@ -167,10 +167,7 @@ def run(args: Any) -> dict:
     # Gathered as training ended (every rank took part; under ZeRO-3 the weights were sharded). A fit that ran no
     # training loop (resumed at max_steps) never reached on_train_end: no strategy holds the network any more.
     network_state = export.state if export.state is not None else full_state_dict(module.network, trainer.strategy)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if not isinstance(val_every, int) or trainer.global_step % val_every != 0 or not metrics:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # measure the exported weights themselves
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = _validation_metrics(trainer, module, datamodule, val_every)
     strategy_name = config.trainer["strategy"] if isinstance(config.trainer["strategy"], str) else type(trainer.strategy).__name__
     result = {"method": config.method, "model": loaded.name, "steps": trainer.global_step,
               "train_seconds": round(seconds, 1), "peak_rss_mb": round(memory.peak_mb, 1), "validation": metrics,
@@ -180,10 +177,8 @@ def run(args: Any) -> dict:
         editor_config = {**module.editor.hparams.architecture(), "method": config.method}
         save_editor_checkpoint(
             Path(config.output), method=config.method, state_dict=network_state, config=editor_config, loaded=loaded,
-            training={"dataset": training.dataset, "val_dataset": training.val_dataset,
-                      "n_train": len(datamodule.train_set) if datamodule.train_set else None,
-                      "n_val": len(datamodule.val_set) if datamodule.val_set else None, "steps": trainer.global_step,
-                      "seconds": round(seconds, 3), "seconds_including_resumed_runs": round(module.train_seconds(), 3),
+            training={**_data_record(datamodule, training), "steps": trainer.global_step, "seconds": round(seconds, 3),
+                      "seconds_including_resumed_runs": round(module.train_seconds(), 3),
                       "peak_rss_mb": round(memory.peak_mb, 1), "strategy": strategy_name, "world_size": trainer.world_size,
                       "precision": precision, "base_dtype": config.dtype, "resumed_from": config.ckpt_path,
                       "config": {**training.to_dict(), "precision": precision, "base_dtype": config.dtype}},
@@ -191,6 +186,21 @@ def run(args: Any) -> dict:
         result["editor_checkpoint"] = str(config.output)
         print(json.dumps(result, indent=2))
     return result
+
+
+def _validation_metrics(trainer: Any, module: Any, datamodule: Any, val_every: Any) -> dict:
+    """The val/ metrics of the weights that are exported: validated again unless the last step was validated."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if not isinstance(val_every, int) or trainer.global_step % val_every != 0 or not metrics:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    return metrics
+
+
+def _data_record(datamodule: Any, training: Any) -> dict:
+    return {"dataset": training.dataset, "val_dataset": training.val_dataset,
+            "n_train": len(datamodule.train_set) if datamodule.train_set else None,
+            "n_val": len(datamodule.val_set) if datamodule.val_set else None}
 
 
 if __name__ == "__main__":
