@@ -26,7 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning_edit.evaluation.study import Study, StudyConfig  # noqa: E402
+from lightning_edit.evaluation.study import StudyConfig  # noqa: E402
+from lightning_edit.study_runner import Study  # noqa: E402
 
 DEFAULT_STUDY = ROOT / "docs" / "results" / "standard-smollm2"
 # Three cheap cells, three methods, the three protocols.

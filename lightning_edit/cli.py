@@ -95,7 +95,8 @@ def build_study_parser() -> argparse.ArgumentParser:
 
 
 def run_study(argv: Sequence[str]) -> int:
-    from .evaluation.study import Study, StudyConfig, safe_folder_name
+    from .evaluation.study import StudyConfig, safe_folder_name
+    from .study_runner import Study
     from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)

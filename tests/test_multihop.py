@@ -12,7 +12,8 @@ from lightning_edit.data.multihop import MultiHopCase, load_multihop_cases
 from lightning_edit.editors import build_editor
 from lightning_edit.errors import DataError
 from lightning_edit.evaluation import multihop as mh
-from lightning_edit.evaluation.study import Study, StudyConfig
+from lightning_edit.evaluation.study import StudyConfig
+from lightning_edit.study_runner import Study
 from lightning_edit.models.teacher_forcing import TargetScore
 from lightning_edit.requests import EditRequest
 

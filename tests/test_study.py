@@ -5,8 +5,9 @@ import pytest
 
 from conftest import build_tiny
 from lightning_edit.errors import ConfigError
-from lightning_edit.evaluation.study import study as study_mod  # the module whose evaluate_editing and Run Study uses
-from lightning_edit.evaluation.study import Study, StudyConfig
+from lightning_edit import study_runner as study_mod  # the module whose evaluate_editing and Run Study uses
+from lightning_edit.evaluation.study import StudyConfig
+from lightning_edit.study_runner import Study
 from lightning_edit.metrics.intervals import bootstrap_interval
 
 

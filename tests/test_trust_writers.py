@@ -194,7 +194,7 @@ def test_a_damaged_cache_is_recomputed_with_a_warning(damage, fake_gguf, caplog)
 @pytest.fixture
 def counted(monkeypatch):
     """How many cells were computed (``evaluate_editing`` calls)."""
-    import lightning_edit.evaluation.study.study as study  # the module whose evaluate_editing Study calls
+    import lightning_edit.study_runner as study  # the module whose evaluate_editing Study calls
 
     calls = []
     real = study.evaluate_editing
@@ -209,7 +209,8 @@ def counted(monkeypatch):
 
 
 def _study(tmp_path, tokenizer, data, loaded=None, **config):
-    from lightning_edit.evaluation.study import Study, StudyConfig
+    from lightning_edit.evaluation.study import StudyConfig
+    from lightning_edit.study_runner import Study
 
     cfg = StudyConfig(name="t", model="tiny-llama", methods=["ft-m"], datasets={data: 1},
                       overrides={"ft-m": {"layers": [1], "num_steps": 1}}, **config)

@@ -57,7 +57,7 @@ def _ckpt_cases(folder: Path) -> list[Case]:
     ds_ok.mkdir(parents=True)
     with open(ds_ok / "zero_pp_rank_0_mp_rank_00_optim_states.pt", "wb") as f:
         pickle.dump(RunsCode(folder / "ds.marker"), f)
-    config = write(folder, "run.yaml", f"ckpt_path: https://example.com/last.ckpt\n")
+    config = write(folder, "run.yaml", "ckpt_path: https://example.com/last.ckpt\n")
     text = write(folder, "text.ckpt", "not a checkpoint")
     (folder / "empty-dir").mkdir()
     flag = "--ckpt-path"

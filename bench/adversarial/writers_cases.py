@@ -101,7 +101,8 @@ def _saved_dir_case(folder: Path, i: int, damage: Callable[[Path], object]) -> C
 
 def _torn_cell(folder: Path, tear: Callable[[Path], None]) -> Callable[[], bool]:
     def call() -> bool:
-        from lightning_edit.evaluation.study import Study, StudyConfig
+        from lightning_edit.evaluation.study import StudyConfig
+        from lightning_edit.study_runner import Study
 
         data = requests_file(folder)
         config = StudyConfig(name="t", model="tiny-gpt2", methods=["ft-m"], datasets={str(data): 1},

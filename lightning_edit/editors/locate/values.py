@@ -30,7 +30,7 @@ from .batching import ReplayCheck
 from .value_passes import PassIndex, ValuePasses, ValueRows
 
 if TYPE_CHECKING:
-    from .common import LocateHyperParams
+    from ..base import HyperParams
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ValueHParams:
     tokens_per_pass: int  # rows are run in length-sorted passes of at most this many padded tokens
 
     @classmethod
-    def from_hparams(cls, hp: "LocateHyperParams", **changes) -> "ValueHParams":
+    def from_hparams(cls, hp: "HyperParams", **changes) -> "ValueHParams":  # a LocateHyperParams (common.py)
         """The settings ``hp`` holds, with ``changes`` (short names) on top."""
         return dataclasses.replace(cls(**{name: getattr(hp, hp_name) for name, hp_name in HPARAM_FIELDS.items()}), **changes)
 

@@ -1,5 +1,6 @@
-"""The study itself: one model, one editor per method while its cells run, each cell read from the cache or
-computed, then the tables and figures."""
+"""The study's runner (``edit.py study``): one model, one editor per method while its cells run (each through the
+one runner, ``runner.Run``), each cell read from the cache or computed, then the tables and figures. The plan,
+cells, estimates and report it drives are in ``evaluation/study/``."""
 from __future__ import annotations
 
 import gc
@@ -10,20 +11,20 @@ from typing import Optional
 
 import yaml
 
-from ...atomic import atomic_write_text
-from ...data import load_requests
-from ...data.multihop import load_multihop_cases
-from ...editors import Editor
-from ...errors import LightningEditError
-from ...models import LoadedModel
-from ...runner import Run, RunSpec
-from ...version import package_versions
-from ..multihop import evaluate_multihop
-from ..pre_edit import default_pre_cache
-from ..protocols import EVALUATION_VERSION, Report, evaluate_editing
-from .cells import cached_or_computed, cell_inputs, cell_key, device_name
-from .plan import StudyConfig, batch_sizes, batching_methods, run_phases
-from .report import write_figures, write_tables
+from .atomic import atomic_write_text
+from .data import load_requests
+from .data.multihop import load_multihop_cases
+from .editors import Editor
+from .errors import LightningEditError
+from .models import LoadedModel
+from .runner import Run, RunSpec
+from .evaluation.multihop import evaluate_multihop
+from .evaluation.pre_edit import default_pre_cache
+from .evaluation.protocols import EVALUATION_VERSION, Report, evaluate_editing
+from .evaluation.study.cells import cached_or_computed, cell_inputs, cell_key, device_name
+from .evaluation.study.plan import StudyConfig, batch_sizes, batching_methods, run_phases
+from .evaluation.study.report import write_figures, write_tables
+from .version import package_versions
 
 
 class Study:
