@@ -120,6 +120,7 @@ def test_missing_sentence_model_is_a_clear_error(tokenizer):
 
 
 def test_pool_smaller_than_k_is_refused(tokenizer):
+    require_data("counterfact/counterfact-train.json")  # the pool is read from the training split
     loaded = build_tiny("llama", tokenizer)
     editor = get_editor_class("ike")(IKEHyperParams(**{**SMALL, "k": 100, "pool_size": 2}))
     with pytest.raises(ConfigError, match="'k'"):
