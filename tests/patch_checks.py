@@ -24,8 +24,10 @@ def target_accuracy(loaded: LoadedModel, request: EditRequest) -> float:
 def check_real_model_edit_and_locality(loaded: LoadedModel, method: str) -> None:
     """Danielle Darrieux → English on the real model: the edit holds, a neighbour's prediction does not move,
     and undo restores the neighbour's logits exactly."""
+    from conftest import require_data
     from lightning_edit.editors import build_editor
 
+    require_data("counterfact/counterfact-train.json")  # half the memory pool comes from the training split
     request = EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English")
     probe = ["Michel Rocard is a native speaker of"]
     before = logits_of(loaded, probe, ["French"])

@@ -1,7 +1,6 @@
 """Malformed request files and texts the model cannot read as written: each refused with one `error:` line naming the
 file, the record and the field (and before the model loads), never a traceback or a silently different edit."""
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +9,6 @@ from lightning_edit import DataError, EditRequest, PromptAnswer, RequestError, c
 from lightning_edit.cli import main
 from lightning_edit.data import load_requests
 
-SMOLLM2 = Path(__file__).resolve().parent.parent / "checkpoints" / "models" / "smollm2-135m"
 GOOD = {"prompt": "The capital of France is", "target_new": "Lyon", "target_true": "Paris", "subject": "France"}
 
 
@@ -24,10 +22,8 @@ def no_model_load(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def small_tokenizer():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(SMOLLM2))
+def small_tokenizer(smollm2):
+    return smollm2.tokenizer  # the real model's (loaded through the cache wherever it is, warm or not)
 
 
 def _json(value) -> bytes:
