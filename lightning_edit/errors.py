@@ -32,3 +32,16 @@ class EditFailedError(LightningEditError, RuntimeError):
 
 class CheckpointError(LightningEditError, ValueError):
     """A shared file (editor checkpoint, statistics cache, saved edit) does not match what it claims."""
+
+
+# The documentation site (mkdocs.yml site_url, the one other place it is written; tests/test_docs.py keeps the two
+# equal). An error that sends the user to read something gives the address of the page that answers it.
+DOCS_URL = "https://lightning-edit.readthedocs.io/en/latest/"
+
+
+def docs_link(page: str, anchor: str = "") -> str:
+    """The address of ``page`` (its path under ``docs/``, e.g. ``"guides/data.md"``) on the documentation site, at
+    the heading ``anchor`` if given. tests/test_docs.py checks that every page and heading named so exists."""
+    path = page.removesuffix(".md")
+    path = "" if path == "index" else path.removesuffix("/index") + "/"
+    return f"{DOCS_URL}{path}{'#' + anchor if anchor else ''}"

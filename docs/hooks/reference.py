@@ -5,7 +5,8 @@
 - ``reference/hyperparameters.md``: every field of every method's ``HParams`` dataclass (and of the learnt
   methods' ``training:`` section), with its type, default, the shipped ``default.yaml`` value and the comment the
   source gives it;
-- ``reference/metrics.md``: every report key and what it measures (``KEY_PROTOCOLS``).
+- ``reference/metrics.md``: every report key and what it measures (``KEY_PROTOCOLS``);
+- ``reference/study-config.md``: every field of a study file (``StudyConfig``).
 
 A method registered tomorrow appears on every page with no edit here.
 """
@@ -20,8 +21,13 @@ import sys
 import textwrap
 import tokenize
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mkdocs.config.defaults import MkDocsConfig
+    from mkdocs.structure.files import Files
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the checkout's package, also when it is not installed
@@ -92,8 +98,8 @@ def _parser_section(title: str, usage: str, parser: argparse.ArgumentParser, lev
     out.append(table(["flag", "default", "what it does"], main_rows))
     trainer_rows = [r for r in rows if "--trainer." in r[0]]
     if trainer_rows:
-        out += ["Every `lightning.Trainer` argument passes through as `--trainer.KEY` (read from Lightning's own "
-                "signature, so this list follows the installed Lightning):", "",
+        out += [("Every `lightning.Trainer` argument passes through as `--trainer.KEY` (read from Lightning's own "
+                 "signature, so this list follows the installed Lightning):"), "",
                 table(["flag", "default", "what it does"], trainer_rows)]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -104,8 +110,8 @@ def _parser_section(title: str, usage: str, parser: argparse.ArgumentParser, lev
 
 def cli_page() -> str:
     out = ["# Command-line reference", "",
-           "Generated from the parsers themselves when the site is built (`docs/hooks/reference.py`): "
-           "every flag below is one the installed code accepts. `--help` on any command prints the same.", ""]
+           ("Generated from the parsers themselves when the site is built (`docs/hooks/reference.py`): "
+            "every flag below is one the installed code accepts. `--help` on any command prints the same."), ""]
     for title, usage, build in _parsers():
         out += _parser_section(title, usage, build())
     return "\n".join(out)
@@ -135,11 +141,11 @@ def methods_page() -> str:
                      cell(cls.cannot_save) if cls.cannot_save else "yes", f"`{module}`"])
     header = ["`--method`", "what it is", "hyperparameters", "needs `subject`", "batches", "edit lives in",
               "trained first", "`--save`", "source"]
-    return "\n".join(["# Methods", "",
-                      f"The {len(EDITORS)} methods registered in `lightning_edit.editors.EDITORS`, read from the "
-                      "registry when the site is built. *Edit lives in*: `weights` means a plain transformers "
-                      "load of a saved model answers as the edited one; `patches` means the method hangs typed "
-                      "patches on the model (`models/patches.py`) that `--save` writes beside the weights.", "",
+    intro = (f"The {len(EDITORS)} methods registered in `lightning_edit.editors.EDITORS`, read from the registry when "
+             "the site is built. *Edit lives in*: `weights` means a plain transformers load of a saved model answers as "
+             "the edited one; `patches` means the method hangs typed patches on the model (`models/patches.py`) that "
+             "`--save` writes beside the weights.")
+    return "\n".join(["# Methods", "", intro, "",
                       table(header, rows)])
 
 
@@ -214,10 +220,10 @@ def hyperparameters_page() -> str:
     from lightning_edit.training.registry import TRAINING_CONFIGS
 
     out = ["# Hyperparameters", "",
-           "Every field of every registered method's hyperparameter dataclass, read from the code when the site is "
-           "built. A run merges `configs/<method>/default.yaml`, then `<family>.yaml`, then `<model>.yaml`, then "
-           "`--set KEY=VALUE` (typed by the field it lands in); *default* is the dataclass's own value, "
-           "*`default.yaml`* the shipped file's where it sets one. An unknown key is a `ConfigError` naming it.", ""]
+           ("Every field of every registered method's hyperparameter dataclass, read from the code when the site is "
+            "built. A run merges `configs/<method>/default.yaml`, then `<family>.yaml`, then `<model>.yaml`, then "
+            "`--set KEY=VALUE` (typed by the field it lands in); *default* is the dataclass's own value, "
+            "*`default.yaml`* the shipped file's where it sets one. An unknown key is a `ConfigError` naming it."), ""]
     for name, cls in sorted(EDITORS.items()):
         shipped, others = _shipped_defaults(name)
         out += [f"## {name}", "", f"`{cls.HParams.__module__}.{cls.HParams.__name__}`. {_first_line(cls.HParams)}", ""]
@@ -232,14 +238,29 @@ def hyperparameters_page() -> str:
     return "\n".join(out)
 
 
+def study_config_page() -> str:
+    from lightning_edit.config import load_yaml
+    from lightning_edit.evaluation.study.plan import StudyConfig
+    from lightning_edit.paths import CONFIG_ROOT
+
+    shipped = load_yaml(CONFIG_ROOT / "study" / "standard.yaml", what="study configuration")
+    names = sorted(p.stem for p in (CONFIG_ROOT / "study").glob("*.yaml"))
+    intro = ("Every field of a study file (`python edit.py study --config NAME_OR_FILE`), read from `StudyConfig` when "
+             "the site is built; the column *`standard.yaml`* shows the shipped `configs/study/standard.yaml`. Shipped "
+             f"configurations: {', '.join(f'`{n}`' for n in names)}. An unknown field is a `ConfigError` naming it. "
+             "How a study runs: [the study guide](../guides/study.md).")
+    return "\n".join(["# Study configuration", "", intro, "",
+                      fields_table(StudyConfig, shipped).replace("`default.yaml`", "`standard.yaml`")])
+
+
 def metrics_page() -> str:
     from lightning_edit.evaluation.multihop import MULTIHOP_KEY_PROTOCOLS
     from lightning_edit.evaluation.protocols import KEY_PROTOCOLS
 
-    return "\n".join(["# Metrics", "",
-                      "What each key of a report (`--output`, a study's cells) measures, as the report's own "
-                      "`metric_protocols` says it (`evaluation/protocols.py` `KEY_PROTOCOLS`). A key "
-                      "`locality/<kind>` or `portability/<kind>` is the same score over the probes of one kind.", "",
+    intro = ("What each key of a report (`--output`, a study's cells) measures, as the report's own `metric_protocols` "
+             "says it (`evaluation/protocols.py` `KEY_PROTOCOLS`). A key `locality/<kind>` or `portability/<kind>` is "
+             "the same score over the probes of one kind.")
+    return "\n".join(["# Metrics", "", intro, "",
                       table(["key", "what it measures"], [[f"`{k}`", cell(v)] for k, v in KEY_PROTOCOLS.items()]),
                       "## Multi-hop (`--multihop`)", "",
                       table(["key", "what it measures"],
@@ -248,10 +269,12 @@ def metrics_page() -> str:
 
 PAGES: dict[str, Callable[[], str]] = {"reference/cli.md": cli_page, "reference/methods.md": methods_page,
                                        "reference/hyperparameters.md": hyperparameters_page,
-                                       "reference/metrics.md": metrics_page}
+                                       "reference/metrics.md": metrics_page,
+                                       "reference/study-config.md": study_config_page}
 
 
-def on_files(files, config):  # noqa: ANN001, ANN201 (MkDocs' hook signature)
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """MkDocs event: add (or replace) the generated reference pages before the navigation is built."""
     from mkdocs.structure.files import File
 
     for src_uri, build in PAGES.items():

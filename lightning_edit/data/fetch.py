@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, Optional, Sequence, Union
 
-from ..errors import DataError, LightningEditError
+from ..errors import DataError, LightningEditError, docs_link
 from .loaders import DATA_ENV, DATASETS, default_data_dir, get_command
 
 WIKITEXT_PATH = "text/wikitext-2/wiki.test.raw"  # full WikiText-2 raw test split, relative to the data directory
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lightning-edit data",
         description="Download the benchmark files lightning-edit reads (pinned, sha256-verified) to where the loaders look.",
-        epilog=f"names: {', '.join(names())}. Sources and licences: docs/data.md.",
+        epilog=f"names: {', '.join(names())}. Sources and licences: {docs_link('data.md')}",
     )
     sub = p.add_subparsers(dest="command", metavar="{get,list,verify}")
     get = sub.add_parser("get", help="download and verify files", description="Download and verify files.")

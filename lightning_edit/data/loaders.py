@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Union
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, docs_link
 from ..paths import DATA_ENV, DEMO_PATH, default_data_root
 from ..requests import EditRequest, _type_name
 from .formats import FORMATS
@@ -77,7 +77,8 @@ def resolve_dataset_path(name_or_path: str, data_dir: Optional[Union[str, Path]]
                 f"dataset {name_or_path!r}: looked for {path} and it is not there. "
                 f"Get it with: {get_command(DATASET_GROUPS[name_or_path], root)}; "
                 f"or point --data-dir (or ${DATA_ENV}) at the folder holding {DATASETS[name_or_path]} "
-                f"(default: ../shared/data beside a checkout, else ~/.cache/lightning-edit/data)."
+                f"(default: ../shared/data beside a checkout, else ~/.cache/lightning-edit/data). "
+                f"Sources and licences: {docs_link('data.md')}"
             )
         return path
     path = Path(name_or_path)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from datasets import Dataset, Features, Value
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from ..errors import DataError, RequestError, RequestTypeError
+from ..errors import DataError, RequestError, RequestTypeError, docs_link
 from ..requests import EditRequest, PromptAnswer, _type_name
 from .formats import FORMATS, detect_format
 
@@ -130,7 +130,8 @@ def requests_from_dataset(dataset: Dataset) -> list[EditRequest]:
     """The ``EditRequest``s of a ``REQUEST_FEATURES`` dataset (checked again by ``EditRequest`` itself)."""
     missing = sorted(set(REQUEST_FEATURES) - {"record_index"} - set(dataset.column_names))
     if missing:
-        raise DataError(f"a request dataset needs columns {missing} as well (see lightning_edit/data/records.py REQUEST_FEATURES)")
+        raise DataError(f"a request dataset needs columns {missing} as well (REQUEST_FEATURES in lightning_edit/data/records.py; "
+                        f"{docs_link('guides/data.md', 'the-data-layer-datasets')})")
     return [EditRequest(prompt=row["prompt"], target_new=row["target_new"], subject=row["subject"], target_true=row["target_true"],
                         rephrase_prompts=row["rephrase_prompts"] or (), locality=_probes(row["locality"] or []),
                         portability=_probes(row["portability"] or []), case_id=json.loads(row["case_id"]))

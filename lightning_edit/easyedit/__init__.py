@@ -7,7 +7,7 @@ script runs with its import line changed::
     editor = BaseEditor.from_hparams(hparams)
     metrics, edited_model, weights_copy = editor.edit(prompts=..., ground_truth=..., target_new=..., subject=...)
 
-See the README section "Coming from EasyEdit" for what is mapped, approximated or refused.
+What is mapped, approximated or refused: docs/guides/easyedit.md (``errors.docs_link("guides/easyedit.md")``).
 """
 from .editor import BaseEditor, WeightsCopy, easyedit_metrics
 from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, FTHyperParams,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 from ..editors import EDITORS, HyperParams
-from ..errors import ConfigError
+from ..errors import ConfigError, docs_link
 from ..models.loading import LoadedModel
 from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
                    Handler, Mapped, rename, resolve_easyedit_model_name)
@@ -95,7 +95,8 @@ class EasyEditHParams(HyperParams):
                 out.notes.append(f"{key}: {value!r}: no meaning for {cls.METHOD} here")
         cls._finish(out, source)
         if out.notes:
-            warnings.warn(f"{source}: EasyEdit keys read differently here ({len(out.notes)}):\n  " + "\n  ".join(out.notes),
+            warnings.warn(f"{source}: EasyEdit keys read differently here ({len(out.notes)}; how each key maps: "
+                          f"{docs_link('guides/easyedit.md')}):\n  " + "\n  ".join(out.notes),
                           EasyEditKeyWarning, stacklevel=3)
         return cls.from_dict(out.values, source=source)
 

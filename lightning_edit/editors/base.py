@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Iterable, Optional, Sequence, Type, TypeVar
 import torch
 
 from ..config import checked_value as _checked_value  # one typed-value check for YAML files and --set
-from ..errors import ConfigError, EditFailedError, LightningEditError, RequestError
+from ..errors import ConfigError, EditFailedError, LightningEditError, RequestError, docs_link
 from ..models.loaded import LoadedModel
 from ..models.patches import PatchChange
 from ..paths import CONFIG_ROOT
@@ -59,7 +59,8 @@ class HyperParams:
         values = {k: v for k, v in values.items() if k not in ("method", "alg_name")}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ConfigError(f"{source}: unknown hyperparameter(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+            raise ConfigError(f"{source}: unknown hyperparameter(s) {unknown} for {cls.__name__}; known: {sorted(names)} "
+                              f"(each explained: {docs_link('reference/hyperparameters.md')})")
         hints = typing.get_type_hints(cls)
         values = {k: _checked_value(k, v, hints[k], source) for k, v in values.items()}
         try:

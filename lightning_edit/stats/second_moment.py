@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.text import resolve_text_source, text_dataset
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, docs_link
 from ..hashing import sha256_file
 from ..hooks import run_until, trace
 from ..models.loading import LoadedModel, default_cache_dir
@@ -155,7 +155,8 @@ def layer_second_moments(
     used to test resuming). Returns only when every layer is complete.
     """
     if loaded.layout.is_encoder_decoder:
-        raise ConfigError("second-moment statistics are defined for decoder-only models (see editors/locate.py on T5)")
+        raise ConfigError("second-moment statistics are defined for decoder-only models "
+                          f"(why: {docs_link('guides/gpu.md', 'encoder-decoder-models-t5')})")
     if n_tokens < 1:
         raise ConfigError("field 'mom2_n_tokens' must be ≥ 1")
     n_layers = loaded.layout.num_layers(loaded.model)

@@ -12,7 +12,7 @@ Lightning sees them and refuses what Lightning's ``DeepSpeedStrategy`` refuses o
 
 ``train_micro_batch_size_per_gpu`` (throughput logging only; Lightning takes the data loader's batch size when
 absent) and ``gradient_clipping`` (Lightning takes ``Trainer(gradient_clip_val)`` when absent) are accepted but
-not shipped, so the training YAML stays the one place for them. See docs/gpu.md.
+not shipped, so the training YAML stays the one place for them. See docs/guides/training.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, docs_link
 from ..paths import CONFIG_ROOT, DEEPSPEED_CONFIG_ROOT  # noqa: F401  (CONFIG_ROOT: kept importable from here)
 
 DEEPSPEED_CONFIGS = {"deepspeed_stage_2": DEEPSPEED_CONFIG_ROOT / "stage2.json",
@@ -45,7 +45,8 @@ def validate_deepspeed_config(config: Union[str, Path, dict], stage: int) -> dic
     if not isinstance(config, dict):
         path = Path(config)
         if not path.exists():
-            raise ConfigError(f"DeepSpeed config {path} does not exist; see configs/deepspeed/ for stage2.json / stage3.json")
+            raise ConfigError(f"DeepSpeed config {path} does not exist; see configs/deepspeed/ for stage2.json / stage3.json "
+                              f"and {docs_link('guides/training.md', 'deepspeed')}")
         try:
             config = json.loads(path.read_text())
         except json.JSONDecodeError as err:
@@ -155,7 +156,8 @@ def build_strategy(name: Optional[str], accelerator: str = "auto", cuda_availabl
                           f"or run on a GPU machine with `pip install deepspeed`.")
     if not installed:
         raise ConfigError(f"--strategy {name} needs the 'deepspeed' package, which is not installed: "
-                          f"pip install deepspeed (offline: see bench/README-gpu.md), or use --strategy ddp / auto")
+                          f"pip install deepspeed (offline: {docs_link('guides/gpu.md', 'carrying-deepspeed-to-a-machine-without-internet')}), "
+                          f"or use --strategy ddp / auto")
     try:
         import deepspeed  # noqa: F401
     except Exception as err:  # installed but broken (e.g. a CUDA mismatch of its compiled ops)

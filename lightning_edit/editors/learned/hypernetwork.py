@@ -14,7 +14,7 @@ from torch import nn
 
 from ...checkpoints import CONFIG_FILE, EditorCheckpoint, is_hub_id, load_editor_checkpoint
 from ..base import Editor, HyperParams
-from ...errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError, docs_link
 from ...hooks import trace
 from ...models.loading import LoadedModel
 from ...models.ops import target_nll  # noqa: F401  (the training loss; imported from here by training/)
@@ -225,7 +225,7 @@ class LearnedEditor(Editor):
                 f"method '{self.name}' needs a trained editor: field 'editor_checkpoint' is not set. Train one with "
                 f"`python train.py {self.name} {loaded.name}` and pass its directory: "
                 f"`python edit.py --method {self.name} --editor checkpoints/editors/{self.name}-<model>` "
-                f"(or --set editor_checkpoint=DIR)")
+                f"(or --set editor_checkpoint=DIR); how: {docs_link('guides/training.md')}")
         ckpt = load_editor_checkpoint(hp.editor_checkpoint, method=self.name, loaded=loaded)
         # The architecture the network was trained with overrides the YAML defaults: checked (types, ranges, the
         # hyperparameters' own validation) before any tensor of the network is built from it.

@@ -34,7 +34,7 @@ class TrainingConfig:
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     log_every_n_steps: int = 10
-    precision: str = "auto"  # auto: bf16-mixed under DeepSpeed on a bf16 GPU, else 32-true (docs/gpu.md)
+    precision: str = "auto"  # auto: bf16-mixed under DeepSpeed on a bf16 GPU, else 32-true (docs/guides/training.md)
     seed: int = 0
     num_threads: int = 1  # torch CPU threads per process
 

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ...errors import ConfigError
+from ...errors import ConfigError, docs_link
 from ...models.loading import LoadedModel
 from ...models.ops import resolve_layers
 from ...requests import EditRequest
@@ -39,7 +39,7 @@ def check_supported(loaded: LoadedModel, method: str) -> None:
         raise ConfigError(
             f"{method} edits a decoder MLP keyed on the subject's last token, but in {loaded.name} "
             f"({loaded.layout.family}, encoder-decoder) the subject is only read by the encoder; the decoder MLPs never "
-            f"see it, so a subject key does not exist there (details: lightning_edit.editors.locate.check_supported). "
+            f"see it, so a subject key does not exist there (details: {docs_link('guides/gpu.md', 'encoder-decoder-models-t5')}). "
             f"Use a decoder-only model, or a method without subject keys (ft-l, ft-m, ...)."
         )
 

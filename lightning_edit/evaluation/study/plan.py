@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 from ...config import load_yaml
 from ...editors import get_editor_class
-from ...errors import ConfigError
+from ...errors import ConfigError, docs_link
 from ...paths import STUDY_CONFIGS
 
 
@@ -49,7 +49,8 @@ class StudyConfig:
         values.update({k: v for k, v in replace.items() if v is not None})
         unknown = sorted(map(str, set(values) - {f.name for f in fields(cls)}))
         if unknown:
-            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
+            raise ConfigError(f"{path}: unknown field(s) {unknown}; known: {sorted(f.name for f in fields(cls))} "
+                              f"(what each means: {docs_link('reference/study-config.md')})")
         if "name" not in values:
             raise ConfigError(f"{path}: field 'name' is missing; add e.g. 'name: my-study' (it names the results folder)")
         config = cls(**values)
@@ -81,7 +82,7 @@ def _read_study_yaml(path: Path) -> dict:
     try:
         return load_yaml(path, what="study configuration")
     except ConfigError as err:
-        raise ConfigError(f"{str(err).splitlines()[0]}; see configs/study/quick.yaml for the fields") from None
+        raise ConfigError(f"{str(err).splitlines()[0]}; every field of a study file: {docs_link('reference/study-config.md')}") from None
 
 
 def _is_int(value: object) -> bool:
