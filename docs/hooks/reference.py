@@ -190,7 +190,10 @@ def _default(f: dataclasses.Field) -> Any:
 def fields_table(cls: type, shipped: dict) -> str:
     from lightning_edit.editors.base import SPEED_ONLY
 
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # a hint naming what only a type checker imports: shown as the source writes it
+        hints = {}
     comments = _field_comments(cls)
     rows = []
     for f in dataclasses.fields(cls):
