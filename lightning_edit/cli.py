@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1, help="requests per edit call (batch protocol when > 1; "
                                                                         "with --sequential: sequential batches)")
     p.add_argument("--sequential", action="store_true", help="keep every edit (or batch) and score all after the last (sequential protocol)")
+    p.add_argument("--eval-every", type=_non_negative_int, default=0, metavar="K",
+                   help="with --sequential: score the requests edited so far every K requests (both readings: retained "
+                        "and immediate), a curve in the report and, with --output, a figure beside it")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="with --sequential: write the edited state (touched weights, patches, the loop's position) "
+                        "into DIR every --checkpoint-every edit calls and on Ctrl-C")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="N",
+                   help="edit calls between checkpoints (default %(default)s)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="with --sequential: go on from the newest checkpoint in DIR (same model, method, "
+                        "hyperparameters, records and batch size), checkpointing into DIR")
     p.add_argument("--multihop", action="store_true", help="MQuAKE multi-hop protocol: apply all edits of each case together, "
                                                            "score its multi-hop questions (any answered counts), undo (--data mquake)")
     p.add_argument("--zero-shot", action="store_true", help="with --multihop: ask the questions without in-context demonstrations")
@@ -198,9 +209,29 @@ def preflight(args: argparse.Namespace, n_requests: int):
     return edit_run
 
 
+def checkpointing_of(args: argparse.Namespace):
+    """The checkpoints a sequential run writes or resumes (None: none), after checking the flags that ask for them."""
+    from .evaluation.lifelong import Checkpointing
+
+    asked = [flag for flag, value in (("--eval-every", args.eval_every), ("--checkpoint-dir", args.checkpoint_dir),
+                                      ("--resume", args.resume)) if value]
+    if asked and (not args.sequential or args.multihop):
+        raise ConfigError(f"{asked[0]} is an option of --sequential (a sequence of kept edits); add --sequential")
+    if args.resume and args.checkpoint_dir and Path(args.resume) != Path(args.checkpoint_dir):
+        raise ConfigError(f"--resume {args.resume} and --checkpoint-dir {args.checkpoint_dir}: a resumed run goes on "
+                          "checkpointing into the folder it resumes; give only --resume")
+    folder = args.resume or args.checkpoint_dir
+    if folder is None:
+        return None
+    if Path(folder).exists() and not Path(folder).is_dir():
+        raise ConfigError(f"{'--resume' if args.resume else '--checkpoint-dir'} {folder} is a file; give a folder")
+    return Checkpointing(Path(folder), every=args.checkpoint_every, resume=bool(args.resume))
+
+
 def run(args: argparse.Namespace) -> int:
     if args.zero_shot and not args.multihop:
         raise ConfigError("--zero-shot is an option of --multihop (ask the multi-hop questions without demonstrations)")
+    checkpointing = checkpointing_of(args)
     if args.multihop:
         from .multihop_cli import run_multihop
 
@@ -226,19 +257,36 @@ def run(args: argparse.Namespace) -> int:
     editor = run_.editor()
     report = run_.evaluate(requests, editor, protocol=protocol, batch_size=args.batch_size, fluency=not args.no_fluency,
                            fluency_tokens=args.fluency_tokens, progress=not args.quiet, keep_edits=bool(args.save),
-                           generate_tokens=args.generate,
+                           generate_tokens=args.generate, eval_every=args.eval_every, checkpointing=checkpointing,
                            pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
     try:
         result = report.to_json()
         result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
         print(format_table(report, answers=not args.no_fluency or args.generate > 0))
         print(f"\n{report.method} on {report.model}, {report.n} requests, {report.protocol} protocol: {verdict(report)}")
+        if report.protocol == "sequential":
+            print(readings_line(report))
         if args.json:
             print(json.dumps(result["summary"], indent=2))
         write_outputs(args, result, lambda: save_edited(loaded, editor, report, Path(args.save)))
+        if report.curve and args.output:
+            from .evaluation.lifelong import write_curve_figure
+
+            figure = write_curve_figure(report.curve, Path(args.output).with_suffix(".curve.png"),
+                                        f"{report.method} on {report.model}: {report.n} sequential edits")
+            print(f"curve of both readings every {args.eval_every} edits: {figure}")
     finally:
         undo_all(report.kept_deltas, loaded)
     return 0
+
+
+def readings_line(report) -> str:
+    """The two readings of a sequential run side by side, named."""
+    keys = [k for k in ("reliability", "generalization", "locality") if k in report.post]
+    def fmt(values: dict) -> str:
+        return ", ".join(f"{k} {values[k]:.2f}" for k in keys if k in values)
+    return (f"retained (all scored after the last edit): {fmt(report.post)}; immediate (each scored right after its "
+            f"own edit): {fmt(report.immediate)}; locality against the unedited model")
 
 
 class WritingInterrupted(KeyboardInterrupt):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,7 @@ from .errors import LightningEditError
 from .models import LoadedModel
 from .runner import Run, RunSpec
 from .evaluation.multihop import evaluate_multihop
+from .evaluation.lifelong import Checkpointing, latest_checkpoint
 from .evaluation.pre_edit import default_pre_cache
 from .evaluation.protocols import EVALUATION_VERSION, Report, evaluate_editing
 from .evaluation.study.cells import cached_or_computed, cell_inputs, cell_key, device_name
@@ -80,13 +82,23 @@ class Study:
             self.skipped[method] = str(err)
             return None
         inputs = self.cell_inputs(editor, items, offset)
-        key = cell_key(method, self.config.model, data, protocol, batch, n, editor.hparams.result_dict(),
+        eval_every = self.config.sequential_eval_every if protocol == "sequential" else 0
+        hashed = {**editor.hparams.result_dict(), **({"__eval_every__": eval_every} if eval_every else {})}
+        key = cell_key(method, self.config.model, data, protocol, batch, n, hashed,
                        {"editor": editor.results_version, "evaluation": EVALUATION_VERSION}, inputs)
 
         def compute() -> Optional[dict]:
-            return self._compute_cell(method, editor, data, protocol, n, batch, items)
+            return self._compute_cell(method, editor, data, protocol, n, batch, items, self._partial(protocol, key))
 
         return cached_or_computed(self.cells_dir, key, inputs, compute if self.compute else None)
+
+    def _partial(self, protocol: str, key: str) -> Optional[Checkpointing]:
+        """Where a long sequential cell checkpoints (``cells/partial/<key>/``), resumed when a checkpoint is there."""
+        every = self.config.sequential_checkpoint_every
+        if protocol != "sequential" or not every:
+            return None
+        folder = self.cells_dir / "partial" / key
+        return Checkpointing(folder, every=every, resume=latest_checkpoint(folder) is not None)
 
     def _cell_data(self, data: str, protocol: str, n: int, offset: int) -> list:
         if protocol == "multihop":
@@ -100,7 +112,7 @@ class Study:
         return cell_inputs(editor, items, offset, self.config.fluency, self._weights_fingerprint)
 
     def _compute_cell(self, method: str, editor: Editor, data: str, protocol: str, n: int, batch: int,
-                      items: list) -> Optional[dict]:
+                      items: list, partial: Optional[Checkpointing] = None) -> Optional[dict]:
         start = time.perf_counter()
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
@@ -108,11 +120,15 @@ class Study:
             else:
                 report = evaluate_editing(self.loaded, editor, items, protocol=protocol, batch_size=batch,
                                           fluency=self.config.fluency, progress=self.progress,
-                                          pre_cache=self._pre_cache)
+                                          pre_cache=self._pre_cache, checkpointing=partial,
+                                          eval_every=self.config.sequential_eval_every if protocol == "sequential" else 0)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
-        return {"method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
+        if partial is not None:  # the cell is whole now: its checkpoint is no longer needed
+            shutil.rmtree(partial.directory, ignore_errors=True)
+        readings = {"immediate": report.immediate, "curve": report.curve} if protocol == "sequential" else {}
+        return {**readings, "method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
                 "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
                 "device": device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
                 "hparams": editor.hparams.to_dict(), "per_request": _per_request(report)}

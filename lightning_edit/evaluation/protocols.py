@@ -3,7 +3,10 @@
 - single: each request edited from the original model, measured, undone.
 - batch: ``batch_size`` requests per edit call, measured on those requests, undone.
 - sequential: requests (or batches of ``batch_size``, as MEMIT/AlphaEdit users run them) applied one
-  after another and kept; all measured after the last edit (the study's protocol), then every edit undone.
+  after another and kept; each measured right after its own edit call (the *immediate* reading) and all measured
+  after the last edit (the *retained* reading, the study's), then every edit undone. Optionally the retained
+  reading of the edits so far every ``eval_every`` requests (a curve), and a checkpoint every N edit calls that a
+  later run resumes bit-identically (``lifelong.py``).
 
 The loop is here; what a measurement adds to the metrics is in ``scoring.py``, the generations that wait for the
 unedited model in ``generation.py``.
@@ -21,11 +24,14 @@ from tqdm.auto import tqdm
 
 from ..editors.base import EditDelta, Editor
 from ..editors.delta import undo_all
+from ..errors import ConfigError
 from ..metrics import EditSeconds, PeakMemory, PeakMemoryMonitor
 from ..models.loading import LoadedModel
 from ..requests import EditRequest
 from ..version import package_versions
 from .generation import GENERATION_ROWS, PENDING_BYTES, DeferredGeneration  # noqa: F401  (importable here as before)
+from .lifelong import (READINGS, Checkpointing, LoopPosition, Restored, capture_rng, check_checkpointing,
+                       immediate_summary, restore_checkpoint, run_identity, SequenceEdits, write_checkpoint)
 from .measure import measure
 from .pre_edit import PreEditCache, pre_edit_results
 from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable here as before)
@@ -75,9 +81,13 @@ class Report:
     efficiency: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     kept_deltas: list = field(default_factory=list, repr=False)  # sequential + keep_edits: undo these to restore
+    immediate: dict = field(default_factory=dict)  # sequential: each request scored right after its own edit call
+    curve: list = field(default_factory=list)  # sequential with eval_every: both readings every K requests
 
     def to_json(self) -> dict:
         summary = {"method": self.method, "model": self.model, "n": self.n, "protocol": self.protocol, **self.post, **self.efficiency}
+        readings = {"readings": {"retained": self.post, "immediate": self.immediate, "definitions": READINGS},
+                    "curve": self.curve} if self.protocol == "sequential" else {}
         return {
             "summary": summary,
             "pre_edit": self.pre,
@@ -85,6 +95,7 @@ class Report:
                              **{k: f"{KEY_PROTOCOLS[k.split('/')[0]]}, over the probes of kind {k.split('/', 1)[1]!r} only"
                                 for k in summary if "/" in k}},
             "config": self.config,
+            **readings,
             "requests": self.requests,
         }
 
@@ -101,6 +112,8 @@ def evaluate_editing(
     keep_edits: bool = False,
     generate_tokens: int = 0,
     pre_cache: Optional[PreEditCache] = None,
+    eval_every: int = 0,
+    checkpointing: Optional[Checkpointing] = None,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
@@ -110,11 +123,20 @@ def evaluate_editing(
     the per-request rows (``pre_generations``/``post_generations``); the fluency score reuses them.
     ``pre_cache``: where pre-edit scores and generations of earlier runs on the same model are read from and
     new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
+    Sequential only: ``eval_every`` K > 0 scores the requests edited so far every K requests (``Report.curve``);
+    ``checkpointing`` writes the edited state every N edit calls and on Ctrl-C, or resumes the newest checkpoint.
     """
     if protocol not in EDITING_PROTOCOLS:  # before the requests are checked, as ever
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
     requests = editor.validate(requests)
     batch_size, chunks = _edit_calls(protocol, batch_size, len(requests), keep_edits)
+    if (eval_every or checkpointing) and protocol != "sequential":
+        raise ConfigError("eval_every and checkpointing need protocol='sequential' (--eval-every, --checkpoint-dir "
+                          "and --resume need --sequential)")
+    if eval_every < 0:
+        raise ConfigError(f"eval_every must be ≥ 0 (0: no curve), got {eval_every}")
+    if checkpointing is not None:
+        check_checkpointing(checkpointing, loaded)
     # One set of generations serves both the fluency score and the printed answers.
     gen_tokens = max(fluency_tokens if fluency else 0, generate_tokens)
     timer = _Timer()
@@ -123,7 +145,13 @@ def evaluate_editing(
     pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
     scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency)
     run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
-    kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
+    curve: list[dict] = []
+    if protocol == "sequential":
+        identity = run_identity(loaded, editor, requests, batch_size, eval_every) if checkpointing else {}
+        kept, curve = _run_sequential(run, chunks, keep_edits, progress,
+                                      _Lifelong(eval_every, checkpointing, identity))
+    else:
+        kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
     return Report(
         method=editor.name, model=loaded.name, protocol=protocol, n=len(requests), batch_size=batch_size,
         requests=scoring.rows, pre=scoring.pre.summary(), post=scoring.post.summary(), efficiency=_efficiency(run),
@@ -132,7 +160,7 @@ def evaluate_editing(
                 "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "batch_size": batch_size,
                 "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size)},
-        kept_deltas=kept,
+        kept_deltas=kept, immediate=immediate_summary(scoring.rows) if protocol == "sequential" else {}, curve=curve,
     )
 
 
@@ -167,8 +195,8 @@ class _Run:
 
 def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits: bool,
                   progress: bool) -> list[EditDelta]:
-    """Edit call by edit call: single and batch edits scored and undone each (unless kept), sequential ones kept
-    until all are in and scored. Returns the edits kept; on error or Ctrl-C every edit is undone."""
+    """Single and batch: edit call by edit call, each scored and undone (unless kept: one edit call). Returns the
+    edits kept; on error or Ctrl-C every edit is undone."""
     applied: list[EditDelta] = []  # edits currently in the model, undone in `finally` unless kept
     kept: list[EditDelta] = []
     bar = tqdm(total=len(run.requests), desc=f"{run.editor.name} ({protocol})", disable=not progress, unit="req")
@@ -176,22 +204,131 @@ def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits:
         for chunk in chunks:
             delta = _edit(run, chunk)
             applied.append(delta)
-            if protocol != "sequential":
-                _score(run, chunk, None if keep_edits else delta)
-                if not keep_edits:
-                    applied[-1].undo(run.loaded)  # still listed until undone: an interrupt inside undo leaves it to `finally`
-                    applied.pop()
-                    run.generation.flush(only_if_full=True)
+            _score(run, chunk, None if keep_edits else delta)
+            if not keep_edits:
+                applied[-1].undo(run.loaded)  # still listed until undone: an interrupt inside undo leaves it to `finally`
+                applied.pop()
+                run.generation.flush(only_if_full=True)
             bar.update(len(chunk))
         run.generation.flush()
-        if protocol == "sequential":
-            _score(run, list(range(len(run.requests))))
         if keep_edits:
             kept, applied = applied, []
     finally:
         bar.close()
         undo_all(applied, run.loaded)  # on error or Ctrl-C, always restore the model (every edit, even if one fails)
     return kept
+
+
+@dataclass
+class _Lifelong:
+    """A sequential run's curve and checkpoints: ``eval_every`` requests between curve points (0: none), where
+    checkpoints go (None: nowhere), and the run's identity they record."""
+
+    eval_every: int = 0
+    checkpointing: Optional[Checkpointing] = None
+    identity: dict = field(default_factory=dict)
+
+
+class CheckpointedInterrupt(KeyboardInterrupt):
+    """Ctrl-C in a checkpointed sequential run: ``note`` says where the last checkpoint is and how to resume."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
+def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progress: bool,
+                    life: _Lifelong) -> tuple[list[EditDelta], list[dict]]:
+    """Edit call after edit call, each kept and scored at once (immediate), a curve point every ``eval_every``
+    requests and a checkpoint every ``checkpointing.every`` calls; then every request scored on the final model
+    (retained). Returns the edits kept (one ``SequenceEdits``) and the curve. On error or Ctrl-C every edit is
+    undone; with checkpointing, Ctrl-C first writes the state after the last finished call (an unfinished one is
+    undone)."""
+    edits = SequenceEdits(method=run.editor.name, model_name=run.loaded.name, requests=[])
+    position, written = LoopPosition(rng=capture_rng()), -1
+    if life.checkpointing is not None and life.checkpointing.resume:
+        restored = restore_checkpoint(life.checkpointing, run.loaded, life.identity)
+        edits, written = restored.delta, restored.position.calls_done
+        position = _resume_rows(run, restored)
+    done = sum(len(c) for c in chunks[:position.calls_done])
+    edits.requests = list(run.requests[:done])
+    applied: list[EditDelta] = [edits]  # in the model now, undone in `finally` unless kept: the sequence, the call under way
+    bar = tqdm(total=len(run.requests), initial=done, desc=f"{run.editor.name} (sequential)", disable=not progress,
+               unit="edit", dynamic_ncols=True)
+    try:
+        try:
+            for k in range(position.calls_done, len(chunks)):
+                applied.append(_edit(run, chunks[k]))
+                _score_immediate(run, chunks[k])
+                done += len(chunks[k])
+                if life.eval_every and _crossed(done, len(chunks[k]), life.eval_every) and done < len(run.requests):
+                    position.curve.append(_curve_point(run, done))  # the last point is the final scoring's
+                edits.fold(applied[-1])  # the call is finished only now
+                applied.pop()
+                position.calls_done, position.rng = k + 1, capture_rng()
+                bar.update(len(chunks[k]))
+                if life.checkpointing is not None and position.calls_done % life.checkpointing.every == 0:
+                    written = _checkpoint(run, life, edits, position, done)
+        except KeyboardInterrupt:
+            undo_all(applied[1:], run.loaded)  # a call not finished: the model as after the last finished one
+            del applied[1:]
+            if life.checkpointing is None:
+                raise
+            if position.calls_done > written:
+                written = _checkpoint(run, life, edits, position, done)
+            raise CheckpointedInterrupt(_resume_note(life.checkpointing, done, written)) from None
+        run.generation.flush()
+        _score(run, list(range(len(run.requests))))
+        if life.eval_every:
+            position.curve.append({"edits": len(run.requests), "retained": run.scoring.post.summary(),
+                                   "immediate": immediate_summary(run.scoring.rows)})
+        kept, applied = ([edits], []) if keep_edits else ([], applied)
+    finally:
+        bar.close()
+        undo_all(applied, run.loaded)  # on error or Ctrl-C, always restore the model (every edit, even if one fails)
+    return kept, position.curve
+
+
+def _resume_rows(run: _Run, restored: Restored) -> LoopPosition:
+    """Put the checkpoint's immediate scores and edit seconds back in the rows; the position to go on from."""
+    for row, saved in zip(run.scoring.rows, restored.rows):
+        row.update(saved)
+    restored.position.rng = capture_rng()  # restore_checkpoint has just set them
+    return restored.position
+
+
+def _checkpoint(run: _Run, life: _Lifelong, edits: EditDelta, position: LoopPosition, done: int) -> int:
+    assert life.checkpointing is not None
+    write_checkpoint(life.checkpointing, run.loaded, [edits], life.identity, position, run.scoring.rows, done)
+    return position.calls_done
+
+
+def _resume_note(checkpointing: Checkpointing, done: int, written: int) -> str:
+    return (f"the checkpoint after {done} edits ({written} edit calls) is in {checkpointing.directory}; run the same "
+            f"command with --resume {checkpointing.directory} to go on from there")
+
+
+def _crossed(done: int, step: int, every: int) -> bool:
+    """Whether the last ``step`` requests took the count past a multiple of ``every``."""
+    return done // every > (done - step) // every
+
+
+def _score_immediate(run: _Run, chunk: list[int]) -> None:
+    """The immediate reading: the requests of the edit call just made, scored before the next one."""
+    with run.timer("scoring"):
+        scores = measure(run.loaded, [run.requests[i] for i in chunk])
+    run.scoring.add_immediate(chunk, scores)
+
+
+def _curve_point(run: _Run, done: int) -> dict:
+    """Both readings over the first ``done`` requests: the retained one measured now, on the model as it is after
+    ``done`` edits, locality against the unedited model; the immediate one from the rows."""
+    with run.timer("scoring"):
+        scores = measure(run.loaded, list(run.requests[:done]))
+    retained = MetricSet()
+    for i, s in enumerate(scores):
+        retained.add(s, run.scoring.pre_scores[i], None, run.requests[i])
+    return {"edits": done, "retained": retained.summary(), "immediate": immediate_summary(run.scoring.rows, done)}
 
 
 def _edit(run: _Run, chunk: list[int]) -> EditDelta:

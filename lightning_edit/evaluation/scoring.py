@@ -108,6 +108,12 @@ class Scoring:
         for i, s in zip(idx, post_scores):
             self.rows[i]["post"] = self.post.add(s, self.pre_scores[i], None, self.requests[i])
 
+    def add_immediate(self, idx: list[int], scores: list[RequestScores]) -> None:
+        """The requests ``idx`` scored right after their own edit call (a sequential run's immediate reading),
+        against their pre-edit scores; kept in the rows (``immediate``) apart from the post-edit metric set."""
+        for i, s in zip(idx, scores):
+            self.rows[i]["immediate"] = MetricSet().add(s, self.pre_scores[i], None, self.requests[i])
+
     def set_score_seconds(self, idx: list[int], per_request: float) -> None:
         for i in idx:
             self.rows[i]["score_seconds"] = round(per_request, 4)

@@ -30,6 +30,8 @@ class StudyConfig:
     sequential_offset: int = 0
     sequential_methods: Optional[list[str]] = None  # None: every method
     sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
+    sequential_eval_every: int = 0  # >0: both readings every K edits in each sequential cell (its "curve")
+    sequential_checkpoint_every: int = 0  # >0: a sequential cell checkpoints every N edit calls (cells/partial/), resumed
     multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
     multihop_n: int = 0  # cases per multi-hop cell; 0: no multi-hop cells
     multihop_methods: Optional[list[str]] = None  # None: every method
@@ -133,7 +135,8 @@ def check_study_fields(c: StudyConfig, where: str) -> None:
     _check_methods(where, "batch_sizes_by_method", list(c.batch_sizes_by_method), allow_empty=True)
     for method, sizes in c.batch_sizes_by_method.items():
         _check_counts(where, f"batch_sizes_by_method.{method}", sizes)
-    for name, minimum in (("sequential_offset", 0), ("sequential_batch_size", 1), ("multihop_n", 0)):
+    for name, minimum in (("sequential_offset", 0), ("sequential_batch_size", 1), ("multihop_n", 0),
+                          ("sequential_eval_every", 0), ("sequential_checkpoint_every", 0)):
         value = getattr(c, name)
         _need(_is_int(value) and value >= minimum, where, name, f"an integer >= {minimum}", value)
     _need(isinstance(c.editor_checkpoints, dict) and all(isinstance(v, str) and v for v in c.editor_checkpoints.values()),

@@ -1,0 +1,170 @@
+"""Long sequential runs: checkpoints every N edit calls, a resume that ends bit-identical to an uninterrupted run,
+refusals of another run's checkpoint, and the two readings (immediate, retained) with their curve."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lightning_edit.editors import build_editor
+from lightning_edit.editors.delta import undo_all
+from lightning_edit.errors import CheckpointError, ConfigError
+from lightning_edit.evaluation import evaluate_editing
+from lightning_edit.evaluation.lifelong import Checkpointing, latest_checkpoint
+from lightning_edit.requests import EditRequest, PromptAnswer
+
+from conftest import build_tiny
+
+WORDS = ["Paris", "Rome", "English", "French", "Italian", "German", "Spanish", "France", "Italy"]
+
+
+def requests(n: int, offset: int = 0) -> list[EditRequest]:
+    """``n`` distinct requests with a rephrase and a locality probe each (what every reading scores)."""
+    out = []
+    for i in range(offset, offset + n):
+        subject = f"Person {i}"
+        out.append(EditRequest(prompt=f"The language of {subject} is", target_new=WORDS[i % len(WORDS)],
+                               subject=subject, case_id=i, rephrase_prompts=(f"{subject} speaks",),
+                               locality=(PromptAnswer(prompt=f"The capital of Country {i} is", answer="Rome"),)))
+    return out
+
+
+OPTIONS = {"fluency": False, "progress": False}
+METHODS = {"ft-m": {"num_steps": 2, "layers": [2]}, "grace": {"num_steps": 2}}
+
+
+def state_of(loaded) -> dict[str, torch.Tensor]:
+    """Every parameter and every patch tensor, cloned: what 'the same edited model' compares."""
+    state = {f"param/{n}": p.detach().clone() for n, p in loaded.model.named_parameters()}
+    for patch in loaded.patches:
+        state.update({f"patch/{patch.key}/{k}": v.detach().clone() for k, v in patch.state_dict().items()})
+    return state
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
+
+
+class Interrupt:
+    """An editor whose ``at``-th edit call raises ``error`` inside the edit (nothing of that call applied)."""
+
+    def __init__(self, editor, at: int, error: BaseException) -> None:
+        self.editor, self.at, self.error, self.calls = editor, at, error, 0
+        self.real = editor.edit
+        editor.edit = self
+
+    def __call__(self, loaded, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            raise self.error
+        return self.real(loaded, batch)
+
+
+def full_run(loaded, editor, reqs, **kwargs):
+    report = evaluate_editing(loaded, editor, reqs, protocol="sequential", keep_edits=True, **OPTIONS, **kwargs)
+    state = state_of(loaded)
+    undo_all(report.kept_deltas, loaded)
+    return report, state
+
+
+@pytest.mark.parametrize("method, error", [("ft-m", KeyboardInterrupt()), ("grace", KeyboardInterrupt()),
+                                           ("ft-m", RuntimeError("the process died"))])
+def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path, method, error):
+    """24 edits, a checkpoint every 5 calls, interrupted in the 14th edit call: Ctrl-C writes the state after 13,
+    a crash leaves the one after 10; either way the resumed run ends with every weight and patch tensor equal to
+    those of the uninterrupted run (weights in the model: FT-M; a codebook patch: GRACE)."""
+    loaded = build_tiny("gpt2", tokenizer)
+    base = state_of(loaded)
+    reqs = requests(24)
+    editor = build_editor(method, loaded, METHODS[method])
+    reference, expected = full_run(loaded, editor, reqs, eval_every=6)
+    assert_same_state(state_of(loaded), base)
+
+    folder = tmp_path / "ckpt"
+    editor = build_editor(method, loaded, METHODS[method])
+    Interrupt(editor, 14, error)
+    with pytest.raises(type(error)) as raised:
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", eval_every=6,
+                         checkpointing=Checkpointing(folder, every=5), **OPTIONS)
+    assert_same_state(state_of(loaded), base)  # every edit undone in memory
+    written = 13 if isinstance(error, KeyboardInterrupt) else 10
+    assert latest_checkpoint(folder).name == f"edits-{written:07d}"
+    assert len(list(folder.glob("edits-*"))) == 1  # only the newest is kept
+    if isinstance(error, KeyboardInterrupt):
+        assert "--resume" in raised.value.note and str(folder) in raised.value.note
+
+    editor = build_editor(method, loaded, METHODS[method])
+    resumed, state = full_run(loaded, editor, reqs, eval_every=6, checkpointing=Checkpointing(folder, every=5,
+                                                                                               resume=True))
+    assert_same_state(state, expected)
+    assert_same_state(state_of(loaded), base)  # the resumed edits undo too
+    assert resumed.immediate == reference.immediate
+    assert resumed.post == reference.post
+    assert resumed.curve == reference.curve
+
+
+def test_resume_refuses_another_runs_checkpoint(tokenizer, tmp_path):
+    loaded = build_tiny("gpt2", tokenizer)
+    reqs = requests(6)
+    folder = tmp_path / "ckpt"
+    editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+    evaluate_editing(loaded, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder, every=3), **OPTIONS)
+    base = state_of(loaded)
+
+    with pytest.raises(ConfigError, match="already holds a checkpoint.*--resume"):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder), **OPTIONS)
+    other = build_editor("ft-m", loaded, {**METHODS["ft-m"], "num_steps": 3})
+    with pytest.raises(CheckpointError, match="hparams.*--set"):
+        evaluate_editing(loaded, other, reqs, protocol="sequential",
+                         checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
+    with pytest.raises(CheckpointError, match="records_sha256.*--data"):
+        evaluate_editing(loaded, editor, requests(6, offset=1), protocol="sequential",
+                         checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
+    with pytest.raises(CheckpointError, match="batch_size.*--batch-size"):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", batch_size=2,
+                         checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential",
+                         checkpointing=Checkpointing(tmp_path / "empty", resume=True), **OPTIONS)
+    assert_same_state(state_of(loaded), base)  # every refusal before the first write
+
+    position = latest_checkpoint(folder) / "position.json"  # a file changed after writing is refused by the manifest
+    position.write_text(position.read_text().replace('"calls_done": 6', '"calls_done": 5'))
+    with pytest.raises(CheckpointError, match="position.json"):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential",
+                         checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
+    assert_same_state(state_of(loaded), base)
+
+
+def test_immediate_and_retained_readings_and_curve(tokenizer):
+    """Immediate: each request scored right after its own edit (the first equals a single edit of the unedited
+    model); retained: all after the last; the curve has both every K requests and ends on the final scores."""
+    loaded = build_tiny("gpt2", tokenizer)
+    reqs = requests(9)
+    editor = build_editor("ft-m", loaded, {"num_steps": 10, "layers": [2], "lr": 5e-2})
+    single = evaluate_editing(loaded, editor, reqs[:1], protocol="single", **OPTIONS)
+    report = evaluate_editing(loaded, editor, reqs, protocol="sequential", batch_size=2, eval_every=4, **OPTIONS)
+    assert report.requests[0]["immediate"] == single.requests[0]["post"]
+    assert report.requests[1]["immediate"] != report.requests[1]["post"]  # 8 more edits landed on it
+    assert [p["edits"] for p in report.curve] == [4, 8, 9]  # batches of 2 cross 4 and 8; the last point is the end
+    assert report.curve[-1]["retained"] == report.post and report.curve[-1]["immediate"] == report.immediate
+    first = report.curve[0]
+    assert first["immediate"]["reliability"] == pytest.approx(
+        sum(r["immediate"]["reliability"] for r in report.requests[:4]) / 4, abs=1e-4)
+    data = report.to_json()
+    assert set(data["readings"]) == {"retained", "immediate", "definitions"}
+    assert data["readings"]["immediate"] == report.immediate and data["curve"] == report.curve
+    json.dumps(data)
+
+
+def test_curve_and_checkpoints_need_the_sequential_protocol(tokenizer, tmp_path):
+    loaded = build_tiny("gpt2", tokenizer)
+    editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+    with pytest.raises(ConfigError, match="sequential"):
+        evaluate_editing(loaded, editor, requests(2), protocol="single", eval_every=1, **OPTIONS)
+    with pytest.raises(ConfigError, match="sequential"):
+        evaluate_editing(loaded, editor, requests(2), protocol="batch", batch_size=2,
+                         checkpointing=Checkpointing(tmp_path / "c"), **OPTIONS)
