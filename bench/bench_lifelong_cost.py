@@ -10,7 +10,8 @@ Per method, edits are applied one after another and kept, as ``--sequential`` do
 - ``forward_seconds``: median seconds of one forward pass over 8 fixed prompts with every edit so far attached
   (what a codebook or memory lookup adds to inference);
 - ``rss_mb``: the process's resident memory; ``held_mb``: bytes the kept edits hold (base and latest copy of each
-  touched tensor, every patch's tensors).
+  touched tensor, every patch's tensors); ``records_mb``: bytes of the tensors the edits' patch records reference
+  (what undoing each edit needs; each storage counted once).
 
 Default model: a tiny random llama (4 blocks, width 64) with smollm2's tokenizer, so 1,000 edits take minutes on
 one thread; ``--model smollm2-135m`` measures the real one (slow: use small ``--steps`` on a CPU). Requests are the
@@ -40,10 +41,10 @@ from lightning_edit.requests import EditRequest  # noqa: E402
 
 # Settings that let each method run on the tiny model in seconds (the real model uses its configs/ as they are).
 TINY_OVERRIDES = {
-    "grace": {"layer": -2, "num_steps": 10},
-    "wise": {"layer": -2, "num_steps": 10, "memory_pool": ["wikitext:40"]},
-    "t-patcher": {"layer": -1, "num_steps": 20, "memory_pool": ["wikitext:40"]},
-    "alphaedit": {"layers": [1, 2], "v_num_grad_steps": 5, "mom2_n_tokens": 4000, "context_prefixes": 1},
+    "grace": {"layer": -2, "num_steps": 3},
+    "wise": {"layer": -2, "num_steps": 3, "memory_pool": ["wikitext:40"]},
+    "t-patcher": {"layer": -1, "num_steps": 5, "memory_pool": ["wikitext:40"]},
+    "alphaedit": {"layers": [1, 2], "v_num_grad_steps": 3, "mom2_n_tokens": 4000, "context_prefixes": 1},
     "memit": {"layers": [1, 2], "v_num_grad_steps": 5, "mom2_n_tokens": 4000, "context_prefixes": 1},
     "ft-m": {"layers": [2], "num_steps": 5},
 }
@@ -94,6 +95,28 @@ def held_bytes(edits: SequenceEdits, loaded: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def record_bytes(edits: SequenceEdits) -> int:
+    """Bytes of the distinct tensors the kept edits' patch records reference (what undo needs), each storage once."""
+    seen: dict[int, int] = {}
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            seen[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, dict):
+            for v in value.values():
+                visit(v)
+        elif hasattr(value, "__dataclass_fields__"):
+            for name in value.__dataclass_fields__:
+                visit(getattr(value, name))
+
+    for change in edits.patches:
+        visit(change.entry)
+    return sum(seen.values())
+
+
 def bench_method(loaded: LoadedModel, method: str, requests: list[EditRequest], steps: list[int], window: int,
                  overrides: dict) -> dict:
     editor = build_editor(method, loaded, overrides)
@@ -111,6 +134,7 @@ def bench_method(loaded: LoadedModel, method: str, requests: list[EditRequest], 
                                "forward_seconds": round(forward_seconds(loaded), 5),
                                "rss_mb": round(_rss_bytes() / 2**20, 1),
                                "held_mb": round(held_bytes(edits, loaded) / 2**20, 3),
+                               "records_mb": round(record_bytes(edits) / 2**20, 3),
                                "patches": {p.key: sum(v.numel() for v in p.state_dict().values()) for p in loaded.patches}})
                 print(method, points[-1], file=sys.stderr, flush=True)
     finally:

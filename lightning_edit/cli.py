@@ -211,7 +211,7 @@ def preflight(args: argparse.Namespace, n_requests: int):
 
 def checkpointing_of(args: argparse.Namespace):
     """The checkpoints a sequential run writes or resumes (None: none), after checking the flags that ask for them."""
-    from .evaluation.lifelong import Checkpointing
+    from .evaluation.lifelong import Checkpointing, check_checkpoint_folder
 
     asked = [flag for flag, value in (("--eval-every", args.eval_every), ("--checkpoint-dir", args.checkpoint_dir),
                                       ("--resume", args.resume)) if value]
@@ -223,9 +223,9 @@ def checkpointing_of(args: argparse.Namespace):
     folder = args.resume or args.checkpoint_dir
     if folder is None:
         return None
-    if Path(folder).exists() and not Path(folder).is_dir():
-        raise ConfigError(f"{'--resume' if args.resume else '--checkpoint-dir'} {folder} is a file; give a folder")
-    return Checkpointing(Path(folder), every=args.checkpoint_every, resume=bool(args.resume))
+    checkpointing = Checkpointing(Path(folder), every=args.checkpoint_every, resume=bool(args.resume))
+    check_checkpoint_folder(checkpointing)  # before the model loads
+    return checkpointing
 
 
 def run(args: argparse.Namespace) -> int:

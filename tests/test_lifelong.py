@@ -73,31 +73,31 @@ def full_run(loaded, editor, reqs, **kwargs):
 @pytest.mark.parametrize("method, error", [("ft-m", KeyboardInterrupt()), ("grace", KeyboardInterrupt()),
                                            ("ft-m", RuntimeError("the process died"))])
 def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path, method, error):
-    """24 edits, a checkpoint every 5 calls, interrupted in the 14th edit call: Ctrl-C writes the state after 13,
-    a crash leaves the one after 10; either way the resumed run ends with every weight and patch tensor equal to
+    """16 edits, a checkpoint every 4 calls, interrupted in the 10th edit call: Ctrl-C writes the state after 9,
+    a crash leaves the one after 8; either way the resumed run ends with every weight and patch tensor equal to
     those of the uninterrupted run (weights in the model: FT-M; a codebook patch: GRACE)."""
     loaded = build_tiny("gpt2", tokenizer)
     base = state_of(loaded)
-    reqs = requests(24)
+    reqs = requests(16)
     editor = build_editor(method, loaded, METHODS[method])
-    reference, expected = full_run(loaded, editor, reqs, eval_every=6)
+    reference, expected = full_run(loaded, editor, reqs, eval_every=4)
     assert_same_state(state_of(loaded), base)
 
     folder = tmp_path / "ckpt"
     editor = build_editor(method, loaded, METHODS[method])
-    Interrupt(editor, 14, error)
+    Interrupt(editor, 10, error)
     with pytest.raises(type(error)) as raised:
-        evaluate_editing(loaded, editor, reqs, protocol="sequential", eval_every=6,
-                         checkpointing=Checkpointing(folder, every=5), **OPTIONS)
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", eval_every=4,
+                         checkpointing=Checkpointing(folder, every=4), **OPTIONS)
     assert_same_state(state_of(loaded), base)  # every edit undone in memory
-    written = 13 if isinstance(error, KeyboardInterrupt) else 10
+    written = 9 if isinstance(error, KeyboardInterrupt) else 8
     assert latest_checkpoint(folder).name == f"edits-{written:07d}"
     assert len(list(folder.glob("edits-*"))) == 1  # only the newest is kept
     if isinstance(error, KeyboardInterrupt):
         assert "--resume" in raised.value.note and str(folder) in raised.value.note
 
     editor = build_editor(method, loaded, METHODS[method])
-    resumed, state = full_run(loaded, editor, reqs, eval_every=6, checkpointing=Checkpointing(folder, every=5,
+    resumed, state = full_run(loaded, editor, reqs, eval_every=4, checkpointing=Checkpointing(folder, every=4,
                                                                                                resume=True))
     assert_same_state(state, expected)
     assert_same_state(state_of(loaded), base)  # the resumed edits undo too
@@ -140,15 +140,15 @@ def test_resume_refuses_another_runs_checkpoint(tokenizer, tmp_path):
 
 
 def test_immediate_and_retained_readings_and_curve(tokenizer):
-    """Immediate: each request scored right after its own edit (the first equals a single edit of the unedited
+    """Immediate: each batch scored right after its own edit call (the first equals a batch edit of the unedited
     model); retained: all after the last; the curve has both every K requests and ends on the final scores."""
     loaded = build_tiny("gpt2", tokenizer)
     reqs = requests(9)
-    editor = build_editor("ft-m", loaded, {"num_steps": 10, "layers": [2], "lr": 5e-2})
-    single = evaluate_editing(loaded, editor, reqs[:1], protocol="single", **OPTIONS)
+    editor = build_editor("ft-m", loaded, {"num_steps": 5, "layers": [2], "lr": 5e-3})
+    batch = evaluate_editing(loaded, editor, reqs[:2], protocol="batch", batch_size=2, **OPTIONS)
     report = evaluate_editing(loaded, editor, reqs, protocol="sequential", batch_size=2, eval_every=4, **OPTIONS)
-    assert report.requests[0]["immediate"] == single.requests[0]["post"]
-    assert report.requests[1]["immediate"] != report.requests[1]["post"]  # 8 more edits landed on it
+    assert [r["immediate"] for r in report.requests[:2]] == [r["post"] for r in batch.requests]
+    assert any(r["immediate"] != r["post"] for r in report.requests[:-2])  # later edits landed on them
     assert [p["edits"] for p in report.curve] == [4, 8, 9]  # batches of 2 cross 4 and 8; the last point is the end
     assert report.curve[-1]["retained"] == report.post and report.curve[-1]["immediate"] == report.immediate
     first = report.curve[0]
@@ -168,3 +168,79 @@ def test_curve_and_checkpoints_need_the_sequential_protocol(tokenizer, tmp_path)
     with pytest.raises(ConfigError, match="sequential"):
         evaluate_editing(loaded, editor, requests(2), protocol="batch", batch_size=2,
                          checkpointing=Checkpointing(tmp_path / "c"), **OPTIONS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval-every", "5"], "--eval-every is an option of --sequential"),
+    (["--checkpoint-dir", "CKPT"], "--checkpoint-dir is an option of --sequential"),
+    (["--sequential", "--resume", "CKPT", "--checkpoint-dir", "OTHER"], "give only --resume"),
+    (["--sequential", "--resume", "CKPT"], "no checkpoint"),
+])
+def test_cli_refuses_bad_lifelong_flags_before_the_model_loads(argv, message, tmp_path, capsys, monkeypatch):
+    from lightning_edit.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("lightning_edit.models.load_model", refuse)
+    argv = [str(tmp_path / a) if a in ("CKPT", "OTHER") else a for a in argv]
+    assert main(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_sequential_run_writes_readings_curve_figure_and_checkpoint(tokenizer, tmp_path, capsys):
+    from conftest import save_tiny
+
+    from lightning_edit.cli import main
+
+    model = save_tiny("gpt2", tokenizer, tmp_path / "model")
+    data = tmp_path / "requests.json"
+    data.write_text(json.dumps([{"prompt": r.prompt, "target_new": r.target_new, "subject": r.subject,
+                                 "rephrase_prompts": list(r.rephrase_prompts),
+                                 "locality": [{"prompt": p.prompt, "answer": p.answer} for p in r.locality]}
+                                for r in requests(6)]))
+    out = tmp_path / "report.json"
+    argv = ["--model", str(model), "--method", "ft-m", "--set", "layers=[2]", "--set", "num_steps=2", "--data", str(data),
+            "--sequential", "--eval-every", "3", "--checkpoint-dir", str(tmp_path / "ckpt"), "--checkpoint-every", "2",
+            "--output", str(out), "--no-fluency", "--no-pre-cache", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "retained (all scored after the last edit)" in printed and "immediate (each scored right after" in printed
+    report = json.loads(out.read_text())
+    assert [p["edits"] for p in report["curve"]] == [3, 6]
+    assert report["readings"]["retained"]["reliability"] == report["summary"]["reliability"]
+    assert (tmp_path / "report.curve.png").stat().st_size > 0
+    assert latest_checkpoint(tmp_path / "ckpt").name == "edits-0000006"
+    assert main(argv) == 2  # the folder holds a checkpoint: a fresh run into it is refused
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_a_codebook_edit_keeps_only_what_it_added(tokenizer):
+    """Each GRACE edit's record holds the rows it appended, not the whole codebook before and after it: what T
+    kept edits hold grows as T, not T² (it held every earlier codebook before). Undo stays exact."""
+    from lightning_edit.editors.memory.grace import GraceCodebook
+    from lightning_edit.editors.memory.memory import find_memory
+
+    loaded = build_tiny("gpt2", tokenizer)
+    editor = build_editor("grace", loaded, {"num_steps": 2})
+    deltas, books = [], []
+    for request in requests(6):
+        deltas.append(editor.edit(loaded, [request]))
+        book = find_memory(loaded, GraceCodebook.key)
+        books.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in book.state().items()})
+    assert books[-1]["keys"].shape[0] > 1
+    for delta in deltas[1:]:
+        change = delta.patches[0].entry
+        held = [t for pair in change.full.values() for t in pair if isinstance(t, torch.Tensor)]
+        held += [g.added for g in getattr(change, "appended", {}).values() if isinstance(g.added, torch.Tensor)]
+        held += [t for g in getattr(change, "appended", {}).values() if g.prefix is not None for t in (g.prefix.before, g.prefix.after)]
+        assert held and all(t.shape[0] <= 1 for t in held if t.dim()), [tuple(t.shape) for t in held]
+        assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in held)  # not views
+    for k in range(len(deltas) - 1, 0, -1):  # undo newest first: each time exactly the codebook after k edits
+        deltas[k].undo(loaded)
+        now = find_memory(loaded, GraceCodebook.key).state()
+        assert now["labels"] == books[k - 1]["labels"]
+        assert all(torch.equal(now[n], books[k - 1][n]) for n in ("keys", "values", "radii"))
+    deltas[0].undo(loaded)
+    assert find_memory(loaded, GraceCodebook.key) is None

@@ -120,6 +120,14 @@ def check_checkpointing(checkpointing: Checkpointing, loaded: LoadedModel) -> No
         raise ConfigError(f"--checkpoint-dir: model {loaded.name!r} already carries patches {loaded.patches.keys()}; "
                           "checkpoint a run on a model without patches (the base model, not a --save folder of a "
                           "memory method)")
+    check_checkpoint_folder(checkpointing)
+
+
+def check_checkpoint_folder(checkpointing: Checkpointing) -> None:
+    """A fresh run needs a folder without a checkpoint, a resume one with (``ConfigError`` naming the flag)."""
+    if checkpointing.directory.exists() and not checkpointing.directory.is_dir():
+        raise ConfigError(f"{'--resume' if checkpointing.resume else '--checkpoint-dir'} {checkpointing.directory} "
+                          "is a file; give a folder")
     found = latest_checkpoint(checkpointing.directory)
     if checkpointing.resume and found is None:
         raise ConfigError(f"--resume {checkpointing.directory}: no checkpoint ({PREFIX}NNNNNNN/) in that folder; "
