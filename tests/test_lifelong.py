@@ -117,6 +117,11 @@ def test_resume_refuses_another_runs_checkpoint(tokenizer, tmp_path):
     with pytest.raises(ConfigError, match="already holds a checkpoint.*--resume"):
         evaluate_editing(loaded, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder), **OPTIONS)
     other = build_editor("ft-m", loaded, {**METHODS["ft-m"], "num_steps": 3})
+
+    def no_prepare(_loaded):
+        raise AssertionError("the editor was prepared before the checkpoint was refused")
+
+    other.prepare = no_prepare  # refused before any work
     with pytest.raises(CheckpointError, match="hparams.*--set"):
         evaluate_editing(loaded, other, reqs, protocol="sequential",
                          checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
@@ -244,3 +249,32 @@ def test_a_codebook_edit_keeps_only_what_it_added(tokenizer):
         assert all(torch.equal(now[n], books[k - 1][n]) for n in ("keys", "values", "radii"))
     deltas[0].undo(loaded)
     assert find_memory(loaded, GraceCodebook.key) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, overrides", [("grace", {"num_steps": 10}), ("ft-m", {"num_steps": 5})])
+def test_real_model_run_interrupted_resumes_to_the_same_state(smollm2, tmp_path, method, overrides):
+    """smollm2-135m, ZsRE: a sequence interrupted by Ctrl-C and resumed ends with the weights and patches of the
+    uninterrupted sequence (``N`` edits: LIGHTNING_EDIT_LIFELONG_N, default 40; a few hundred for the full check)."""
+    import os
+
+    from conftest import require_data
+
+    from lightning_edit.data import load_requests
+
+    require_data("zsre")
+    n = int(os.environ.get("LIGHTNING_EDIT_LIFELONG_N", "40"))
+    reqs = load_requests("zsre", n=n)
+    base = state_of(smollm2)
+    _, expected = full_run(smollm2, build_editor(method, smollm2, overrides), reqs)
+    editor = build_editor(method, smollm2, overrides)
+    Interrupt(editor, n // 2 + 1, KeyboardInterrupt())
+    folder = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_editing(smollm2, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder, every=10),
+                         **OPTIONS)
+    assert_same_state(state_of(smollm2), base)
+    _, state = full_run(smollm2, build_editor(method, smollm2, overrides), reqs,
+                        checkpointing=Checkpointing(folder, every=10, resume=True))
+    assert_same_state(state, expected)
+    assert_same_state(state_of(smollm2), base)

@@ -178,11 +178,12 @@ class Restored:
     requests_done: int
 
 
-def restore_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, identity: dict) -> Restored:
-    """Verify the newest checkpoint (manifest, the run it belongs to, tensors) and put its weights and patches on
-    ``loaded``, all before the first write or not at all; then its random states."""
+def verified_position(checkpointing: Checkpointing, identity: dict) -> tuple[Path, dict]:
+    """The newest checkpoint's folder and position, after its manifest and the run it belongs to were checked
+    (a ``CheckpointError`` naming the field that differs and the flag that sets it). Cheap: run before any work."""
     folder = latest_checkpoint(checkpointing.directory)
-    assert folder is not None  # check_checkpointing ran
+    if folder is None:
+        raise CheckpointError(f"--resume {checkpointing.directory}: no checkpoint ({PREFIX}NNNNNNN/) in that folder")
     verify_manifest(folder, CHECKPOINT_FORMAT, required=[WEIGHTS_FILE, RNG_FILE, POSITION_FILE])
     try:
         state = json.loads((folder / POSITION_FILE).read_text(encoding="utf-8"))
@@ -195,6 +196,13 @@ def restore_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, identi
                 f"--resume {checkpointing.directory}: the checkpoint's {key} is {_short(saved_identity.get(key))}, this "
                 f"run's is {_short(value)}; resume with the same {IDENTITY_FIXES[key]} as the interrupted run, or give "
                 "a new --checkpoint-dir")
+    return folder, state
+
+
+def restore_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, identity: dict) -> Restored:
+    """Verify the newest checkpoint (manifest, the run it belongs to, tensors) and put its weights and patches on
+    ``loaded``, all before the first write or not at all; then its random states."""
+    folder, state = verified_position(checkpointing, identity)
     weights = _checked_weights(folder, loaded)
     rng = load_file(str(folder / RNG_FILE))
     params = dict(loaded.model.named_parameters())

@@ -31,7 +31,8 @@ from ..requests import EditRequest
 from ..version import package_versions
 from .generation import GENERATION_ROWS, PENDING_BYTES, DeferredGeneration  # noqa: F401  (importable here as before)
 from .lifelong import (READINGS, Checkpointing, LoopPosition, Restored, capture_rng, check_checkpointing,
-                       immediate_summary, restore_checkpoint, run_identity, SequenceEdits, write_checkpoint)
+                       immediate_summary, restore_checkpoint, run_identity, SequenceEdits, verified_position,
+                       write_checkpoint)
 from .measure import measure
 from .pre_edit import PreEditCache, pre_edit_results
 from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable here as before)
@@ -135,8 +136,11 @@ def evaluate_editing(
                           "and --resume need --sequential)")
     if eval_every < 0:
         raise ConfigError(f"eval_every must be ≥ 0 (0: no curve), got {eval_every}")
+    identity = run_identity(loaded, editor, requests, batch_size, eval_every) if checkpointing else {}
     if checkpointing is not None:
         check_checkpointing(checkpointing, loaded)
+        if checkpointing.resume:
+            verified_position(checkpointing, identity)  # another run's checkpoint: refused before any work
     # One set of generations serves both the fluency score and the printed answers.
     gen_tokens = max(fluency_tokens if fluency else 0, generate_tokens)
     timer = _Timer()
@@ -147,7 +151,6 @@ def evaluate_editing(
     run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
     curve: list[dict] = []
     if protocol == "sequential":
-        identity = run_identity(loaded, editor, requests, batch_size, eval_every) if checkpointing else {}
         kept, curve = _run_sequential(run, chunks, keep_edits, progress,
                                       _Lifelong(eval_every, checkpointing, identity))
     else:
