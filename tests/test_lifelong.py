@@ -252,6 +252,7 @@ def test_a_codebook_edit_keeps_only_what_it_added(tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)  # three runs of the sequence on the real model
 @pytest.mark.parametrize("method, overrides", [("grace", {"num_steps": 10}), ("ft-m", {"num_steps": 5})])
 def test_real_model_run_interrupted_resumes_to_the_same_state(smollm2, tmp_path, method, overrides):
     """smollm2-135m, ZsRE: a sequence interrupted by Ctrl-C and resumed ends with the weights and patches of the
@@ -271,10 +272,10 @@ def test_real_model_run_interrupted_resumes_to_the_same_state(smollm2, tmp_path,
     Interrupt(editor, n // 2 + 1, KeyboardInterrupt())
     folder = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
-        evaluate_editing(smollm2, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder, every=10),
+        evaluate_editing(smollm2, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder, every=4),
                          **OPTIONS)
     assert_same_state(state_of(smollm2), base)
     _, state = full_run(smollm2, build_editor(method, smollm2, overrides), reqs,
-                        checkpointing=Checkpointing(folder, every=10, resume=True))
+                        checkpointing=Checkpointing(folder, every=4, resume=True))
     assert_same_state(state, expected)
     assert_same_state(state_of(smollm2), base)
