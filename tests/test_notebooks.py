@@ -22,8 +22,8 @@ EXAMPLES = ROOT / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 # The tutorials issue 26 asks for; a renamed or deleted one fails test_every_tutorial_is_there, not silently nothing.
 TUTORIALS = ("01_first_edit.ipynb", "02_which_layer.ipynb", "03_train_mend.ipynb", "04_from_easyedit.ipynb")
-# Seconds per notebook, kernel start and cold cache included. Each needs 1.5-3 minutes of CPU on one thread
-# (docs/guides/notebooks.md); the margin is for a machine whose cores are shared. NOTEBOOK_BUDGET_S changes it.
+# Seconds per notebook, kernel start and cold cache included. Each took 47-99 s of CPU on one thread, 182-402 s of
+# wall time on 2 cores shared by ~15 busy processes (docs/guides/notebooks.md); NOTEBOOK_BUDGET_S changes it.
 BUDGET_S = float(os.environ.get("NOTEBOOK_BUDGET_S", "600"))
 
 
