@@ -30,8 +30,13 @@ if TYPE_CHECKING:
     from mkdocs.structure.files import Files
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the checkout's package, also when it is not installed
-    sys.path.insert(0, str(ROOT))
+
+
+def _checkout_first() -> None:
+    """Put the checkout's package first on the import path, also when it is not installed. Done when the pages are
+    built, not at import: MkDocs restores ``sys.path`` after loading its hooks (under the ``mkdocs`` console script)."""
+    if sys.path[:1] != [str(ROOT)]:
+        sys.path.insert(0, str(ROOT))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -280,6 +285,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     """MkDocs event: add (or replace) the generated reference pages before the navigation is built."""
     from mkdocs.structure.files import File
 
+    _checkout_first()
     for src_uri, build in PAGES.items():
         existing = files.get_file_from_path(src_uri)
         if existing is not None:
