@@ -194,6 +194,17 @@ def check_side(side: dict, locality: bool, portability: bool) -> None:
         assert side["portability"] and all(0.0 <= v[0] <= 1.0 for v in side["portability"].values())
 
 
+def report(script: str, method: str, metrics: list) -> None:
+    """The numbers of a run, for the record (pytest -rP shows them)."""
+    def per_request(side: str, key: str) -> list:
+        return [round(m[side][key][0], 3) if key in m[side] else None for m in metrics]
+
+    locality = [round(mean(v[0] for v in m["post"]["locality"].values()), 3) for m in metrics if m["post"]["locality"]]
+    print(f"{script} {method}: rewrite_acc pre {per_request('pre', 'rewrite_acc')} post "
+          f"{per_request('post', 'rewrite_acc')}; rephrase_acc post {per_request('post', 'rephrase_acc')}; locality "
+          f"post {locality}; edit seconds {[round(m['time'], 1) for m in metrics]}")
+
+
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -226,6 +237,7 @@ def test_run_zsre_llama2(tmp_path, method):
         check_side(m["pre"], locality=False, portability=True)
         check_side(m["post"], locality=True, portability=True)
         assert set(m["post"]["locality"]) == {"neighborhood_acc"} and set(m["post"]["portability"]) == {"one_hop_acc"}
+    report("run_zsre_llama2.py", method, metrics)
     # the edit took: the new answer is more likely after than before
     assert mean(m["post"]["rewrite_acc"][0] for m in metrics) > mean(m["pre"]["rewrite_acc"][0] for m in metrics)
 
@@ -241,6 +253,7 @@ def test_run_knowedit_llama2(tmp_path, method):
                         "--datatype=counterfact", f"--metrics_save_dir={out}")
     metrics = json.loads((out / f"{method}_counterfact_smollm2-135m_results.json").read_text())
     assert len(metrics) == 2
+    report("run_knowedit_llama2.py", method, metrics)
     for m in metrics:
         check_side(m["post"], locality=True, portability=True)
         assert m["post"]["fluency"]["ngram_entropy"] > 0  # test_generation=True
@@ -273,6 +286,7 @@ def test_run_wise_editing(tmp_path, method, sequential):
     assert {m["protocol"] for m in metrics} == {"sequential" if sequential else "single"}
     for m in metrics:
         check_side(m["post"], locality=True, portability=False)
+    report(f"run_wise_editing.py sequential={sequential}", method, metrics)
     summary = re.search(r"^Metrics Summary:  (\{.*\})$", stdout, re.M)
     assert summary, stdout[-2000:]
     post_rewrite = mean(m["post"]["rewrite_acc"][0] for m in metrics)
