@@ -1,5 +1,6 @@
-"""An EasyEdit drop-in: EasyEdit's ``BaseEditor``, ``XXXHyperParams``, dataset classes and ``summary_metrics`` over
-lightning-edit, so an EasyEdit script runs with its import lines changed (``easyeditor`` → ``lightning_edit.easyedit``)::
+"""An EasyEdit drop-in: EasyEdit's ``BaseEditor``, ``XXXHyperParams``, dataset classes and ``summary_metrics``
+over lightning-edit, so an EasyEdit script runs with its import lines changed
+(``easyeditor`` → ``lightning_edit.easyedit``)::
 
     from lightning_edit.easyedit import BaseEditor, ROMEHyperParams   # was: from easyeditor import ...
 

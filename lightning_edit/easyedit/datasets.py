@@ -64,7 +64,7 @@ class ZsreDataset(EasyEditDataset):
 
 
 class CounterFactDataset(EasyEditDataset):
-    """EasyEdit's ``CounterFactDataset`` over its CounterFact file (``prompt``, ``target_new``, ``locality_prompt`` ...)."""
+    """EasyEdit's ``CounterFactDataset`` over its CounterFact file (``prompt``, ``target_new``, ``locality_prompt``)."""
 
     def item(self, index: int, r: EditRequest) -> dict:
         loc, loc_ans = _first(r.locality, ("neighborhood", "nq"))
@@ -74,7 +74,7 @@ class CounterFactDataset(EasyEditDataset):
 
 
 def _probe_list(probes: Sequence[PromptAnswer], kind: str) -> Optional[list[dict]]:
-    """KnowEdit's ``[{"prompt": ..., "ground_truth": ...}]`` of one kind; None when the record has none (as EasyEdit)."""
+    """KnowEdit's ``[{"prompt": ..., "ground_truth": ...}]`` of one kind; None where the record has none (EasyEdit)."""
     out = [{"prompt": p.prompt, "ground_truth": p.answer} for p in probes if p.kind == kind]
     return out or None
 

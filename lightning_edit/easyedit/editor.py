@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # EasyEdit's eval_metric values it scores by teacher-forced token accuracy (run_wise_editing.py passes 'token em');
 # its perplexity metrics are refused.
 SAME_EVAL_METRICS = ("exact match", "token_em", "token em")
-REFUSED_EVAL_METRICS = {"ppl": "perplexity of target_new", "ood_ppl": "WISE's thresholded out-of-distribution perplexity"}
+REFUSED_EVAL_METRICS = {"ppl": "perplexity of target_new",
+                        "ood_ppl": "WISE's thresholded out-of-distribution perplexity"}
 FLUENCY_TOKENS = 100  # EasyEdit's test_generation_quality: 100 new tokens
 
 
@@ -214,7 +215,7 @@ def _options(kwargs: dict, sequential_edit: bool) -> dict:
 
 
 def _check_per_request(options: dict, n: int) -> None:
-    """``pre_edit``: one ``{"pre": ...}`` per request; ``loc_prompts``: strings (WISE's unrelated prompts in EasyEdit)."""
+    """``pre_edit``: one ``{"pre": ...}`` per request; ``loc_prompts``: strings (WISE's unrelated prompts)."""
     pre_edit = options["pre_edit"]
     if pre_edit is not None and (not isinstance(pre_edit, list) or len(pre_edit) != n
                                  or not all(isinstance(m, dict) and isinstance(m.get("pre"), dict) for m in pre_edit)):

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Optional
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
-                   Handler, Mapped, rename, resolve_easyedit_model_name)
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS,
+                   EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
 # ---- the classes ---------------------------------------------------------------------------------------------------

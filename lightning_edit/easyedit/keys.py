@@ -197,7 +197,8 @@ def _sentence_model_name(key: str, value: Any, out: Mapped) -> None:
     out.values["sentence_model_name"] = value
     if value.rstrip("/").rsplit("/", 1)[-1].lower() != "all-minilm-l6-v2":
         out.notes.append(f"{key}: {value!r}: demonstrations are embedded with the registered encoder named by "
-                         "sentence_model here (all-MiniLM-L6-v2); set sentence_model to a local model folder for another")
+                         "sentence_model here (all-MiniLM-L6-v2); set sentence_model to a local model folder for "
+                         "another")
 
 
 IKE_KEYS: dict[str, Handler] = {
