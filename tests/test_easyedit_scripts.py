@@ -89,6 +89,28 @@ results_dir: "./results"
 k: 16
 model_parallel: false
 """,
+    "AlphaEdit": (ROOT / "lightning_edit/configs/easyedit/ROME/smollm2-135m.yaml").read_text()
+    .replace('alg_name: "ROME"', 'alg_name: "AlphaEdit"').replace("layers: [4]", "layers: [3, 4, 5, 6, 7]")
+    .replace("clamp_norm_factor: 4", "clamp_norm_factor: 0.75")
+    + "mom2_update_weight: 15000\nnullspace_threshold: 2e-2\n",
+    "UltraEdit": """
+alg_name: "ULTRAEDIT"
+device: 0
+model_name: "smollm2-135m"
+inner_params:
+- model.layers.25.mlp.gate_proj
+- model.layers.26.mlp.gate_proj
+- model.layers.27.mlp.gate_proj
+- model.layers.25.mlp.up_proj
+- model.layers.26.mlp.up_proj
+- model.layers.27.mlp.up_proj
+lr: 1e-6
+token: mask
+batch_size: 2
+batch_size_once: 2
+editor_batch_size: 1024
+model_parallel: false
+""",
     "LoRA": """
 alg_name: "LoRA"
 model_name: "smollm2-135m"
@@ -292,3 +314,29 @@ def test_run_wise_editing(tmp_path, method, sequential):
     post_rewrite = mean(m["post"]["rewrite_acc"][0] for m in metrics)
     assert ast.literal_eval(summary.group(1))["post"]["rewrite_acc"] == pytest.approx(post_rewrite)
     assert post_rewrite > mean(m["pre"]["rewrite_acc"][0] for m in metrics)
+
+
+@pytest.mark.parametrize("method", ["AlphaEdit", "UltraEdit"])
+def test_run_ultraedit_editing(tmp_path, method):
+    """examples/run_ultraedit_editing.py: batch_edit with keep_original_weight=True and sequential_edit together,
+    hparams.batch_size set by the script, summary_metrics."""
+    script = copy_script("run_ultraedit_editing.py", tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    # its ZsRE file: EasyEdit's zsre records with the new answer under 'ans'
+    records = json.loads(data_file("zsre", "zsre_mend_eval_portability_gpt4.json").read_text())[:4]
+    (data / "zsre_eval_20k.json").write_text(json.dumps([{**r, "ans": r["alt"]} for r in records]))
+    out = tmp_path / "outputs"
+    stdout = run_script(script, f"--editing_method={method}", f"--hparams_dir={hparams_file(tmp_path, method)}",
+                        f"--data_dir={data}", "--data_type=zsre", "--ds_size=4", "--batch_size=2",
+                        f"--output_dir={out}", "--sequential_edit")
+    metrics = json.loads((out / f"smollm2-135m_{method}_N=4_Sequential=True.json").read_text())
+    report("run_ultraedit_editing.py sequential=True", method, metrics)
+    assert [m["requested_rewrite"]["prompt"] for m in metrics] == [r["src"] for r in records]
+    assert {m["protocol"] for m in metrics} == {"sequential"}
+    assert {m["scored"] for m in metrics} == {"2 batches of up to 2 requests applied one after another and kept; all "
+                                              "requests scored after the last batch"}
+    for m in metrics:
+        check_side(m["post"], locality=True, portability=False)
+    assert re.search(r"^Metrics Summary:  \{", stdout, re.M), stdout[-2000:]
+    assert mean(m["post"]["rewrite_acc"][0] for m in metrics) > mean(m["pre"]["rewrite_acc"][0] for m in metrics)
