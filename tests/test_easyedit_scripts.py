@@ -33,8 +33,9 @@ ln_f_module: "model.norm"
 lm_head_module: "lm_head"
 """
 
-# EasyEdit-format hparams for smollm2-135m: ROME is our shipped file; the others copy the keys of EasyEdit's own
-# hparams/<METHOD>/llama-7b.yaml with values for a 135M model (WISE: as configs/wise/smollm2-135m.yaml, fewer steps).
+# EasyEdit-format hparams for smollm2-135m: ROME is our shipped file, AlphaEdit the same keys with configs/alphaedit's
+# values; the others copy the keys of EasyEdit's own hparams/<METHOD>/*.yaml with values for a 135M model (WISE: as
+# configs/wise/smollm2-135m.yaml, fewer steps).
 HPARAMS = {
     "ROME": (ROOT / "lightning_edit/configs/easyedit/ROME/smollm2-135m.yaml").read_text(),
     "FT": """
@@ -91,7 +92,7 @@ model_parallel: false
 """,
     "AlphaEdit": (ROOT / "lightning_edit/configs/easyedit/ROME/smollm2-135m.yaml").read_text()
     .replace('alg_name: "ROME"', 'alg_name: "AlphaEdit"').replace("layers: [4]", "layers: [3, 4, 5, 6, 7]")
-    .replace("clamp_norm_factor: 4", "clamp_norm_factor: 0.75")
+    .replace("clamp_norm_factor: 4", "clamp_norm_factor: 0.75").replace("v_lr: 2.0", "v_lr: 0.5")  # configs/alphaedit
     + "mom2_update_weight: 15000\nnullspace_threshold: 2e-2\n",
     "UltraEdit": """
 alg_name: "ULTRAEDIT"
