@@ -38,6 +38,7 @@ KNOWEDIT_RECORDS = [
 ]
 BASE = dict(prompts=["Ray Charles plays the", "Grant Hill plays"], target_new=["violin", "soccer"],
             subject=["Ray Charles", "Grant Hill"], verbose=False)
+ONE = {k: v[:1] if isinstance(v, list) else v for k, v in BASE.items()}  # one request: where one shows the meaning
 
 
 @pytest.fixture
@@ -90,17 +91,17 @@ def test_test_generation_adds_fluency_only_when_asked(editor, monkeypatch):
     from lightning_edit.easyedit import editor as easyedit_editor
 
     monkeypatch.setattr(easyedit_editor, "FLUENCY_TOKENS", 4)
-    plain, _, _ = editor.edit(**BASE)
+    plain, _, _ = editor.edit(**ONE)
     assert all("fluency" not in m["pre"] and "fluency" not in m["post"] for m in plain)
-    fluent, _, _ = editor.edit(**BASE, test_generation=True)
+    fluent, _, _ = editor.edit(**ONE, test_generation=True)
     assert all(m["post"]["fluency"]["ngram_entropy"] >= 0 and "fluency" in m["pre"] for m in fluent)
 
 
-@pytest.mark.parametrize("name", ["exact match", "token_em", "token em"])
-def test_eval_metric_values_easyedit_scores_by_token_accuracy(editor, name):
-    default, _, _ = editor.edit(**BASE)
-    given, _, _ = editor.edit(**BASE, eval_metric=name)
-    assert [m["post"]["rewrite_acc"] for m in given] == [m["post"]["rewrite_acc"] for m in default]
+def test_eval_metric_values_easyedit_scores_by_token_accuracy(editor):
+    default, _, _ = editor.edit(**ONE)
+    for name in ("exact match", "token_em", "token em"):  # 'token em': what run_wise_editing.py passes for ZsRE
+        given, _, _ = editor.edit(**ONE, eval_metric=name)
+        assert [m["post"]["rewrite_acc"] for m in given] == [m["post"]["rewrite_acc"] for m in default]
 
 
 @pytest.mark.parametrize("name, match", [("ppl", "eval_metric='ppl' .*perplexity.* is not computed here"),
@@ -109,7 +110,7 @@ def test_eval_metric_values_easyedit_scores_by_token_accuracy(editor, name):
 def test_eval_metric_refused_before_any_work(editor, name, match):
     before = state(editor)
     with pytest.raises(ConfigError, match=match):
-        editor.edit(**BASE, eval_metric=name, sequential_edit=True)
+        editor.edit(**ONE, eval_metric=name, sequential_edit=True)
     assert not changed(before, editor)
 
 
@@ -117,8 +118,8 @@ def test_train_ds_is_ignored_by_methods_other_than_ike(editor, tmp_path):
     path = tmp_path / "zsre.json"
     path.write_text(json.dumps(ZSRE_RECORDS))
     for train_ds in (None, ZsreDataset(str(path))):
-        metrics, _, _ = editor.edit(**BASE, train_ds=train_ds, keep_original_weight=True)
-        assert len(metrics) == 2 and editor.editor.name == "rome"
+        metrics, _, _ = editor.edit(**ONE, train_ds=train_ds, keep_original_weight=True)
+        assert len(metrics) == 1 and editor.editor.name == "rome"
 
 
 def test_pre_file_written_then_read_back_as_pre_edit(editor, tmp_path):
@@ -134,10 +135,10 @@ def test_pre_file_written_then_read_back_as_pre_edit(editor, tmp_path):
 
 
 def test_loc_prompts_accepted_and_checked(editor):
-    metrics, _, _ = editor.edit(**BASE, loc_prompts=["nq question: who plays basketball Larry Bird"])
-    assert len(metrics) == 2
+    metrics, _, _ = editor.edit(**ONE, loc_prompts=["nq question: who plays basketball Larry Bird"])
+    assert len(metrics) == 1
     with pytest.raises(ConfigError, match="loc_prompts must be a list of strings"):
-        editor.edit(**BASE, loc_prompts=[1, 2])
+        editor.edit(**ONE, loc_prompts=[1, 2])
 
 
 def test_zsre_dataset_items_as_easyedit(tmp_path):
