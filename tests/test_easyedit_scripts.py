@@ -35,7 +35,7 @@ lm_head_module: "lm_head"
 
 # EasyEdit-format hparams for smollm2-135m: ROME is our shipped file, AlphaEdit the same keys with configs/alphaedit's
 # values; the others copy the keys of EasyEdit's own hparams/<METHOD>/*.yaml with values for a 135M model (WISE: as
-# configs/wise/smollm2-135m.yaml, fewer steps).
+# configs/wise/smollm2-135m.yaml: 40 steps, lr 0.05, its margins).
 HPARAMS = {
     "ROME": (ROOT / "lightning_edit/configs/easyedit/ROME/smollm2-135m.yaml").read_text(),
     "FT": """
@@ -65,7 +65,7 @@ model_name: "smollm2-135m"
 device: 0
 mask_ratio: 0.2
 edit_lr: 0.05
-n_iter: 15
+n_iter: 40
 norm_constraint: 0.2
 act_margin: [15.0, 30.0, 10.0]
 act_ratio: 0.95
