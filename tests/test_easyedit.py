@@ -221,12 +221,10 @@ def test_edit_returns_easyedit_metrics_and_weights_copy(tmp_path, tokenizer, mon
 def test_edit_arguments_refused_before_any_work(tmp_path, tokenizer):
     editor = BaseEditor.from_hparams(ROMEHyperParams.from_hparams(rome_file(tmp_path)), loaded=build_tiny("llama", tokenizer))
     base = dict(prompts=["Ray Charles plays the"], target_new=["violin"], subject=["Ray Charles"], verbose=False)
-    with pytest.raises(ConfigError, match="contradict"):
-        editor.edit(**base, sequential_edit=True, keep_original_weight=True)
     with pytest.raises(ConfigError, match="eval_metric='ppl'"):
         editor.edit(**base, eval_metric="ppl")
-    with pytest.raises(ConfigError, match=r"\['train_ds'\]"):
-        editor.edit(**base, train_ds=[])
+    with pytest.raises(ConfigError, match=r"\['target_neg_prompts'\]"):
+        editor.edit(**base, target_neg_prompts=[])
     with pytest.raises(ConfigError, match="locality_inputs must be a dict"):  # EasyEdit's old locality_prompts list
         editor.batch_edit(base["prompts"], base["target_new"], None, None, ["Larry Bird plays"], verbose=False)
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Optional
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError, docs_link
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
-                   Handler, Mapped, rename, resolve_easyedit_model_name)
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS,
+                   EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
 # ---- the classes ---------------------------------------------------------------------------------------------------
@@ -176,7 +176,17 @@ WISEHyperParams = _simple("WISEHyperParams", "wise", ("WISE",), WISE_KEYS)
 MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rename("editor_checkpoint")})
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
-IKEHyperParams = _simple("IKEHyperParams", "ike", ("IKE",))
+
+
+@dataclass
+class IKEHyperParams(EasyEditHParams, _editor_hparams("ike")):
+    """EasyEdit's IKE, over ours. ``sentence_model_name`` is kept for scripts that read it; the demonstrations are
+    embedded with our registered encoder ``sentence_model`` (all-MiniLM-L6-v2, EasyEdit's default)."""
+
+    sentence_model_name: Optional[str] = None
+    METHOD: ClassVar[str] = "ike"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("IKE",)
+    KEYS: ClassVar[dict[str, Handler]] = IKE_KEYS
 
 EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
                     GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)

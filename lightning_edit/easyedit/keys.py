@@ -188,3 +188,20 @@ WISE_KEYS: dict[str, Handler] = {
     "merge_alg": accepted(("ties",), "shards are merged with TIES here"),
     **{k: no_meaning("not used by WISE here") for k in ("merge_freq", "weights", "retrieve", "replay", "objective_optimization")},
 }
+
+
+def _sentence_model_name(key: str, value: Any, out: Mapped) -> None:
+    """IKE's sentence encoder: EasyEdit's all-MiniLM-L6-v2 is our registered default; another one is noted."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a sentence model's name or folder, got {value!r}")
+    out.values["sentence_model_name"] = value
+    if value.rstrip("/").rsplit("/", 1)[-1].lower() != "all-minilm-l6-v2":
+        out.notes.append(f"{key}: {value!r}: demonstrations are embedded with the registered encoder named by "
+                         "sentence_model here (all-MiniLM-L6-v2); set sentence_model to a local model folder for "
+                         "another")
+
+
+IKE_KEYS: dict[str, Handler] = {
+    "sentence_model_name": _sentence_model_name,
+    "results_dir": no_meaning("the pool's embeddings are cached as safetensors under the cache directory here"),
+}
