@@ -7,7 +7,7 @@ import torch
 
 from conftest import build_tiny
 from lightning_edit.editors import build_editor
-from lightning_edit.editors.learned.hypernetwork import edit_batch, edited_logits, gradient_factors
+from lightning_edit.editors.learned.hypernetwork import edit_batch, gradient_factors
 from lightning_edit.editors.learned.malmen import MALMENEditor, MALMENHyperParams, normal_equation_shift
 from lightning_edit.editors.learned.malmen.module import MALMENModule
 from lightning_edit.editors.learned.mend import MENDEditor, MENDHyperParams

@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Optional
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, MALMEN_KEYS, WISE_KEYS,
+                   EasyEditKeyWarning,
                    Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
@@ -176,9 +177,11 @@ MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rena
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
 IKEHyperParams = _simple("IKEHyperParams", "ike", ("IKE",))
+MALMENHyperParams = _simple("MALMENHyperParams", "malmen", ("MALMEN",), MALMEN_KEYS)
 
 EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
-                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
+                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams,
+                    MALMENHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------
