@@ -169,3 +169,19 @@ def test_malmen_shares_mends_transform(tokenizer):
     malmen_keys = set(tiny_malmen(loaded).network.state_dict())
     assert malmen_keys - mend_keys == {"log_lambdas"}
     assert {k for k in mend_keys if ".0." not in k} <= malmen_keys  # MEND's block 0 keys; MALMEN has n_blocks=2
+
+
+def test_validation_edits_the_batch_at_once(tokenizer, monkeypatch):
+    """MALMEN validates in its regime: a validation batch is one edit (one solve), each request scored on it;
+    MEND's module still edits each request alone."""
+    from lightning_edit.editors.learned.mend.module import MENDModule
+
+    loaded = build_tiny("llama", tokenizer)
+    for cls, expected in ((MALMENModule, [3]), (MENDModule, [1, 1, 1])):
+        module = cls(loaded.name, {"rank": 8}, {}, loaded=loaded)
+        calls = []
+        real_edit = module.editor.edit
+        monkeypatch.setattr(module.editor, "edit", lambda m, reqs: calls.append(len(reqs)) or real_edit(m, reqs))
+        module.validation_step(REQUESTS, 0)
+        assert calls == expected, cls.__name__
+        assert module.val_edit_success.compute().isfinite() and module.val_locality.compute().isfinite()

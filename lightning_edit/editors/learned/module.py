@@ -17,7 +17,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from ...models.loading import LoadedModel, load_model
-from ...models.teacher_forcing import build_target_batch
+from ...models.teacher_forcing import TargetBatch, build_target_batch
 from ...requests import EditRequest
 from .hypernetwork import LearnedEditor, LearnedHyperParams, agreement, edit_batch, locality_batch, target_accuracy
 from .settings import TrainingConfig
@@ -135,7 +135,7 @@ class EditorModule(L.LightningModule):
             finally:
                 delta.undo(loaded)
 
-    def _score(self, r: EditRequest, loc, base_loc: Optional[torch.Tensor]) -> None:
+    def _score(self, r: EditRequest, loc: Optional[TargetBatch], base_loc: Optional[torch.Tensor]) -> None:
         loaded = self.base
         eb = edit_batch(loaded, [r])
         self.val_edit_success.update(target_accuracy(loaded.model(**eb.model_inputs()).logits, eb.labels))
