@@ -15,8 +15,9 @@ from lightning_edit.errors import ConfigError
 from lightning_edit.requests import EditRequest, PromptAnswer
 
 REQUESTS = [
-    EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City", rephrase_prompts=("Freedonia's capital is",),
-                locality=(PromptAnswer("The sky is", "blue"),), case_id=0),
+    EditRequest(prompt="The capital of Freedonia is", target_new="Sylvania City",
+                rephrase_prompts=("Freedonia's capital is",), locality=(PromptAnswer("The sky is", "blue"),),
+                case_id=0),
     EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English",
                 rephrase_prompts=("Danielle Darrieux speaks",), locality=(PromptAnswer("Two plus two is", "four"),),
                 case_id=1),
