@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", action="store_true", help="apply all edits in one call (default: one after another, keeping each)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML)")
-    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, ke, serac)")
+    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, malmen, ke, serac)")
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")

@@ -20,7 +20,7 @@ DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
   edit     (the default) apply edits and report: the options above
   study    run a study configuration (configs/study/) and write its tables and figures
-  train    train a learnt editor (MEND, KE, SERAC), as python train.py: train mend smollm2-135m --print_config
+  train    train a learnt editor (MEND, MALMEN, KE, SERAC), as python train.py: train mend smollm2-135m --print_config
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
   stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2

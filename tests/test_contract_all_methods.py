@@ -41,6 +41,7 @@ def overrides_for(method: str, tmp_path) -> dict:
         "wise": {"memory_pool": [], "layer": -2, "num_steps": 3},
         "calinet": {"layers": [1], "num_steps": 3},
         "mend": {"rank": 8},
+        "malmen": {"rank": 8},
         "ke": {"hidden_dim": 16, "condition_dim": 16, "lstm_hidden": 8},
         "serac": {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2, "lora_layers": [-2, -1]},
         "ike": {"k": 0, "cache_embeddings": False},

@@ -294,3 +294,73 @@ def test_readme_rome_example_on_smollm2(monkeypatch, capsys):
     assert sum(post) / 3 >= 0.9 and sum(pre) / 3 <= 0.5, (pre, post)
     weights_copy()  # undo through the callable form of the third return value
     assert dict(weights_copy) and "model.layers.4.mlp.down_proj.weight" in weights_copy
+
+
+# EasyEdit's hparams/MALMEN/gpt2-xl.yaml, every key as the file has it (zjunlp/EasyEdit)
+MALMEN_GPT2_XL = """
+alg_name: "MALMEN"
+archive: ./results/models/MALMEN/gpt2-xl
+device: 0
+model_name: ./hugging_cache/gpt2-xl
+model_class: GPT2LMHeadModel
+tokenizer_class: GPT2TokenizerFast
+tokenizer_name: ./hugging_cache/gpt2-xl
+inner_params:
+- transformer.h.42.mlp.c_proj.weight
+- transformer.h.43.mlp.c_proj.weight
+- transformer.h.44.mlp.c_proj.weight
+- transformer.h.45.mlp.c_proj.weight
+- transformer.h.46.mlp.c_proj.weight
+- transformer.h.47.mlp.c_proj.weight
+dropout: 0.0
+train_base: False
+no_grad_layers: null
+rank: 1920
+n_blocks: 2
+lr: 1e-6
+meta_lr: 1e-5
+loc_coef: 1
+max_grad_norm: 1
+token: mask
+n_edits: 1
+batch_size: 1
+editor_batch_size: 1024
+silent: False
+max_iters: 10000
+log_interval: 100
+eval_log_interval: 100
+final_eval: True
+val_interval: 100
+early_stop_patience: 1000
+early_stop_key: "ES_val"
+eval_only: False
+debug: False
+save: False
+val_batch_size: 1
+val_steps: 200 # only for debug
+model_parallel: false
+results_dir: ./results
+"""
+
+
+def test_easyedit_malmen_file(tmp_path):
+    from lightning_edit.easyedit import MALMENHyperParams
+
+    with pytest.warns(EasyEditKeyWarning) as caught:
+        hp = MALMENHyperParams.from_hparams(write(tmp_path, MALMEN_GPT2_XL))
+    message = "\n".join(str(w.message) for w in caught)
+    for key in ("meta_lr", "loc_coef", "editor_batch_size", "dropout", "train_base"):
+        assert f"\n  {key}:" in message, key
+    assert hp.model_name == "gpt2-xl" and hp.alg_name == "MALMEN"
+    assert hp.layers == [42, 43, 44, 45, 46, 47] and hp.module_templates["inner_params"] == "transformer.h.{}.mlp.c_proj"
+    assert (hp.rank, hp.n_blocks, hp.edit_lr_init, hp.key_positions) == (1920, 2, 1e-6, "all")  # token: mask
+    assert hp.editor_checkpoint == "./results/models/MALMEN/gpt2-xl"
+    assert hp.training == {"lr": 1e-5, "c_loc": 1.0, "gradient_clip_val": 1.0, "max_steps": 10000, "batch_size": 1}
+    assert isinstance(hp.training["lr"], float)  # YAML reads 1e-5 as text: typed by the training settings
+    native = hp.native()
+    assert type(native).__name__ == "MALMENHyperParams" and native.layers == hp.layers
+    with pytest.raises(ConfigError, match="token"):
+        MALMENHyperParams.from_easyedit_dict({"alg_name": "MALMEN", "model_name": "smollm2-135m", "token": "subject"})
+    with pytest.raises(ConfigError, match="different projections"):
+        MALMENHyperParams.from_easyedit_dict({"alg_name": "MALMEN", "model_name": "smollm2-135m", "inner_params": [
+            "model.layers.28.mlp.down_proj.weight", "model.layers.29.mlp.up_proj.weight"]})

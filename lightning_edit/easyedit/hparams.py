@@ -20,8 +20,8 @@ from typing import Any, ClassVar, Optional
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError, docs_link
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS,
-                   EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, MALMEN_KEYS,
+                   WISE_KEYS, EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
 # ---- the classes ---------------------------------------------------------------------------------------------------
@@ -176,6 +176,7 @@ WISEHyperParams = _simple("WISEHyperParams", "wise", ("WISE",), WISE_KEYS)
 MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rename("editor_checkpoint")})
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
+MALMENHyperParams = _simple("MALMENHyperParams", "malmen", ("MALMEN",), MALMEN_KEYS)
 
 
 @dataclass
@@ -188,8 +189,10 @@ class IKEHyperParams(EasyEditHParams, _editor_hparams("ike")):
     ALG_NAMES: ClassVar[tuple[str, ...]] = ("IKE",)
     KEYS: ClassVar[dict[str, Handler]] = IKE_KEYS
 
+
 EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
-                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
+                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams,
+                    MALMENHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------

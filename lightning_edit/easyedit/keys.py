@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..editors.learned.malmen.settings import MALMENTraining
 from ..errors import ConfigError
 from ..models.registry import MODELS, resolve_model_name
 
@@ -109,6 +110,43 @@ def _inner_params(key: str, value: Any, out: Mapped) -> None:
     out.values.setdefault("module_templates", {})[key] = re.sub(r"\.\d+(?=\.)", ".{}", path, count=1)
 
 
+def _inner_params_layers(key: str, value: Any, out: Mapped) -> None:
+    """MEND/MALMEN's ``inner_params: [transformer.h.46.mlp.c_proj.weight, ...]`` → ``layers`` (the blocks, in order)
+    and one template, checked against the model once it is loaded: every weight must be the same projection."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{key} must list weights, e.g. ['model.layers.29.mlp.down_proj.weight'], got {value!r}")
+    paths = [re.sub(r"\[(\d+)\]", r".\1", x).removesuffix(".weight") for x in items]
+    numbers = [re.findall(r"\.(\d+)(?=\.)", p) for p in paths]
+    for item, found in zip(items, numbers):
+        if len(found) != 1:
+            raise ConfigError(f"{key}: {item!r} names no single block number")
+    templates = {re.sub(r"\.\d+(?=\.)", ".{}", p, count=1) for p in paths}
+    if len(templates) != 1:
+        raise ConfigError(f"{key}: the weights are different projections ({sorted(templates)}); the MLP output "
+                          "projection of each listed block is what is edited here")
+    out.values["layers"] = [int(n[0]) for n in numbers]
+    out.values.setdefault("module_templates", {})[key] = templates.pop()
+
+
+def training_key(ours: str, training: type) -> Handler:
+    """A key of EasyEdit's training file that is a setting of ``train.py`` here (the ``training:`` section), typed
+    and checked by the method's training settings (YAML reads ``1e-5`` as text)."""
+    def handle(key: str, value: Any, out: Mapped) -> None:
+        typed = getattr(training.from_dict({ours: value}, source=f"EasyEdit key {key}"), ours)
+        out.values.setdefault("training", {})[ours] = typed
+        out.notes.append(f"{key}: {value!r}: training.{ours} for `python train.py` (no effect on editing)")
+    return handle
+
+
+def _token(key: str, value: Any, out: Mapped) -> None:
+    """MALMEN's ``token``: keys at the answer tokens (``ans``) or at every attended token (``mask``)."""
+    choices = {"ans": "target", "mask": "all"}
+    if value not in choices:
+        raise ConfigError(f"{key} must be 'ans' (keys at the target tokens) or 'mask' (every token), got {value!r}")
+    out.values["key_positions"] = choices[value]
+
+
 def _template(key: str, value: Any, out: Mapped) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a module path such as 'model.layers.{{}}.mlp.down_proj', got {value!r}")
@@ -204,4 +242,14 @@ def _sentence_model_name(key: str, value: Any, out: Mapped) -> None:
 IKE_KEYS: dict[str, Handler] = {
     "sentence_model_name": _sentence_model_name,
     "results_dir": no_meaning("the pool's embeddings are cached as safetensors under the cache directory here"),
+}
+
+
+# MALMEN: the network's keys map by name (rank, n_blocks); its training keys go to the training: section.
+MALMEN_KEYS: dict[str, Handler] = {
+    "archive": rename("editor_checkpoint"), "inner_params": _inner_params_layers, "lr": rename("edit_lr_init"),
+    "token": _token, **{key: training_key(ours, MALMENTraining) for key, ours in (
+        ("meta_lr", "lr"), ("loc_coef", "c_loc"), ("max_grad_norm", "gradient_clip_val"), ("max_iters", "max_steps"),
+        ("n_edits", "batch_size"))},
+    "editor_batch_size": no_meaning("every key of an edit goes through the hypernetwork at once here"),
 }

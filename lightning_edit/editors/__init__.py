@@ -3,7 +3,8 @@
 - ``ft.py``: fine-tuning (FT-L, FT-M);
 - ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
 - ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, IKE);
-- ``learned/``: trained editors, one folder each with its LightningModule and settings (MEND, KE, SERAC).
+- ``learned/``: trained editors, one folder each with its LightningModule and settings (MEND, MALMEN, KE,
+  SERAC).
 
 Importing this package registers them all in ``EDITORS``.
 """
