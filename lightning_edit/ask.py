@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .options import add_threads_option, parse_override  # one override parser and thread option for every command
+from .options import add_device_options, add_threads_option, parse_override, placement_args  # one override parser and thread option for every command
 from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
-    p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    add_device_options(p, "torch device")
     add_threads_option(p)
     return p
 
@@ -226,7 +226,7 @@ def _edit_run(args: argparse.Namespace, method: str, requests: list):
     from .runner import Run, RunSpec
 
     run = Run(RunSpec(model=args.model, method=method, device=args.device, overrides=dict(args.overrides),
-                      editor=args.editor, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR"))
+                      editor=args.editor, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR", **placement_args(args)))
     if get_editor_class(method).needs_subject:
         for r in requests:
             if r.subject is None:
@@ -279,7 +279,8 @@ def _load(name: str, args: argparse.Namespace):
     """A model to answer with, through the one runner (its preflight, its loading)."""
     from .runner import Run, RunSpec
 
-    return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR")).load()
+    return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR",
+                       **placement_args(args))).load()
 
 
 def _answers(loaded, p: Plan, args: argparse.Namespace) -> list[str]:

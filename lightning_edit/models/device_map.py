@@ -31,23 +31,30 @@ class _DefaultDevice(str):
 DEFAULT_DEVICE = _DefaultDevice("cpu")
 
 
+def placement_args(args: Any) -> dict:
+    """The ``RunSpec`` fields of ``options.add_device_options`` (none given: the defaults)."""
+    return {"device_map": getattr(args, "device_map", None), "max_memory": getattr(args, "max_memory", None),
+            "offload_folder": getattr(args, "offload_folder", None)}
+
+
+
 @dataclass(frozen=True)
 class Placement:
     """Where a model's parts go: a strategy or a device-map file, memory limits per device, a folder for disk."""
 
-    device_map: str
+    device_map: Union[str, dict]  # a strategy, a JSON file's path, or (Python API) the module → device dict itself
     max_memory: Optional[dict[DeviceName, str]] = None
     offload_folder: Optional[str] = None
 
     @classmethod
-    def from_flags(cls, device_map: Optional[str], max_memory: Any = None, offload_folder: Optional[str] = None,
+    def from_flags(cls, device_map: Union[str, dict, None], max_memory: Any = None, offload_folder: Optional[str] = None,
                    device: Any = DEFAULT_DEVICE) -> Optional["Placement"]:
         """The checked placement of the flags (None when ``--device-map`` is not given; then ``--max-memory`` and
         ``--offload-folder`` are refused, as they would be silently ignored)."""
         if device_map is None:
             given = [flag for flag, value in (("--max-memory", max_memory), ("--offload-folder", offload_folder)) if value]
             if given:
-                raise ConfigError(f"{' and '.join(given)} only apply with --device-map; add --device-map auto (or "
+                raise ConfigError(f"{' and '.join(given)}: no effect without --device-map; add --device-map auto (or "
                                   "balanced, or a JSON file) or drop them")
             return None
         if device is not None and device is not DEFAULT_DEVICE:
@@ -60,11 +67,13 @@ class Placement:
             check_writable_directory(Path(offload_folder), "--offload-folder")
         if placement.map_file is not None:
             placement.check_devices(read_map_file(placement.map_file).values())
+        elif isinstance(device_map, dict):
+            placement.check_devices(device_map.values())
         return placement
 
     @property
     def map_file(self) -> Optional[Path]:
-        return None if self.device_map in STRATEGIES else Path(self.device_map)
+        return None if isinstance(self.device_map, dict) or self.device_map in STRATEGIES else Path(self.device_map)
 
     def check_devices(self, devices: Any) -> None:
         """Each device exists here; ``disk`` needs ``--offload-folder``."""
@@ -80,7 +89,9 @@ class Placement:
                                   f"{torch.cuda.device_count()} GPU(s); use cpu or disk, or a GPU that exists")
 
 
-def _checked_map_choice(device_map: str) -> str:
+def _checked_map_choice(device_map: Union[str, dict]) -> Union[str, dict]:
+    if isinstance(device_map, dict):
+        return _checked_entries(device_map, "device_map")
     if device_map in STRATEGIES:
         return device_map
     path = Path(device_map)
@@ -139,7 +150,11 @@ def read_map_file(path: Path) -> dict[str, DeviceName]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ConfigError(f"{flag}: not a readable JSON file ({type(err).__name__}: {err})") from None
-    if not isinstance(raw, dict) or not raw:
+    return _checked_entries(raw, flag)
+
+
+def _checked_entries(raw: Any, flag: str) -> dict[str, DeviceName]:
+    if not isinstance(raw, dict) or not raw or not all(isinstance(k, str) for k in raw):
         raise ConfigError(f"{flag}: must be a JSON object of module name → device, e.g. "
                           "{\"model.embed_tokens\": 0, \"model.layers.0\": 0, \"lm_head\": \"cpu\"}")
     out: dict[str, DeviceName] = {}
@@ -168,6 +183,8 @@ def device_map_for(model: nn.Module, placement: Placement) -> dict[str, DeviceNa
     """The module → device map of ``placement`` for this model (a file checked, a strategy computed)."""
     from accelerate.utils import get_balanced_memory, infer_auto_device_map
 
+    if isinstance(placement.device_map, dict):
+        return checked_map(model, placement.device_map, "device_map")
     if placement.map_file is not None:
         return checked_map(model, read_map_file(placement.map_file), f"--device-map {placement.device_map}")
     no_split = list(getattr(model, "_no_split_modules", None) or [])

@@ -11,7 +11,7 @@ from torch import nn
 
 from .layout import ModelLayout
 from .patches import PatchRegistry
-from .placement import input_device, read_tensor
+from .placement import input_device, real_state
 
 
 @dataclass
@@ -51,14 +51,9 @@ class LoadedModel:
             params = dict(self.model.named_parameters())
             # offloaded (meta) tensors share data_ptr 0: only real storage identifies a tied alias
             by_storage = {params[n].data_ptr(): t for n, t in replace.items() if n in params and params[n].data_ptr()}
-        for name, param in sorted(self.model.state_dict().items()):
+        for name, param in sorted(real_state(self.model).items()):  # offloaded tensors (--device-map) read from their store
             digest.update(name.encode())
-            if replace and name in replace:
-                t = replace[name]
-            elif param.device.type == "meta":
-                t = read_tensor(self.model, name)  # offloaded by --device-map: its values live in the offload store
-            else:
-                t = by_storage.get(param.data_ptr(), param)
+            t = replace[name] if replace and name in replace else by_storage.get(param.data_ptr(), param)
             t = t.detach().to("cpu").contiguous()
             # Sample a strided subset of large tensors: a full hash of 500 MB costs seconds for no gain.
             flat = t.reshape(-1)

@@ -19,7 +19,7 @@ from .gguf import load_gguf as _load_gguf_cached
 from .hub import load_transformers as _load_transformers
 from .layout import layout_for
 from .loaded import LoadedModel
-from .device_map import Placement, dispatch
+from .device_map import DEFAULT_DEVICE, Placement, dispatch
 from .registry import MODELS, resolve_model_name
 from .saving import open_saved
 
@@ -40,8 +40,10 @@ def load_model(
     *,
     cache_dir: Optional[Union[str, Path]] = None,
     dtype: Union[torch.dtype, str] = torch.float32,
-    device: Union[str, torch.device] = "cpu",
-    placement: Optional[Placement] = None,
+    device: Union[str, torch.device] = DEFAULT_DEVICE,
+    device_map: Union[str, dict, None] = None,
+    max_memory: Union[str, dict, None] = None,
+    offload_folder: Union[str, Path, None] = None,
 ) -> LoadedModel:
     """Load a registered model, a hub id or a local transformers directory, in eval mode.
 
@@ -52,8 +54,11 @@ def load_model(
     (memories, routers, prompt contexts) are verified and re-attached, so the model answers as the edited one did.
     Their kinds must be registered first (``import lightning_edit.editors``; ``lightning_edit.load_model`` does).
 
-    ``placement`` (``--device-map``): the model is spread over devices, CPU memory and disk by accelerate instead of
-    being put on ``device`` (``device_map.py``); it is read whole into CPU memory first."""
+    ``device_map`` (``--device-map``: "auto", "balanced", a JSON file or a module → device dict), with
+    ``max_memory`` ("cpu=200MB,0=20GB" or a dict) and ``offload_folder`` (for modules put on disk): the model is
+    spread over devices, CPU memory and disk by accelerate instead of being put on ``device`` (``device_map.py``);
+    it is read whole into CPU memory first."""
+    placement = Placement.from_flags(device_map, max_memory, offload_folder, device=device)  # before any loading
     dtype = resolve_dtype(dtype, flag="dtype")
     warn_if_slow_dtype(dtype, device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

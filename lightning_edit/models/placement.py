@@ -71,7 +71,7 @@ def write_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module, attr = _owner(model, name)
     tensor = getattr(module, attr)
     if tuple(value.shape) != tuple(tensor.shape):
-        raise LightningEditError(f"cannot write a {list(value.shape)} tensor into {name}, which is {list(tensor.shape)}")
+        raise LightningEditError(f"cannot write a {list(value.shape)} tensor into {name}, a {list(tensor.shape)} one")
     with torch.no_grad():
         if tensor.device.type != "meta":
             tensor.copy_(value)
@@ -195,9 +195,10 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device(hook.execution_device) if hook is not None else tensor.device
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model.state_dict()`` with every offloaded tensor read from its store (what a save must write)."""
-    return {name: (read_tensor(model, name) if t.device.type == "meta" else t) for name, t in model.state_dict().items()}
+def real_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each offloaded tensor read from its store (a hash or a save sees real values)."""
+    state = model.state_dict()
+    return {name: (read_tensor(model, name) if t.device.type == "meta" else t) for name, t in state.items()}
 
 
 def offload_files(folder: str | Path) -> dict[str, bytes]:
