@@ -74,6 +74,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
     """Everything checked before the model loads: the kinds, the noise, the device, the output folder and the
     records (at least one, each with a subject and a true answer). Returns (kinds, output folder, requests)."""
     from .data import load_requests
+    from .models.device_map import Placement
     from .preflight import check_environment, check_model_source
 
     kinds = parse_kinds(args.kinds)
@@ -81,6 +82,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
         raise ConfigError(f"--noise {args.noise}: give a positive, finite multiple of the embeddings' standard "
                           "deviation (ROME: 3)")
     check_environment(args.device, args.dtype)  # the shared preflight: device, dtype, model
+    Placement.from_flags(**placement_args(args), device=args.device)
     output = Path(args.output or f"results/trace-{args.model.replace('/', '_')}")
     check_output_path("--output", str(output), directory=True)
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)

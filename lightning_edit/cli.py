@@ -97,6 +97,7 @@ def build_study_parser() -> argparse.ArgumentParser:
 def run_study(argv: Sequence[str]) -> int:
     from .evaluation.study import StudyConfig, safe_folder_name
     from .study_runner import Study
+    from .models.device_map import Placement
     from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)
@@ -106,6 +107,7 @@ def run_study(argv: Sequence[str]) -> int:
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         config.check("--methods")
     check_study(config, args.device)  # the shared preflight, for every method of the study
+    Placement.from_flags(**placement_args(args), device=args.device)  # --device-map and its flags, before any cell
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
     tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,

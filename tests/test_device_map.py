@@ -62,8 +62,8 @@ def test_offloaded_tiny_model_takes_and_undoes_the_same_edit(method, tokenizer, 
     off, folder = spread(build_tiny("llama", tokenizer), tmp_path, set(TINY_DISK))
     assert is_offloaded(off.model, "model.layers.1.mlp.down_proj.weight")
     files_before, scores_before = offload_files(folder), logits(off)
-    delta_whole = build_editor(method, whole, tiny_overrides(method, tmp_path / "stats-whole")).edit(whole, [REQUEST])
-    delta_off = build_editor(method, off, tiny_overrides(method, tmp_path / "stats-off")).edit(off, [REQUEST])
+    delta_whole = build_editor(method, whole, tiny_overrides(method, tmp_path / "stats")).edit(whole, [REQUEST])
+    delta_off = build_editor(method, off, tiny_overrides(method, tmp_path / "stats")).edit(off, [REQUEST])
 
     for name, after in delta_whole.weights_after.items():  # the edited tensors, read back from the offload files
         assert is_offloaded(off.model, name)
@@ -197,11 +197,11 @@ def test_offload_folder_and_flag_combinations_are_refused_by_name(tmp_path):
     (["--device-map", "auto", "--max-memory", "cpu=lots"], "not a size"),
 ])
 def test_every_front_door_refuses_bad_placement_flags_before_loading(argv, named, capsys, monkeypatch):
-    from lightning_edit import ask, causal_trace, cli, models
+    from lightning_edit import ask, cli, models
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     for main, extra in ((cli.main, ["--n", "1"]), (ask.main, ["smollm2-135m", "Hello"]),
-                        (causal_trace.main, ["--n", "1"])):
+                        (cli.main, ["trace", "--n", "1"]), (cli.main, ["study", "--tables-only"])):
         assert main(extra + argv) != 0
         err = capsys.readouterr().err
         assert named in err and "Traceback" not in err, err
