@@ -81,7 +81,8 @@ def run_variant(variant: str, n: int, threads: int) -> dict:
                 delta.undo(loaded)
     return {"variant": variant, "disk_blocks": DISK_BLOCKS if variant == "offloaded" else [], "edits": len(seconds),
             "seconds_per_edit_median": round(statistics.median(seconds), 3),
-            "seconds_per_edit_mean": round(statistics.mean(seconds), 3), "seconds_per_edit": [round(s, 3) for s in seconds],
+            "seconds_per_edit_mean": round(statistics.mean(seconds), 3),
+            "seconds_per_edit": [round(s, 3) for s in seconds],
             "load_seconds": round(load_seconds, 2), "prepare_seconds": round(prepare_seconds, 2),
             "rss_after_load_mb": round(rss_loaded, 1), "edit_peak_rss_mb": round(memory.peak_mb, 1),
             "edit_added_rss_mb": round(memory.added_mb, 1), "weights_in_memory_mb": round(resident / 2**20, 1),
@@ -111,7 +112,8 @@ def main() -> int:
     result = {"benchmark": "rome_device_map", "model": "smollm2-135m", "method": "rome", "threads": args.threads,
               "data": f"counterfact[:{args.n}]", "variants": results,
               "same_edited_weights": whole["edited_weights_sha256"] == off["edited_weights_sha256"],
-              "edit_time_ratio_offloaded_to_whole": round(off["seconds_per_edit_median"] / whole["seconds_per_edit_median"], 2),
+              "edit_time_ratio_offloaded_to_whole": round(off["seconds_per_edit_median"]
+                                                          / whole["seconds_per_edit_median"], 2),
               "note": "one shared 2-core machine; the offloaded model is read whole into memory, then dispatched"}
     return emit(result, args.output)
 

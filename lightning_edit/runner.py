@@ -51,7 +51,8 @@ class RunSpec:
     def from_args(cls, args: Any) -> "RunSpec":
         """The spec of a parsed command line with edit.py's names (--model, --method, --device, --dtype, --set,
         --editor, --cache-dir, --quiet); a command without one of them gets the default."""
-        return cls(model=args.model, method=getattr(args, "method", None), device=getattr(args, "device", DEFAULT_DEVICE),
+        return cls(model=args.model, method=getattr(args, "method", None),
+                   device=getattr(args, "device", DEFAULT_DEVICE),
                    dtype=getattr(args, "dtype", "float32"), overrides=dict(getattr(args, "overrides", None) or []),
                    editor=getattr(args, "editor", None), cache_dir=getattr(args, "cache_dir", None),
                    quiet=bool(getattr(args, "quiet", False)), **placement_args(args))

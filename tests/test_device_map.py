@@ -222,7 +222,7 @@ def test_smollm2_half_on_disk_takes_and_undoes_the_same_edit(method, smollm2, tm
         "grace": {"num_steps": 10}, "wise": {"memory_pool": ["wikitext:20"], "num_steps": 10}}[method]
     off, folder = spread(load_model("smollm2-135m"), tmp_path, SMOLLM2_DISK)
     editor = build_editor(method, smollm2, overrides)
-    layers = {n for n in editor.touched_parameters(smollm2, [REQUEST])} | set(editor.read_parameters(smollm2, [REQUEST]))
+    layers = set(editor.touched_parameters(smollm2, [REQUEST])) | set(editor.read_parameters(smollm2, [REQUEST]))
     assert all(is_offloaded(off.model, n) for n in layers), "the method's layers are among those on disk"
     files_before, scores_before = offload_files(folder), logits(off)
     delta_whole = editor.edit(smollm2, [REQUEST])

@@ -47,19 +47,21 @@ class Placement:
     offload_folder: Optional[str] = None
 
     @classmethod
-    def from_flags(cls, device_map: Union[str, dict, None], max_memory: Any = None, offload_folder: Optional[str] = None,
+    def from_flags(cls, device_map: Union[str, dict, None], max_memory: Any = None,
+                   offload_folder: Optional[str] = None,
                    device: Any = DEFAULT_DEVICE) -> Optional["Placement"]:
         """The checked placement of the flags (None when ``--device-map`` is not given; then ``--max-memory`` and
         ``--offload-folder`` are refused, as they would be silently ignored)."""
         if device_map is None:
-            given = [flag for flag, value in (("--max-memory", max_memory), ("--offload-folder", offload_folder)) if value]
+            flags = (("--max-memory", max_memory), ("--offload-folder", offload_folder))
+            given = [flag for flag, value in flags if value]
             if given:
                 raise ConfigError(f"{' and '.join(given)}: no effect without --device-map; add --device-map auto (or "
                                   "balanced, or a JSON file) or drop them")
             return None
         if device is not None and device is not DEFAULT_DEVICE:
-            raise ConfigError(f"--device {device} and --device-map {device_map}: give one; --device puts the whole model "
-                              "on one device, --device-map spreads it (its JSON file can name a single device)")
+            raise ConfigError(f"--device {device} and --device-map {device_map}: give one; --device puts the whole "
+                              "model on one device, --device-map spreads it (its JSON file can name a single device)")
         limits = parse_max_memory(max_memory) if isinstance(max_memory, str) else _checked_limits(max_memory)
         placement = cls(device_map=_checked_map_choice(device_map), max_memory=limits,
                         offload_folder=str(offload_folder) if offload_folder else None)
@@ -97,7 +99,8 @@ def _checked_map_choice(device_map: Union[str, dict]) -> Union[str, dict]:
     path = Path(device_map)
     if path.is_symlink() or not path.is_file():
         raise ConfigError(f"--device-map {device_map!r}: not one of {', '.join(STRATEGIES)} nor a JSON file of module "
-                          "name → device (a plain file, not a link); e.g. {\"model.layers.0\": 0, \"lm_head\": \"cpu\"}")
+                          "name → device (a plain file, not a link); e.g. "
+                          "{\"model.layers.0\": 0, \"lm_head\": \"cpu\"}")
     return device_map
 
 
@@ -160,7 +163,8 @@ def _checked_entries(raw: Any, flag: str) -> dict[str, DeviceName]:
     out: dict[str, DeviceName] = {}
     for module, device in raw.items():
         if isinstance(device, bool) or not isinstance(device, (int, str)):
-            raise ConfigError(f"{flag}: {module!r} maps to {device!r}; a device is a GPU number, cuda:N, cpu, mps or disk")
+            raise ConfigError(f"{flag}: {module!r} maps to {device!r}; a device is a GPU number, cuda:N, cpu, mps "
+                              "or disk")
         out[module] = device if isinstance(device, int) else _device_key(device, flag)
     return out
 

@@ -47,7 +47,7 @@ def is_dispatched(model: nn.Module) -> bool:
 
 
 def is_offloaded(model: nn.Module, name: str) -> bool:
-    """Whether the parameter or buffer ``name`` lives in an offload store (CPU dict or disk) rather than on its module."""
+    """Whether parameter or buffer ``name`` lives in an offload store (CPU dict or disk), not on its module."""
     module, attr = _owner(model, name)
     return getattr(module, attr).device.type == "meta" and offload_hook(module) is not None
 
