@@ -193,7 +193,7 @@ def device_map_for(model: nn.Module, placement: Placement) -> dict[str, DeviceNa
         return checked_map(model, read_map_file(placement.map_file), f"--device-map {placement.device_map}")
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     dtype = next(model.parameters()).dtype
-    limits = placement.max_memory
+    limits = dict(placement.max_memory) if placement.max_memory else None  # accelerate rewrites the dict it is given
     if placement.device_map == "balanced":
         limits = get_balanced_memory(model, max_memory=limits, no_split_module_classes=no_split, dtype=dtype)
     return infer_auto_device_map(model, max_memory=limits, no_split_module_classes=no_split, dtype=dtype)
@@ -205,6 +205,9 @@ def dispatch(model: nn.Module, placement: Placement) -> nn.Module:
     from accelerate import dispatch_model
 
     device_map = device_map_for(model, placement)
+    if set(device_map.values()) == {"disk"}:
+        raise ConfigError(f"--device-map {placement.device_map}: every module would go to disk (--max-memory "
+                          f"{placement.max_memory}); leave room on a device for at least the embeddings and one block")
     placement.check_devices(set(device_map.values()))
     model = dispatch_model(model, device_map=device_map, offload_dir=placement.offload_folder)
     model.hf_device_map = dict(device_map)
