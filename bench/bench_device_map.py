@@ -100,7 +100,7 @@ def main() -> int:
         print(json.dumps(run_variant(args.variant, args.n, args.threads)))
         return 0
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    results = {}
+    results, load_average = {}, [round(os.getloadavg()[0], 1)]  # how busy the shared machine was
     for variant in ("whole", "offloaded"):
         proc = subprocess.run([sys.executable, __file__, "--variant", variant, "--n", str(args.n), "--threads",
                                str(args.threads)], env=env, capture_output=True, text=True, check=False)
@@ -108,12 +108,14 @@ def main() -> int:
             sys.stderr.write(proc.stderr[-3000:])
             return proc.returncode
         results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        load_average.append(round(os.getloadavg()[0], 1))
     whole, off = results["whole"], results["offloaded"]
     result = {"benchmark": "rome_device_map", "model": "smollm2-135m", "method": "rome", "threads": args.threads,
               "data": f"counterfact[:{args.n}]", "variants": results,
               "same_edited_weights": whole["edited_weights_sha256"] == off["edited_weights_sha256"],
               "edit_time_ratio_offloaded_to_whole": round(off["seconds_per_edit_median"]
                                                           / whole["seconds_per_edit_median"], 2),
+              "load_average_1min": load_average,
               "note": "one shared 2-core machine; the offloaded model is read whole into memory, then dispatched"}
     return emit(result, args.output)
 
