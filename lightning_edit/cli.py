@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 
 from .atomic import check_new_directory
 from .errors import ConfigError, DataError, LightningEditError
-from .options import (_non_negative_int, _positive_int, add_threads_option, apply_threads, check_device,  # noqa: F401
-                      check_output_path, parse_override)
+from .options import (_non_negative_int, _positive_int, add_device_options, add_threads_option, apply_threads, check_device,  # noqa: F401
+                      check_output_path, parse_override, placement_args)
 
 DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_options(p)
     p.add_argument("--dtype", default="float32", help="dtype the model is loaded in: float32, bfloat16 or float16 "
                                                       "(default %(default)s; float16 is slow on a CPU)")
     add_threads_option(p)
@@ -85,7 +85,7 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the configuration's methods")
     p.add_argument("--results-dir", default=None, help="output folder (default results/<config>-<model>)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the model is loaded and every cell computed")
+    add_device_options(p, "cpu, cuda or cuda:N: where the model is loaded and every cell computed")
     p.add_argument("--tables-only", action="store_true",
                    help="write tables and figures from the cells already computed; compute none (a study still running)")
     add_threads_option(p)
@@ -97,6 +97,7 @@ def build_study_parser() -> argparse.ArgumentParser:
 def run_study(argv: Sequence[str]) -> int:
     from .evaluation.study import StudyConfig, safe_folder_name
     from .study_runner import Study
+    from .models.device_map import Placement
     from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)
@@ -106,10 +107,11 @@ def run_study(argv: Sequence[str]) -> int:
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         config.check("--methods")
     check_study(config, args.device)  # the shared preflight, for every method of the study
+    Placement.from_flags(**placement_args(args), device=args.device)  # --device-map and its flags, before any cell
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
     tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
-                   device=args.device).run()
+                   device=args.device, placement=placement_args(args)).run()
     for name, md in tables.items():
         print(f"\n## {name}\n{md}")
     print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")

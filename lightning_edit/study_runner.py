@@ -17,6 +17,7 @@ from .data.multihop import load_multihop_cases
 from .editors import Editor
 from .errors import LightningEditError
 from .models import LoadedModel
+from .models.device_map import DEFAULT_DEVICE
 from .runner import Run, RunSpec
 from .evaluation.multihop import evaluate_multihop
 from .evaluation.pre_edit import default_pre_cache
@@ -29,7 +30,8 @@ from .version import package_versions
 
 class Study:
     def __init__(self, config: StudyConfig, results_dir: Path, data_dir: Optional[str] = None, progress: bool = True,
-                 loaded: Optional[LoadedModel] = None, compute: bool = True, device: str = "cpu"):
+                 loaded: Optional[LoadedModel] = None, compute: bool = True, device: str = DEFAULT_DEVICE,
+                 placement: Optional[dict] = None):
         self.config = config
         self.results_dir = Path(results_dir)
         self.cells_dir = self.results_dir / "cells"
@@ -44,13 +46,15 @@ class Study:
         self._loaded: Optional[LoadedModel] = loaded  # loaded on first use
         self._weights_fingerprint: Optional[str] = None  # of the unedited model, part of every cell's key
         self.device = device
+        self.placement = dict(placement or {})  # RunSpec's device_map, max_memory, offload_folder (--device-map)
         self._pre_cache = default_pre_cache()  # pre-edit scores shared by every method and cell on this model
         self._multihop_pre: dict[tuple, dict] = {}  # pre-edit rows of MQuAKE cases, shared by the multi-hop cells
 
     @property
     def loaded(self) -> LoadedModel:
         if self._loaded is None:  # through the one runner: its preflight, then the load
-            self._loaded = Run(RunSpec(model=self.config.model, device=self.device, model_flag="model")).load()
+            self._loaded = Run(RunSpec(model=self.config.model, device=self.device, model_flag="model",
+                                       **self.placement)).load()
         return self._loaded
 
     def _editor(self, method: str) -> Editor:
