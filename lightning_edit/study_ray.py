@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Optional
 from .errors import ConfigError
 from .evaluation.study.cells import cached_or_computed, read_cell
 from .evaluation.study.plan import Phases, StudyConfig, run_phases
-from .study_runner import CellMaker, write_study_files, write_study_report
+from .study_runner import CellMaker, PreparedCell, write_study_files, write_study_report
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +96,30 @@ class StudyWorker:
         if os.path.isdir(cwd):  # relative paths of the study (data, trained editors) as the driver reads them
             os.chdir(cwd)
         self.maker = CellMaker(config, data_dir=data_dir, progress=False, device=device)
-        self.prepared: dict[CellSpec, Any] = {}
+        self.prepared: Optional[tuple[CellSpec, PreparedCell]] = None  # the cell whose key was asked last
         self.method: Optional[str] = None
 
     def key(self, spec: CellSpec) -> tuple:
         """("key", cell key, inputs), or ("skipped", reason) where the method cannot run here."""
         spec = CellSpec(*spec)
+        self.prepared = None
         if self.method not in (None, spec.method):  # one method's editors resident at a time, as in the serial study
             self.maker.done_with(self.method)
-            self.prepared.clear()
         self.method = spec.method
         prepared = self.maker.prepare(*spec)
         if prepared is None:
             return ("skipped", self.maker.skipped.get(spec.method, "cannot run"))
-        self.prepared[spec] = prepared
+        self.prepared = (spec, prepared)
         return ("key", prepared.key, prepared.inputs)
 
     def compute(self, spec: CellSpec) -> tuple:
-        """("cell", payload) or ("skipped", reason)."""
-        cell = self.prepared.pop(CellSpec(*spec)).compute()
+        """("cell", payload) or ("skipped", reason) of the cell whose key was just asked for."""
+        if self.prepared is None or self.prepared[0] != CellSpec(*spec):
+            raise RuntimeError(f"compute({spec}) without key({spec}) just before it on this worker")
+        cell, self.prepared = self.prepared[1].compute(), None
         if cell is None:
             return ("skipped", self.maker.skipped.get(spec[0], "cannot run"))
         return ("cell", cell)
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 # what the plan is told of a cell not yet made: present, so that nothing else is asked for in its place

@@ -110,6 +110,23 @@ def test_a_dead_worker_has_its_cell_retried_and_counted(ray_local, serial_study,
     assert "cells retried after a worker died: 1" in (tmp_path / "README.md").read_text()
 
 
+def test_the_plan_asks_for_what_the_serial_study_would_after_an_empty_cell(tmp_path):
+    """The driver plans as the serial study runs: a single-edit cell that came back empty (a method that cannot
+    run) makes the batch curve ask for its own first point, as ``Study`` would; cells made are not asked again."""
+    from lightning_edit.study_ray import CellSpec, RayOptions, RayStudy
+
+    config = StudyConfig(name="t", model="m", methods=["ft-m"], datasets={"demo": 2}, portability_data="demo",
+                         batch_data="demo", batch_sizes=[1, 2], sequential_data="demo", sequential_ns=[1])
+    study = RayStudy(config, tmp_path, RayOptions())
+    _, asked = study._plan()
+    single, batch = CellSpec("ft-m", "demo", "single", 2), CellSpec("ft-m", "demo", "batch", 2, 2)
+    assert asked == [single, batch]
+    study.results.update({single: None, batch: {"summary": {"reliability": 1.0}}})
+    phases, asked = study._plan()
+    assert asked == [CellSpec("ft-m", "demo", "single", 1)]
+    assert phases.batch[("ft-m", 2)] == {"summary": {"reliability": 1.0}} and phases.sequential[("ft-m", 1)] is None
+
+
 def test_ray_missing_is_a_one_line_error_before_anything_loads(monkeypatch, capsys):
     import lightning_edit.models as models
 
