@@ -87,7 +87,7 @@ def ray_part(args: argparse.Namespace) -> dict:
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
     with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
-        serial, spread = Path(tmp) / "serial", Path(tmp) / "ray"
+        serial, spread = Path(args.keep or tmp) / "serial", Path(args.keep or tmp) / "ray"
         load_before = machine_load()
         serial_s = run_study(common + ["--results-dir", str(serial)], args.threads)
         ray_s = run_study(common + ["--results-dir", str(spread), "--ray", "--ray-workers", str(args.workers)],
@@ -116,6 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--workers", type=int, default=2, help="Ray workers (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="threads of the serial run and of each worker")
+    p.add_argument("--keep", default=None, help="write the two results folders here (kept) instead of a temporary one")
     p.add_argument("--output", default=None, help="JSON file (default docs/results/bench/scaleout_<part>.json)")
     args = p.parse_args(argv)
     return emit(PARTS[args.part](args), args.output or str(OUTPUTS[args.part]))

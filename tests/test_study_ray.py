@@ -127,6 +127,18 @@ def test_the_plan_asks_for_what_the_serial_study_would_after_an_empty_cell(tmp_p
     assert phases.batch[("ft-m", 2)] == {"summary": {"reliability": 1.0}} and phases.sequential[("ft-m", 1)] is None
 
 
+def test_cells_compare_without_their_clocks():
+    """Two runs of a cell agree on everything but clocks and memory, the multi-hop protocol's seconds per case
+    included; a score that differs is a difference."""
+    a = {"summary": {"reliability": 0.5, "seconds_per_case": 3.0, "time_split_seconds": {"edit": 1.0}},
+         "per_request": [{"post": {"locality": 1.0}, "edit_seconds": 0.2}], "cell_seconds": 9.0}
+    b = {"summary": {"reliability": 0.5, "seconds_per_case": 51.0, "time_split_seconds": {"edit": 7.0}},
+         "per_request": [{"post": {"locality": 1.0}, "edit_seconds": 4.0}], "cell_seconds": 60.0}
+    assert cell_results(a) == cell_results(b)
+    b["per_request"][0]["post"]["locality"] = 0.5
+    assert cell_results(a) != cell_results(b)
+
+
 def test_ray_missing_is_a_one_line_error_before_anything_loads(monkeypatch, capsys):
     import lightning_edit.models as models
 
