@@ -8,13 +8,16 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 
 from .atomic import check_new_directory
 from .errors import ConfigError, DataError, LightningEditError
 from .options import (_non_negative_int, _positive_int, add_device_options, add_threads_option, apply_threads, check_device,  # noqa: F401
                       check_output_path, parse_override, placement_args)
+
+if TYPE_CHECKING:  # Ray is imported only with --ray
+    from .study_ray import RayOptions
 
 DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
@@ -89,6 +92,18 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--tables-only", action="store_true",
                    help="write tables and figures from the cells already computed; compute none (a study still running)")
     add_threads_option(p)
+    ray = p.add_argument_group("Ray (pip install 'lightning-edit[ray]'; docs/guides/cluster.md)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="make the cells on Ray workers: alone, a local Ray; 'auto' or HOST:PORT, a running cluster")
+    ray.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="workers (each loads the model once and makes one cell at a time; default 2); "
+                          "--threads is each worker's CPUs and torch threads (default 1)")
+    ray.add_argument("--gpus-per-cell", type=float, default=None, metavar="G",
+                     help="GPUs each worker declares (with --device cuda; a fraction shares a GPU; default 0)")
+    ray.add_argument("--memory-per-worker", type=float, default=None, metavar="GIB",
+                     help="memory (GiB) each worker declares to Ray's scheduler")
+    ray.add_argument("--ray-retries", type=int, default=None, metavar="K",
+                     help="times a cell whose worker died is handed to another worker (default 2)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
@@ -101,21 +116,57 @@ def run_study(argv: Sequence[str]) -> int:
     from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)
+    ray_options = _ray_options(args)  # --ray refused (Ray missing, bad numbers) before anything is read or loaded
     apply_threads(args.threads)
     config = StudyConfig.load(args.config, model=args.model)
     if args.methods is not None:  # "--methods ," or "--methods ''" names no method: refused, not an empty study
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         config.check("--methods")
-    check_study(config, args.device)  # the shared preflight, for every method of the study
+    # the shared preflight, for every method of the study; on Ray the device is the workers', not this node's
+    check_study(config, "cpu" if ray_options else args.device)
     Placement.from_flags(**placement_args(args), device=args.device)  # --device-map and its flags, before any cell
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
-    tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
-                   device=args.device, placement=placement_args(args)).run()
+    if ray_options:
+        if any(placement_args(args).values()):
+            raise ConfigError("--device-map, --max-memory and --offload-folder apply to a study in this process; with "
+                              "--ray each worker loads the model whole (leave them out, or leave out --ray)")
+        from .study_ray import RayStudy
+
+        tables = RayStudy(config, results, ray_options, data_dir=args.data_dir, progress=not args.quiet,
+                          device=args.device).run()
+    else:
+        tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
+                       device=args.device, placement=placement_args(args)).run()
     for name, md in tables.items():
         print(f"\n## {name}\n{md}")
     print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")
     return 0
+
+
+def _ray_options(args: argparse.Namespace) -> Optional["RayOptions"]:
+    """The ``RayOptions`` of ``--ray`` and its flags, checked (Ray importable, numbers in range); None without it."""
+    flags = {"--ray-workers": args.ray_workers, "--gpus-per-cell": args.gpus_per_cell,
+             "--memory-per-worker": args.memory_per_worker, "--ray-retries": args.ray_retries}
+    if args.ray is None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --ray; add --ray (a local Ray) or --ray auto")
+        return None
+    if args.tables_only:
+        raise ConfigError("--tables-only computes no cell, so --ray has nothing to run; drop one of them")
+    from .study_ray import RayOptions, require_ray
+
+    options = RayOptions(address=None if args.ray == "local" else args.ray, workers=_or(args.ray_workers, 2),
+                         threads=_or(args.threads, 1), gpus_per_cell=_or(args.gpus_per_cell, 0.0),
+                         memory_gb=args.memory_per_worker, max_retries=_or(args.ray_retries, 2))
+    options.check(args.device)
+    require_ray()
+    return options
+
+
+def _or(value: object, default: object) -> object:
+    return default if value is None else value
 
 
 def _run_data(argv: Sequence[str]) -> int:
