@@ -10,11 +10,13 @@ script runs with its import line changed::
 See the README section "Coming from EasyEdit" for what is mapped, approximated or refused.
 """
 from .editor import BaseEditor, WeightsCopy, easyedit_metrics
-from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, FTHyperParams,
-                      GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MEMITHyperParams, MENDHyperParams,
-                      ROMEHyperParams, SERACHparams, WISEHyperParams, check_against_model, resolve_easyedit_model_name)
+from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, EMMETHyperParams,
+                      FTHyperParams, GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MEMITHyperParams,
+                      MENDHyperParams, PMETHyperParams, R_ROMEHyperParams, ROMEHyperParams, SERACHparams, WISEHyperParams,
+                      check_against_model, resolve_easyedit_model_name)
 
 __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "EASYEDIT_CLASSES", "EasyEditHParams", "EasyEditKeyWarning",
-           "ROMEHyperParams", "MEMITHyperParams", "AlphaEditHyperParams", "FTHyperParams", "KNHyperParams",
+           "ROMEHyperParams", "R_ROMEHyperParams", "MEMITHyperParams", "EMMETHyperParams", "PMETHyperParams",
+           "AlphaEditHyperParams", "FTHyperParams", "KNHyperParams",
            "GraceHyperParams", "WISEHyperParams", "MENDHyperParams", "SERACHparams", "KEHyperParams", "IKEHyperParams",
            "check_against_model", "resolve_easyedit_model_name"]
