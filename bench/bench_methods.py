@@ -59,7 +59,7 @@ def measure_method(method: str, model: str, data: str, n: int, batch_size: int, 
             start = time.perf_counter()
             delta = editor.edit(loaded, call)
             seconds += time.perf_counter() - start
-            delta.undo()
+            delta.undo(loaded)
     return {"method": method, "records": len(requests), "edit_calls": len(calls), "batch_size": size,
             "seconds_per_edit": round(seconds / len(requests), 3), "edit_seconds": round(seconds, 2),
             "prepare_seconds": round(prepare_seconds, 2),
