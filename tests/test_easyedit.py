@@ -364,3 +364,127 @@ def test_easyedit_malmen_file(tmp_path):
     with pytest.raises(ConfigError, match="different projections"):
         MALMENHyperParams.from_easyedit_dict({"alg_name": "MALMEN", "model_name": "smollm2-135m", "inner_params": [
             "model.layers.28.mlp.down_proj.weight", "model.layers.29.mlp.up_proj.weight"]})
+
+
+# EasyEdit's hparams/R-ROME/llama-7b.yaml, hparams/EMMET/llama-7b.yaml and hparams/PMET/llama-7b.yaml (github
+# zjunlp/EasyEdit), keys and values as written there; model_name set to a registered model (theirs is a local path)
+# and v_loss_layer left out (it is checked against the loaded model, a tiny one here).
+EASYEDIT_NEW_LOCATE_FILES = {
+    "R-ROME": """
+alg_name: "R-ROME"
+model_name: "smollm2-135m"
+stats_dir: "./data/stats"
+device: 0
+layers: [5]
+fact_token: "subject_last"
+v_num_grad_steps: 25
+v_lr: 5e-1
+v_weight_decay: 1e-3
+clamp_norm_factor: 4
+kl_factor: 0.0625
+mom2_adjustment: false
+context_template_length_params: [[5, 10], [10, 10]]
+rewrite_module_tmp: "model.layers.{}.mlp.down_proj"
+layer_module_tmp: "model.layers.{}"
+mlp_module_tmp: "model.layers.{}.mlp"
+attn_module_tmp: "model.layers.{}.self_attn"
+ln_f_module: "model.norm"
+lm_head_module: "lm_head"
+mom2_dataset: "wikipedia"
+mom2_n_samples: 100000
+mom2_dtype: "float32"
+model_parallel: false
+fp16: true
+""",
+    "EMMET": """
+layers: [5]
+clamp_norm_factor: 4
+layer_selection: "all"
+fact_token: "subject_last"
+v_num_grad_steps: 25
+v_lr: 5e-1
+v_weight_decay: 1e-3
+kl_factor: 0.0625
+mom2_adjustment: true
+mom2_update_weight: 100000
+rewrite_module_tmp: "model.layers.{}.mlp.down_proj"
+layer_module_tmp: "model.layers.{}"
+mlp_module_tmp: "model.layers.{}.mlp"
+attn_module_tmp: "model.layers.{}.self_attn"
+ln_f_module: "model.norm"
+lm_head_module: "lm_head"
+mom2_dataset: "wikipedia"
+mom2_n_samples: 100000
+mom2_dtype: "float32"
+update_norm_lambda: 0
+emmet_lambda: 0.1
+model_parallel: false
+stats_dir: "./data/stats"
+device: 4
+model_name: "smollm2-135m"
+alg_name: "EMMET"
+""",
+    "PMET": """
+alg_name: "PMET"
+model_name: "smollm2-135m"
+stats_dir: "./data/stats"
+device: 0
+layers: [4, 5, 6, 7, 8]
+clamp_norm_factor: 1
+layer_selection: "all"
+fact_token: "subject_last"
+v_num_grad_steps: 20
+v_lr: 5e-1
+v_weight_decay: 0.5
+kl_factor: 0.0625
+mom2_adjustment: true
+mom2_update_weight: 15000
+rewrite_module_tmp: "model.layers.{}.mlp.down_proj"
+rewrite_module_tmps: ["model.layers.{}.mlp.down_proj"]
+layer_module_tmp: "model.layers.{}"
+mlp_module_tmp: "model.layers.{}.mlp.down_proj"
+attn_module_tmp: "model.layers.{}.self_attn.o_proj"
+ln_f_module: "model.norm"
+lm_head_module: "lm_head"
+mom2_dataset: "wikipedia"
+mom2_n_samples: 100000
+mom2_dtype: "float32"
+model_parallel: false
+nll_loss_factor: 1
+""",
+}
+
+
+def test_easyedit_files_of_r_rome_emmet_and_pmet(tmp_path, tokenizer):
+    from lightning_edit.easyedit import EMMETHyperParams, PMETHyperParams, R_ROMEHyperParams, check_against_model
+
+    llama = build_tiny("llama", tokenizer)  # the same module paths as LLaMA-7B's
+    read = {}
+    for alg, cls in (("R-ROME", R_ROMEHyperParams), ("EMMET", EMMETHyperParams), ("PMET", PMETHyperParams)):
+        with pytest.warns(EasyEditKeyWarning, match="mom2_dataset: 'wikipedia'"):
+            read[alg] = cls.from_hparams(write(tmp_path, EASYEDIT_NEW_LOCATE_FILES[alg], f"{alg}.yaml"))
+        check_against_model(read[alg], llama)  # every module template is where our layout edits
+    r_rome, emmet, pmet = (read[a].native() for a in ("R-ROME", "EMMET", "PMET"))
+    assert type(r_rome).__name__ == "RROMEHyperParams" and read["R-ROME"].method() == "r-rome"
+    assert (r_rome.layers, r_rome.v_num_grad_steps, r_rome.v_weight_decay, r_rome.mom2_adjustment) == ([5], 25, 1e-3, False)
+    assert (r_rome.context_prefixes, r_rome.context_length) == (20, 10)
+    assert (emmet.emmet_lambda, emmet.update_norm_lambda, emmet.mom2_update_weight) == (0.1, 0, 100000)
+    assert (pmet.layers, pmet.clamp_norm_factor, pmet.mom2_update_weight) == ([4, 5, 6, 7, 8], 1, 15000)
+    with pytest.raises(ConfigError, match="mlp_module_tmp"):  # ROME's style of template is not PMET's site
+        check_against_model(PMETHyperParams.from_easyedit_dict(
+            {"alg_name": "PMET", "model_name": "smollm2-135m", "mlp_module_tmp": "model.layers.{}.mlp"}), llama)
+
+
+@pytest.mark.parametrize("cls_name, raw, match", [
+    ("R_ROMEHyperParams", {"alg_name": "R-ROME", "original_implementation": True}, "original_implementation"),
+    ("R_ROMEHyperParams", {"alg_name": "R-ROME", "enable_prompt_keys": True}, "enable_prompt_keys"),
+    ("PMETHyperParams", {"alg_name": "PMET", "rewrite_module_tmps": ["model.layers.{}.self_attn.o_proj",
+                                                                     "model.layers.{}.mlp.down_proj"]}, "FFN output"),
+    ("EMMETHyperParams", {"alg_name": "EMMET", "mom2_adjustment": False}, "mom2_adjustment"),
+    ("EMMETHyperParams", {"alg_name": "MEMIT"}, "alg_name"),
+])
+def test_easyedit_new_locate_keys_we_do_not_do_are_refused(cls_name, raw, match):
+    import lightning_edit.easyedit as easyedit
+
+    with pytest.raises(ConfigError, match=match):
+        getattr(easyedit, cls_name).from_easyedit_dict({"model_name": "smollm2-135m", **raw})

@@ -13,14 +13,13 @@ What is mapped, approximated or refused: docs/guides/easyedit.md (``errors.docs_
 """
 from .datasets import CounterFactDataset, EasyEditDataset, KnowEditDataset, ZsreDataset
 from .editor import BaseEditor, WeightsCopy, easyedit_metrics
-from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, FTHyperParams,
-                      GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MALMENHyperParams,
-                      MEMITHyperParams, MENDHyperParams, ROMEHyperParams, SERACHparams, WISEHyperParams,
-                      check_against_model, resolve_easyedit_model_name)
+from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, EMMETHyperParams,
+                      FTHyperParams, GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MALMENHyperParams,
+                      MEMITHyperParams, MENDHyperParams, PMETHyperParams, R_ROMEHyperParams, ROMEHyperParams,
+                      SERACHparams, WISEHyperParams, check_against_model, resolve_easyedit_model_name)
 from .summary import summary_metrics
 
 __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "summary_metrics", "EASYEDIT_CLASSES", "EasyEditHParams",
-           "EasyEditKeyWarning", "ROMEHyperParams", "MEMITHyperParams", "AlphaEditHyperParams", "FTHyperParams",
-           "KNHyperParams", "GraceHyperParams", "WISEHyperParams", "MENDHyperParams", "SERACHparams", "KEHyperParams",
-           "IKEHyperParams", "MALMENHyperParams", "check_against_model", "resolve_easyedit_model_name",
-           "EasyEditDataset", "ZsreDataset", "CounterFactDataset", "KnowEditDataset"]
+           "EasyEditKeyWarning", "check_against_model", "resolve_easyedit_model_name",
+           "EasyEditDataset", "ZsreDataset", "CounterFactDataset", "KnowEditDataset",
+           *(cls.__name__ for cls in EASYEDIT_CLASSES)]  # every hyperparameter class, under EasyEdit's name

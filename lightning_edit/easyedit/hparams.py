@@ -19,8 +19,10 @@ from typing import Any, ClassVar, Optional
 
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError, docs_link
+from ..models.layout import ModelLayout
 from ..models.loading import LoadedModel
 from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, MALMEN_KEYS,
+                   PMET_KEYS, R_ROME_KEYS,
                    WISE_KEYS, EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
@@ -45,6 +47,10 @@ class EasyEditHParams(HyperParams):
 
     def method(self) -> str:
         return self.METHOD
+
+    def site_templates(self, layout: ModelLayout) -> dict[str, str]:
+        """Module templates this method's files name differently from ROME's (EasyEdit key → our layout's path)."""
+        return {}
 
     @classmethod
     def from_hparams(cls, path: str | Path, **overrides: Any) -> "EasyEditHParams":
@@ -151,6 +157,31 @@ class AlphaEditHyperParams(EasyEditHParams, _editor_hparams("alphaedit")):
 
 
 @dataclass
+class R_ROMEHyperParams(EasyEditHParams, _editor_hparams("r-rome")):  # EasyEdit's name
+    METHOD: ClassVar[str] = "r-rome"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("R-ROME",)
+    KEYS: ClassVar[dict[str, Handler]] = R_ROME_KEYS
+
+
+@dataclass
+class EMMETHyperParams(EasyEditHParams, _editor_hparams("emmet")):
+    METHOD: ClassVar[str] = "emmet"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("EMMET",)
+    KEYS: ClassVar[dict[str, Handler]] = ALWAYS_MOM2_KEYS
+
+
+@dataclass
+class PMETHyperParams(EasyEditHParams, _editor_hparams("pmet")):
+    METHOD: ClassVar[str] = "pmet"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("PMET",)
+    KEYS: ClassVar[dict[str, Handler]] = PMET_KEYS
+
+    def site_templates(self, layout: ModelLayout) -> dict[str, str]:
+        """PMET's files name the optimised sites themselves: the FFN and attention output projections."""
+        return {"mlp_module_tmp": layout.mlp_out, "attn_module_tmp": layout.attn_out, "rewrite_module_tmps": layout.mlp_out}
+
+
+@dataclass
 class FTHyperParams(EasyEditHParams, _editor_hparams("ft-m")):
     """EasyEdit's FT: FT-M (``objective_optimization: target_new``) or FT-L (``prompt_last``)."""
 
@@ -190,9 +221,9 @@ class IKEHyperParams(EasyEditHParams, _editor_hparams("ike")):
     KEYS: ClassVar[dict[str, Handler]] = IKE_KEYS
 
 
-EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
-                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams,
-                    MALMENHyperParams)
+EASYEDIT_CLASSES = (ROMEHyperParams, R_ROMEHyperParams, MEMITHyperParams, EMMETHyperParams, PMETHyperParams,
+                    AlphaEditHyperParams, FTHyperParams, KNHyperParams, GraceHyperParams, WISEHyperParams,
+                    MENDHyperParams, MALMENHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------
@@ -205,6 +236,7 @@ def check_against_model(hparams: EasyEditHParams, loaded: LoadedModel) -> None:
         "layer_module_tmp": f"{layout.blocks}.{{}}",
         "mlp_module_tmp": layout.mlp_out.rsplit(".", 1)[0], "attn_module_tmp": layout.attn_out.rsplit(".", 1)[0],
         "ln_f_module": layout.final_norm, "lm_head_module": layout.lm_head,
+        **hparams.site_templates(layout),
     }
     for key, given in hparams.module_templates.items():
         want = expected[key]

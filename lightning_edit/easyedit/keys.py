@@ -194,6 +194,32 @@ ALWAYS_MOM2_KEYS: dict[str, Handler] = {
     "mom2_adjustment": accepted((True,), "this method always weights its update by the key statistics", refuse=True),
 }
 
+R_ROME_KEYS: dict[str, Handler] = {
+    **LOCATE_KEYS,
+    "enable_random_prefix_keys": accepted((True,), "r-ROME's key here is the one averaged over the context prefixes",
+                                          refuse=True),
+    "enable_prompt_keys": accepted((False,), "r-ROME's key here is the one averaged over the context prefixes, not "
+                                   "the prompt's", refuse=True),
+    "original_implementation": accepted((False,), "ROME's original update is the method rome (ROMEHyperParams)",
+                                        refuse=True),
+}
+
+
+def _pmet_rewrite_modules(key: str, value: Any, out: Mapped) -> None:
+    """PMET's ``rewrite_module_tmps``: here the FFN output projection only (the paper's choice, and its files')."""
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], str):
+        raise ConfigError(f"{key}: {value!r}: PMET here updates the FFN output projection only; set {key} to a list "
+                          "of that one template, e.g. ['model.layers.{}.mlp.down_proj']")
+    out.values.setdefault("module_templates", {})[key] = value[0].removesuffix(".weight")
+
+
+PMET_KEYS: dict[str, Handler] = {
+    **ALWAYS_MOM2_KEYS,
+    "rewrite_module_tmps": _pmet_rewrite_modules,
+    "nll_loss_factor": no_meaning("the new-object NLL has weight 1 here; PMET's code also weighs it 0.1 while the "
+                                  "target is already each position's most likely token, which is not done here"),
+}
+
 FT_KEYS: dict[str, Handler] = {
     "objective_optimization": _objective,
     "norm_constraint": rename("norm_constraint", lambda v: None if v is False else v),

@@ -1,7 +1,7 @@
 """Editing methods, each behind the one contract in ``base.py``, grouped by family:
 
 - ``ft.py``: fine-tuning (FT-L, FT-M);
-- ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
+- ``locate/``: locate-then-edit (ROME, r-ROME, MEMIT, EMMET, PMET, AlphaEdit, KN);
 - ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, IKE);
 - ``learned/``: trained editors, one folder each with its LightningModule and settings (MEND, MALMEN, KE,
   SERAC).
