@@ -488,3 +488,10 @@ def test_easyedit_new_locate_keys_we_do_not_do_are_refused(cls_name, raw, match)
 
     with pytest.raises(ConfigError, match=match):
         getattr(easyedit, cls_name).from_easyedit_dict({"model_name": "smollm2-135m", **raw})
+
+
+def test_every_easyedit_class_is_exported_under_its_name():
+    import lightning_edit.easyedit as easyedit
+
+    assert {cls.__name__ for cls in easyedit.EASYEDIT_CLASSES} <= set(easyedit.__all__)
+    assert all(getattr(easyedit, name) is not None for name in easyedit.__all__)

@@ -22,4 +22,7 @@ from .summary import summary_metrics
 __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "summary_metrics", "EASYEDIT_CLASSES", "EasyEditHParams",
            "EasyEditKeyWarning", "check_against_model", "resolve_easyedit_model_name",
            "EasyEditDataset", "ZsreDataset", "CounterFactDataset", "KnowEditDataset",
-           *(cls.__name__ for cls in EASYEDIT_CLASSES)]  # every hyperparameter class, under EasyEdit's name
+           # every class of EASYEDIT_CLASSES, under EasyEdit's name (tests/test_easyedit.py checks the two agree)
+           "ROMEHyperParams", "R_ROMEHyperParams", "MEMITHyperParams", "EMMETHyperParams", "PMETHyperParams",
+           "AlphaEditHyperParams", "FTHyperParams", "KNHyperParams", "GraceHyperParams", "WISEHyperParams",
+           "MENDHyperParams", "MALMENHyperParams", "SERACHparams", "KEHyperParams", "IKEHyperParams"]
