@@ -256,7 +256,7 @@ def test_the_authors_release_first_then_the_pinned_copy(tmp_path, monkeypatch):
     # changed after download: verify reports it, get refuses to overwrite without --force
     path.write_bytes(hub_body.replace(b"Italy", b"Spain"))
     assert [c.status for c in F.verify("knowedit-recent", tmp_path)] == ["differs"]
-    with pytest.raises(DataError, match="recorded download; pass --force"):
+    with pytest.raises(DataError, match="and from the recorded download .*; pass --force"):
         F.fetch("knowedit-recent", data_dir=tmp_path, opener=_no_network, echo=None)
 
     # the hub offline: the pinned copy, with its sha256, is used instead, and the manifest names it

@@ -409,7 +409,10 @@ def _fetch_files(files: Sequence[DataFile], data_dir: Optional[Union[str, Path]]
                 paths.append(dest)
                 continue
             # never overwrite a file the user may have put there on purpose without being asked
-            expected = f"the pinned file (sha256 {entry.sha256})" if entry.sha256 else "the recorded download"
+            recorded = read_manifest(root).get(entry.path, {}).get("sha256")
+            expected = " and from ".join(filter(None, (entry.sha256 and f"the pinned file (sha256 {entry.sha256})",
+                                                       recorded and f"the recorded download (sha256 {recorded})"))
+                                    ) or "every known copy (none is pinned, no download of it is recorded)"
             raise DataError(f"{dest} exists but differs from {expected}; pass --force to replace it with a download "
                             f"from {entry.url}")
         used = _download_any(entry, root, opener, load_dataset, say)
