@@ -73,14 +73,18 @@ def test_the_real_release_is_pinned_to_21919_records():
     assert entry.sources[0].records == 21_919 and entry.schema == "counterfact-rome"
 
 
-def test_get_counterfact_rome_then_score_every_prompt_as_rome(tmp_path, rome_release, tokenizer):
+def test_get_counterfact_rome_then_score_every_prompt_as_rome(tmp_path, rome_release, tokenizer, monkeypatch, capsys):
     served = []
-    paths = F.fetch("counterfact-rome", data_dir=tmp_path, opener=lambda url: served.append(url) or rome_release[url],
-                    echo=None)
-    assert sorted(served) == sorted(rome_release) and len(paths) == 4
+    monkeypatch.setattr(F, "_urlopen", lambda url: served.append(url) or rome_release[url])
+    assert F.main(["get", "counterfact-rome", "--data-dir", str(tmp_path)]) == 0
+    assert sorted(served) == sorted(rome_release)
     manifest = read_manifest(tmp_path)
     assert manifest[DATASETS["counterfact-rome"]]["records"] == len(RECORDS)
     assert all(c.status == "ok" and "recorded" in c.how for c in F.verify("counterfact-rome", tmp_path))
+    capsys.readouterr()
+    assert F.main(["verify", "counterfact-rome", "--data-dir", str(tmp_path)]) == 0
+    shown = capsys.readouterr().out  # the sha256 recorded at download, and where it came from
+    assert f"sha256 {manifest[DATASETS['counterfact-rome']]['sha256']}" in shown and F.ROME_DSETS in shown
 
     requests = load_requests("counterfact-rome", data_dir=tmp_path)
     assert len(requests) == 3 and needs_references(requests)
@@ -167,3 +171,15 @@ def test_references_without_a_text_for_the_object_are_refused(tmp_path, rome_rel
     with pytest.raises(DataError, match="no reference text"):
         refs.texts(odd)
     assert math.isclose(float(refs.idf[0]), 1.0)
+
+
+def test_a_file_put_there_by_hand_is_checked_and_recorded(tmp_path, rome_release):
+    dest = tmp_path / DATASETS["counterfact-rome"]
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(json.dumps(RECORDS[:1]).encode())  # not the whole file: refused, as a download would be
+    with pytest.raises(DataError, match="put there by hand.* holds 1 records where 3 are expected"):
+        F.fetch("counterfact-rome", data_dir=tmp_path, opener=rome_release.__getitem__, echo=None)
+    dest.write_bytes(rome_release[F.ROME_DSETS + "counterfact.json"])
+    F.fetch("counterfact-rome", data_dir=tmp_path, opener=rome_release.__getitem__, echo=None)
+    assert read_manifest(tmp_path)[DATASETS["counterfact-rome"]]["source"] == "present, not downloaded"
+    assert [c.status for c in F.verify("counterfact-rome", tmp_path)] == ["ok"] * 4

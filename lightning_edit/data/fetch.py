@@ -393,6 +393,17 @@ def _present_ok(entry: DataFile, root: Path) -> Optional[str]:
     return "sha256 as recorded at download" if recorded and recorded.get("sha256") == got else None
 
 
+def _adopt(entry: DataFile, root: Path) -> Optional[str]:
+    """A file put in place by hand where no hash is pinned and none recorded: checked by schema and record count
+    like a download, then recorded (so `verify` compares with it from now on)."""
+    dest = root / entry.path
+    if entry.sha256 or read_manifest(root).get(entry.path):
+        return None
+    records = check_schema(dest, entry.schema, entry.sources[0].records, entry.path, f"{dest} (put there by hand)")
+    record_download(root, entry.path, sha256_file(dest), dest.stat().st_size, "present, not downloaded", records)
+    return "schema checked, sha256 recorded"
+
+
 def _fetch_files(files: Sequence[DataFile], data_dir: Optional[Union[str, Path]], force: bool, opener: Optional[Opener],
                  echo: Optional[Echo], load_dataset: Optional[Callable] = None) -> list[Path]:
     root = default_data_dir(data_dir)
@@ -403,7 +414,7 @@ def _fetch_files(files: Sequence[DataFile], data_dir: Optional[Union[str, Path]]
     for entry in files:
         dest = root / entry.path
         if dest.exists() and not force:
-            trusted = _present_ok(entry, root)
+            trusted = _present_ok(entry, root) or _adopt(entry, root)
             if trusted:
                 say(f"ok        {dest} (already present, {trusted})")
                 paths.append(dest)

@@ -33,7 +33,7 @@ from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable he
 
 # Bump when a change of the evaluation (what is scored, how a metric is computed) changes results: cached study
 # cells of an older version are computed again.
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: the neighbourhood score leaves out ROME's attribute prompts; ROME's generation prompts
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
 
