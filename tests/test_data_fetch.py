@@ -13,7 +13,7 @@ import pytest
 
 from lightning_edit.data import DATASET_GROUPS, DATASETS, load_requests
 from lightning_edit.data import fetch as F
-from lightning_edit.data.integrity import SCHEMAS, read_manifest
+from lightning_edit.data.integrity import SCHEMAS, check_schema, read_manifest
 from lightning_edit.errors import DataError
 
 SHARED = Path("/work/shared/data")  # the workshop's byte-identical copies, when this machine has them
@@ -76,6 +76,7 @@ def test_registry_matches_shared_copies():
         path = SHARED / f.path
         if path.exists() and f.sha256:
             assert path.stat().st_size == f.size and F.sha256_file(path) == f.sha256, f.path
+            check_schema(path, f.schema, None, f.path, "the shared copy")  # the real files pass their own checks
 
 
 def test_fetch_real_bytes_lands_where_the_loader_reads(tmp_path):

@@ -469,7 +469,8 @@ def _check(entry: DataFile, root: Path, manifest: dict[str, dict]) -> Check:
         how = f"recorded {recorded.get('downloaded', '?')} from {recorded.get('source', '?')}"
         return Check(entry, path, "ok" if same else "differs", got, how if same else f"{how}: sha256 {recorded.get('sha256')}")
     if entry.sha256:
-        return Check(entry, path, "ok" if got == entry.sha256 else "differs", got, f"pinned sha256 {entry.sha256}")
+        same = got == entry.sha256
+        return Check(entry, path, "ok" if same else "differs", got, "the pinned sha256" if same else f"pinned sha256 {entry.sha256}")
     return Check(entry, path, "unrecorded", got, "no pinned sha256 and no download record")
 
 
