@@ -261,6 +261,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
     from .data import load_requests
+    from .data.rome_references import load_rome_references, needs_references
     from .editors.delta import undo_all
     from .evaluation import default_pre_cache, format_table, verdict
 
@@ -271,6 +272,8 @@ def run(args: argparse.Namespace) -> int:
     if not requests:
         raise DataError(f"--data {args.data}: no request to edit (--offset {args.offset} is past the end, or every record "
                         "was skipped: the warnings above say why, e.g. an empty 'prompt' or 'target_new')")
+    # ROME's CounterFact: its generations are scored for consistency too; the references are read before the model
+    references = load_rome_references(args.data_dir) if not args.no_fluency and needs_references(requests) else None
     run_ = preflight(args, len(requests))
     loaded = run_.load()
     if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
@@ -279,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     editor = run_.editor()
     report = run_.evaluate(requests, editor, protocol=protocol, batch_size=args.batch_size, fluency=not args.no_fluency,
                            fluency_tokens=args.fluency_tokens, progress=not args.quiet, keep_edits=bool(args.save),
-                           generate_tokens=args.generate,
+                           generate_tokens=args.generate, references=references,
                            pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
     try:
         result = report.to_json()

@@ -14,6 +14,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .data import load_requests
+from .data.rome_references import load_rome_references, needs_references
 from .data.multihop import load_multihop_cases
 from .editors import Editor
 from .errors import LightningEditError
@@ -113,10 +114,12 @@ class CellMaker:
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
                 report = evaluate_multihop(self.loaded, editor, items, progress=self.progress, pre_scores=self._multihop_pre)
-            else:
+            else:  # ROME's CounterFact: its generations are scored for consistency too
+                references = (load_rome_references(self.data_dir) if self.config.fluency and needs_references(items)
+                              else None)
                 report = evaluate_editing(self.loaded, editor, items, protocol=protocol, batch_size=batch,
                                           fluency=self.config.fluency, progress=self.progress,
-                                          pre_cache=self._pre_cache)
+                                          pre_cache=self._pre_cache, references=references)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None

@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..data.rome_references import RomeReferences
 from ..editors.base import EditDelta, Editor
 from ..editors.delta import undo_all
 from ..metrics import EditSeconds, PeakMemory, PeakMemoryMonitor
@@ -32,7 +33,7 @@ from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable he
 
 # Bump when a change of the evaluation (what is scored, how a metric is computed) changes results: cached study
 # cells of an older version are computed again.
-EVALUATION_VERSION = 1
+EVALUATION_VERSION = 2  # 2: the neighbourhood score leaves out ROME's attribute prompts; ROME's generation prompts
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
 
@@ -101,6 +102,7 @@ def evaluate_editing(
     keep_edits: bool = False,
     generate_tokens: int = 0,
     pre_cache: Optional[PreEditCache] = None,
+    references: Optional[RomeReferences] = None,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
@@ -110,6 +112,8 @@ def evaluate_editing(
     the per-request rows (``pre_generations``/``post_generations``); the fluency score reuses them.
     ``pre_cache``: where pre-edit scores and generations of earlier runs on the same model are read from and
     new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
+    ``references``: ROME's consistency references (``data.rome_references``), for ROME CounterFact requests: their
+    generations (from their generation prompts) are then also scored for consistency.
     """
     if protocol not in EDITING_PROTOCOLS:  # before the requests are checked, as ever
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
@@ -121,7 +125,7 @@ def evaluate_editing(
     with timer("prepare"):
         editor.prepare(loaded)
     pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
-    scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency)
+    scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency, references if fluency else None)
     run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
     kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
     return Report(
