@@ -3,6 +3,7 @@
 - ``ft.py``: fine-tuning (FT-L, FT-M);
 - ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
 - ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, IKE);
+- ``lifelong/``: long sequences of edits with state carried on the model (UltraEdit);
 - ``learned/``: trained editors, one folder each with its LightningModule and settings (MEND, KE, SERAC).
 
 Importing this package registers them all in ``EDITORS``.
@@ -11,6 +12,6 @@ from .base import EDITORS, EditDelta, Editor, HyperParams, build_editor, get_edi
 
 # Each import registers its method(s) in EDITORS.
 from . import ft  # noqa: F401,E402
-from . import locate, learned, memory  # noqa: F401,E402
+from . import lifelong, locate, learned, memory  # noqa: F401,E402
 
 __all__ = ["EDITORS", "EditDelta", "Editor", "HyperParams", "build_editor", "get_editor_class", "register_editor"]
