@@ -1,6 +1,6 @@
 """Editing methods, each behind the one contract in ``base.py``, grouped by family:
 
-- ``ft.py``: fine-tuning (FT-L, FT-M);
+- ``ft.py``, ``lora.py``: fine-tuning (FT-L, FT-M) and LoRA adapters (through peft's settings and format);
 - ``locate/``: locate-then-edit (ROME, MEMIT, AlphaEdit, KN);
 - ``memory/``: additions to the model through its patch registry (T-Patcher, GRACE, WISE, CaliNET, IKE);
 - ``lifelong/``: long sequences of edits with state carried on the model (UltraEdit);
@@ -11,7 +11,7 @@ Importing this package registers them all in ``EDITORS``.
 from .base import EDITORS, EditDelta, Editor, HyperParams, build_editor, get_editor_class, register_editor
 
 # Each import registers its method(s) in EDITORS.
-from . import ft  # noqa: F401,E402
+from . import ft, lora  # noqa: F401,E402
 from . import lifelong, locate, learned, memory  # noqa: F401,E402
 
 __all__ = ["EDITORS", "EditDelta", "Editor", "HyperParams", "build_editor", "get_editor_class", "register_editor"]
