@@ -63,13 +63,15 @@ def test_the_adapter_trains_on_the_target_and_leaves_the_weights_alone(tiny):
     delta = editor.edit(tiny, [FIRST])
     assert same(weights(tiny), pristine) and not delta.weights_after  # nothing declared, nothing written
     patch = tiny.patches.get(LoraAdapter.key)
-    assert patch.signature["modules"] == [f"model.layers.{i}.self_attn.{m}" for i in (1, 2) for m in ("q_proj", "v_proj")]
+    expected = [f"model.layers.{i}.self_attn.{m}" for i in (1, 2) for m in ("q_proj", "v_proj")]
+    assert patch.signature["modules"] == expected
     assert target_nll(tiny, FIRST) < nll_before - 0.3
     # the hook adds exactly (α/r)·B A x at an adapted module
     name = "model.layers.1.self_attn.q_proj"
     module, x = tiny.model.get_submodule(name), torch.randn(3, 32)
     a, b = patch.values[f"{name}.lora_A.weight"], patch.values[f"{name}.lora_B.weight"]
-    assert torch.allclose(module(x), torch.nn.functional.linear(x, module.weight) + (32.0 / 2) * x @ a.T @ b.T, atol=1e-6)
+    by_hand = torch.nn.functional.linear(x, module.weight) + (32.0 / 2) * x @ a.T @ b.T
+    assert torch.allclose(module(x), by_hand, atol=1e-6)
 
 
 def test_sequential_edits_go_on_training_one_adapter_and_undo_bit_for_bit(tiny):
