@@ -12,9 +12,11 @@ See the README section "Coming from EasyEdit" for what is mapped, approximated o
 from .editor import BaseEditor, WeightsCopy, easyedit_metrics
 from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, FTHyperParams,
                       GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MEMITHyperParams, MENDHyperParams,
-                      ROMEHyperParams, SERACHparams, WISEHyperParams, check_against_model, resolve_easyedit_model_name)
+                      ROMEHyperParams, SERACHparams, WISEHyperParams, UltraEditHyperParams, LoRAHyperParams,
+                      check_against_model, resolve_easyedit_model_name)
 
 __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "EASYEDIT_CLASSES", "EasyEditHParams", "EasyEditKeyWarning",
            "ROMEHyperParams", "MEMITHyperParams", "AlphaEditHyperParams", "FTHyperParams", "KNHyperParams",
            "GraceHyperParams", "WISEHyperParams", "MENDHyperParams", "SERACHparams", "KEHyperParams", "IKEHyperParams",
+           "UltraEditHyperParams", "LoRAHyperParams",
            "check_against_model", "resolve_easyedit_model_name"]

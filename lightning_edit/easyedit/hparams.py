@@ -20,7 +20,8 @@ from typing import Any, ClassVar, Optional
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, LORA_KEYS, ULTRAEDIT_KEYS,
+                   WISE_KEYS, EasyEditKeyWarning,
                    Handler, Mapped, rename, resolve_easyedit_model_name)
 
 
@@ -176,9 +177,12 @@ MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rena
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
 IKEHyperParams = _simple("IKEHyperParams", "ike", ("IKE",))
+UltraEditHyperParams = _simple("UltraEditHyperParams", "ultraedit", ("ULTRAEDIT", "UltraEdit"), ULTRAEDIT_KEYS)
+LoRAHyperParams = _simple("LoRAHyperParams", "lora", ("LoRA",), LORA_KEYS)
 
 EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
-                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
+                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams,
+                    UltraEditHyperParams, LoRAHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------
