@@ -48,6 +48,8 @@ def overrides_for(method: str, tmp_path) -> dict:
         "ke": {"hidden_dim": 16, "condition_dim": 16, "lstm_hidden": 8},
         "serac": {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2, "lora_layers": [-2, -1]},
         "ike": {"k": 0, "cache_embeddings": False},
+        "ultraedit": {"modules": {"mlp_in": [1, 2], "mlp.gate_proj": [2]}, "lr": 1e-2},
+        "lora": {"rank": 2, "num_steps": 3, "layers": [1, 2]},
     }[method]
 
 

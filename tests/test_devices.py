@@ -202,6 +202,8 @@ METHODS = {
     "wise": lambda st, tmp: {"memory_pool": [], "layer": -2, "num_steps": 2},
     "t-patcher": lambda st, tmp: {"memory_pool": [], "num_steps": 2},
     "calinet": lambda st, tmp: {"num_steps": 2},
+    "ultraedit": lambda st, tmp: {"modules": {"mlp_in": [1, 2]}, "lr": 1e-2},
+    "lora": lambda st, tmp: {"rank": 2, "num_steps": 2, "layers": [1, 2]},
 }
 
 

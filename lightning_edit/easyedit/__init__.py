@@ -14,9 +14,10 @@ What is mapped, approximated or refused: docs/guides/easyedit.md (``errors.docs_
 from .datasets import CounterFactDataset, EasyEditDataset, KnowEditDataset, ZsreDataset
 from .editor import BaseEditor, WeightsCopy, easyedit_metrics
 from .hparams import (EASYEDIT_CLASSES, AlphaEditHyperParams, EasyEditHParams, EasyEditKeyWarning, EMMETHyperParams,
-                      FTHyperParams, GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, MALMENHyperParams,
-                      MEMITHyperParams, MENDHyperParams, PMETHyperParams, R_ROMEHyperParams, ROMEHyperParams,
-                      SERACHparams, WISEHyperParams, check_against_model, resolve_easyedit_model_name)
+                      FTHyperParams, GraceHyperParams, IKEHyperParams, KEHyperParams, KNHyperParams, LoRAHyperParams,
+                      MALMENHyperParams, MEMITHyperParams, MENDHyperParams, PMETHyperParams, R_ROMEHyperParams,
+                      ROMEHyperParams, SERACHparams, UltraEditHyperParams, WISEHyperParams, check_against_model,
+                      resolve_easyedit_model_name)
 from .summary import summary_metrics
 
 __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "summary_metrics", "EASYEDIT_CLASSES", "EasyEditHParams",
@@ -24,5 +25,5 @@ __all__ = ["BaseEditor", "WeightsCopy", "easyedit_metrics", "summary_metrics", "
            "EasyEditDataset", "ZsreDataset", "CounterFactDataset", "KnowEditDataset",
            # every class of EASYEDIT_CLASSES, under EasyEdit's name (tests/test_easyedit.py checks the two agree)
            "ROMEHyperParams", "R_ROMEHyperParams", "MEMITHyperParams", "EMMETHyperParams", "PMETHyperParams",
-           "AlphaEditHyperParams", "FTHyperParams", "KNHyperParams", "GraceHyperParams", "WISEHyperParams",
-           "MENDHyperParams", "MALMENHyperParams", "SERACHparams", "KEHyperParams", "IKEHyperParams"]
+           "AlphaEditHyperParams", "FTHyperParams", "LoRAHyperParams", "KNHyperParams", "GraceHyperParams",
+           "WISEHyperParams", "UltraEditHyperParams", "MENDHyperParams", "MALMENHyperParams", "SERACHparams", "KEHyperParams", "IKEHyperParams"]

@@ -21,9 +21,9 @@ from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError, docs_link
 from ..models.layout import ModelLayout
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, MALMEN_KEYS,
-                   PMET_KEYS, R_ROME_KEYS,
-                   WISE_KEYS, EasyEditKeyWarning, Handler, Mapped, rename, resolve_easyedit_model_name)
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, LORA_KEYS,
+                   MALMEN_KEYS, PMET_KEYS, R_ROME_KEYS, ULTRAEDIT_KEYS, WISE_KEYS, EasyEditKeyWarning, Handler, Mapped,
+                   rename, resolve_easyedit_model_name)
 
 
 # ---- the classes ---------------------------------------------------------------------------------------------------
@@ -208,6 +208,8 @@ MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rena
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
 MALMENHyperParams = _simple("MALMENHyperParams", "malmen", ("MALMEN",), MALMEN_KEYS)
+UltraEditHyperParams = _simple("UltraEditHyperParams", "ultraedit", ("ULTRAEDIT", "UltraEdit"), ULTRAEDIT_KEYS)
+LoRAHyperParams = _simple("LoRAHyperParams", "lora", ("LoRA",), LORA_KEYS)
 
 
 @dataclass
@@ -222,8 +224,9 @@ class IKEHyperParams(EasyEditHParams, _editor_hparams("ike")):
 
 
 EASYEDIT_CLASSES = (ROMEHyperParams, R_ROMEHyperParams, MEMITHyperParams, EMMETHyperParams, PMETHyperParams,
-                    AlphaEditHyperParams, FTHyperParams, KNHyperParams, GraceHyperParams, WISEHyperParams,
-                    MENDHyperParams, MALMENHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
+                    AlphaEditHyperParams, FTHyperParams, LoRAHyperParams, KNHyperParams, GraceHyperParams,
+                    WISEHyperParams, UltraEditHyperParams, MENDHyperParams, MALMENHyperParams, SERACHparams,
+                    KEHyperParams, IKEHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------

@@ -279,3 +279,44 @@ MALMEN_KEYS: dict[str, Handler] = {
         ("n_edits", "batch_size"))},
     "editor_batch_size": no_meaning("every key of an edit goes through the hypernetwork at once here"),
 }
+
+
+def _ultraedit_inner_params(key: str, value: Any, out: Mapped) -> None:
+    """UltraEdit's ``inner_params: [model.layers.11.mlp.gate_proj, ...]`` → ``modules: {mlp.gate_proj: [11, ...]}``
+    (the module's path inside its block, checked against the model when the editor runs)."""
+    items = value if isinstance(value, list) else None
+    if not items or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{key} must list module paths such as ['model.layers.18.mlp.up_proj'], got {value!r}")
+    modules: dict[str, list[int]] = {}
+    for item in items:
+        path = re.sub(r"\[(\d+)\]", r".\1", item).removesuffix(".weight")
+        found = re.fullmatch(r"[\w.]*?\.(\d+)\.([A-Za-z_][\w.]*)", path)
+        if not found:
+            raise ConfigError(f"{key}: {item!r} names no module inside a numbered block "
+                              "(e.g. model.layers.18.mlp.up_proj)")
+        modules.setdefault(found.group(2), []).append(int(found.group(1)))
+    out.values["modules"] = modules
+
+
+def _ultraedit_token(key: str, value: Any, out: Mapped) -> None:
+    positions = {"mask": "all", "ans": "target"}
+    if value not in positions:
+        raise ConfigError(f"{key} must be 'mask' (every prompt and target token) or 'ans' (target tokens), "
+                          f"got {value!r}")
+    out.values["positions"] = positions[value]
+
+
+ULTRAEDIT_KEYS: dict[str, Handler] = {
+    "inner_params": _ultraedit_inner_params, "token": _ultraedit_token,
+    "batch_size_once": rename("forward_batch_size"), "half": rename("fp16"),
+    "editor_batch_size": no_meaning("speed only: every token of a turn is normalised at once here"),
+    "dropout": accepted((0, 0.0, None), "UltraEdit here applies no dropout"),
+    "no_grad_layers": accepted((None,), "gradients are taken at the edited modules' outputs only here"),
+}
+
+LORA_KEYS: dict[str, Handler] = {
+    "lora_type": accepted(("lora",), "AdaLoRA's rank allocation is not implemented here, only LoRA", refuse=True),
+    "batch_size": rename("train_batch_size"),
+    "kl_factor": accepted((0, 0.0), "LoRA here has no KL term"),
+    "norm_constraint": accepted((False, None, 0), "LoRA here bounds no norm of the adapter"),
+}
