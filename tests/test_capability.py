@@ -48,6 +48,8 @@ def test_heldout_perplexity_on_a_tiny_model(tokenizer):
     assert 0.3 * len(tokenizer) < ppl < 3 * len(tokenizer)
     assert heldout_perplexity(tiny, limit=3, window=32, batch_size=3) == pytest.approx(ppl, rel=1e-5)
     assert heldout_perplexity(tiny, limit=1, window=32) != pytest.approx(ppl, rel=1e-6)  # the limit is honoured
+    with pytest.raises(ConfigError, match="give a smaller --window"):
+        heldout_perplexity(tiny, window=10**6)
 
 
 def test_known_facts_recall_counts_exact_completions(tokenizer):

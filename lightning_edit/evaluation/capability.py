@@ -93,6 +93,9 @@ def heldout_perplexity(loaded: LoadedModel, limit: Optional[int] = None, window:
                           "is measured on decoder-only models (use known-facts or an lm-eval task)")
     ids = loaded.tokenizer(Path(text_path).read_text(encoding="utf-8"))["input_ids"]
     windows = [ids[i: i + window] for i in range(0, len(ids) - window + 1, window)][:limit]
+    if not windows:
+        raise ConfigError(f"{PERPLEXITY_TASK}: --window {window} is longer than the held-out text ({len(ids)} tokens); "
+                          "give a smaller --window")
     metric = Perplexity()
     for start in range(0, len(windows), batch_size):
         batch = torch.tensor(windows[start: start + batch_size], device=loaded.device)
