@@ -85,6 +85,8 @@ def main(argv: Sequence[str]) -> int:
         if role in runs:
             start = time.perf_counter()
             loaded = runs[role].load()
+            if role == "edited":
+                result["patches"] = loaded.patches.keys()  # a --save directory's, verified and attached on loading
             result["scores"][role] = capability_scores(loaded, tasks, **options)
             result[f"{role}_seconds"] = round(time.perf_counter() - start, 1)
             runs[role].loaded = None
@@ -103,12 +105,15 @@ def main(argv: Sequence[str]) -> int:
 def format_scores(result: dict) -> str:
     """One row per score: the baseline's value, the model's, and whether it fell by 5% or more."""
     edited, base = result["scores"]["edited"], result["scores"].get("baseline")
+    patches = result.get("patches")
+    lines = [f"{result['model']}: scored with its patches {', '.join(patches)} attached"] if patches else []
     before_title = f"before ({result['baseline']})" if base else ""
-    lines = [f"{'score':<24}  {before_title:>18}  {result['model'][-30:]:>18}  change"]
+    lines += [f"{'score':<24}  {before_title:>18}  {result['model'][-30:]:>18}  change"]
     for key, value in edited.items():
         before = base.get(key, math.nan) if base else math.nan
         change = relative_change(key, before, value) if base else math.nan
-        note = "" if math.isnan(change) else (f"{'worse' if change > 0 else 'better'} by {abs(change):.1%}"
+        note = "" if math.isnan(change) else "unchanged" if abs(change) < 5e-4 else (
+            f"{'worse' if change > 0 else 'better'} by {abs(change):.1%}"
                                               + (f"  (fell by ≥{DROP:.0%})" if change >= DROP else ""))
         lines.append(f"{key:<24}  {before:>18.4f}  {value:>18.4f}  {note}" if base
                      else f"{key:<24}  {'':>18}  {value:>18.4f}")
