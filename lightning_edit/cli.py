@@ -27,6 +27,8 @@ SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightnin
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
   stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2
+  capability  general capability (held-out perplexity, known facts, any lm-eval task) of a model or a --save
+           directory, beside the unedited model: capability MODEL_OR_DIR --tasks local-perplexity,known-facts
   trace    causal tracing (heatmaps, CSV) and the layers it suggests for ROME/MEMIT: trace --model M --data counterfact --n 10
 
 request files (--data FILE.json): a JSON list of records, each
@@ -75,9 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the greedy continuation (N tokens) of each edit prompt and rephrase, before and after")
     p.add_argument("--no-pre-cache", action="store_true", help="compute the pre-edit scores and generations afresh "
                                                                "instead of reusing (and storing) them in <cache>/pre_edit")
+    add_capability_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
+
+
+def add_capability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--capability-every", type=_positive_int, default=None, metavar="K",
+                   help="with --sequential: general capability before the first edit, every K edits and after the "
+                        "last, "
+                        "and the number of edits at which it first fell by 5%% (evaluation/capability.py)")
+    p.add_argument("--capability-tasks", default="local-perplexity,known-facts",
+                   help="tasks of --capability-every: local-perplexity, known-facts, or lm-eval task names "
+                        "(default %(default)s)")
+    p.add_argument("--capability-limit", type=_positive_int, default=50,
+                   help="per task: perplexity windows, known facts, or lm-eval documents (default %(default)s)")
+    p.add_argument("--include-path", default=None,
+                   help="a folder of your own lm-eval task YAMLs (lm-eval's --include_path)")
+
+
+def capability_curve(args: argparse.Namespace):
+    """The --capability-every hook of a sequential run, its tasks checked before any model loads; None without it."""
+    if args.capability_every is None:
+        return None
+    from .evaluation.capability import CapabilityCurve, check_tasks, parse_tasks
+
+    if not args.sequential:
+        raise ConfigError("--capability-every is an option of --sequential (capability as the edits accumulate); "
+                          "add --sequential, or run 'lightning-edit capability' on a --save directory")
+    tasks = parse_tasks(args.capability_tasks, "--capability-tasks")
+    check_tasks(tasks, args.include_path, args.data_dir, "--capability-tasks")
+    return CapabilityCurve(tasks, args.capability_every, limit=args.capability_limit, data_dir=args.data_dir,
+                           include_path=args.include_path)
 
 
 def build_study_parser() -> argparse.ArgumentParser:
@@ -193,6 +225,12 @@ def _run_ask(argv: Sequence[str]) -> int:
     return ask_main(list(argv))
 
 
+def _run_capability(argv: Sequence[str]) -> int:
+    from .capability_cli import main as capability_main
+
+    return capability_main(list(argv))
+
+
 def _run_trace(argv: Sequence[str]) -> int:
     from .causal_trace import main as trace_main
 
@@ -200,7 +238,8 @@ def _run_trace(argv: Sequence[str]) -> int:
 
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "train": _run_train, "data": _run_data, "ask": _run_ask,
-                                                           "stats": _run_stats, "trace": _run_trace}
+                                                           "stats": _run_stats, "trace": _run_trace,
+                                                           "capability": _run_capability}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -275,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
     # ROME's CounterFact: its generations are scored for consistency too; the references are read before the model
     references = load_rome_references(args.data_dir) if not args.no_fluency and needs_references(requests) else None
     run_ = preflight(args, len(requests))
+    curve = capability_curve(args)
     loaded = run_.load()
     if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
         print(f"{args.model}: re-attached the saved patches {loaded.patches.keys()} (verified against its manifest)")
@@ -283,12 +323,15 @@ def run(args: argparse.Namespace) -> int:
     report = run_.evaluate(requests, editor, protocol=protocol, batch_size=args.batch_size, fluency=not args.no_fluency,
                            fluency_tokens=args.fluency_tokens, progress=not args.quiet, keep_edits=bool(args.save),
                            generate_tokens=args.generate, references=references,
-                           pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
+                           pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir), capability=curve)
     try:
         result = report.to_json()
         result["config"].update({"data": args.data, "seed": args.seed, "offset": args.offset})
         print(format_table(report, answers=not args.no_fluency or args.generate > 0))
         print(f"\n{report.method} on {report.model}, {report.n} requests, {report.protocol} protocol: {verdict(report)}")
+        if curve is not None:
+            result["capability"] = curve.to_json()
+            print(f"\ngeneral capability as the edits accumulated:\n{curve.summary()}")
         if args.json:
             print(json.dumps(result["summary"], indent=2))
         write_outputs(args, result, lambda: save_edited(loaded, editor, report, Path(args.save)))

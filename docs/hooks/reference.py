@@ -63,7 +63,7 @@ def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def _parsers() -> list[tuple[str, str, Callable[[], argparse.ArgumentParser]]]:
     """(command, how to run it, parser factory) for every front door of the command line."""
-    from lightning_edit import ask, causal_trace, cli
+    from lightning_edit import ask, capability_cli, causal_trace, cli
     from lightning_edit.data import fetch
     from lightning_edit.stats import cli as stats_cli
     from lightning_edit.training import run_config
@@ -74,7 +74,8 @@ def _parsers() -> list[tuple[str, str, Callable[[], argparse.ArgumentParser]]]:
             ("data", "lightning-edit data {get,list,verify} ...", fetch.build_parser),
             ("ask", "lightning-edit ask MODEL [PROMPT ...]", ask.build_parser),
             ("stats", "python edit.py stats ...", stats_cli.build_parser),
-            ("trace", "python edit.py trace ...", causal_trace.build_parser)]
+            ("trace", "python edit.py trace ...", causal_trace.build_parser),
+            ("capability", "lightning-edit capability MODEL_OR_DIR --tasks ...", capability_cli.build_parser)]
 
 
 def _flag_rows(parser: argparse.ArgumentParser) -> list[list[str]]:

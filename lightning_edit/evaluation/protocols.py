@@ -14,7 +14,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -105,6 +105,7 @@ def evaluate_editing(
     generate_tokens: int = 0,
     pre_cache: Optional[PreEditCache] = None,
     references: Optional[RomeReferences] = None,
+    capability: Optional[Any] = None,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
@@ -116,6 +117,8 @@ def evaluate_editing(
     new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
     ``references``: ROME's consistency references (``data.rome_references``), for ROME CounterFact requests: their
     generations (from their generation prompts) are then also scored for consistency.
+    ``capability``: (sequential) an object whose ``on_edits(n_done, loaded, last=...)`` is called before the first
+    edit and after each edit call (``evaluation/capability.py``'s ``CapabilityCurve``).
     """
     if protocol not in EDITING_PROTOCOLS:  # before the requests are checked, as ever
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
@@ -128,7 +131,9 @@ def evaluate_editing(
         editor.prepare(loaded)
     pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
     scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency, references if fluency else None)
-    run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
+    generation = DeferredGeneration(loaded, requests, scoring, gen_tokens, timer)
+    run = _Run(loaded, editor, requests, timer, scoring, generation,
+               capability=capability if protocol == "sequential" else None)
     kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
     return Report(
         method=editor.name, model=loaded.name, protocol=protocol, n=len(requests), batch_size=batch_size,
@@ -169,6 +174,7 @@ class _Run:
     generation: DeferredGeneration
     seconds: EditSeconds = field(default_factory=EditSeconds)
     memory: PeakMemory = field(default_factory=PeakMemory)
+    capability: Optional[Any] = None  # sequential: on_edits(n_done, loaded, last) after each edit call
 
 
 def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits: bool,
@@ -179,9 +185,13 @@ def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits:
     kept: list[EditDelta] = []
     bar = tqdm(total=len(run.requests), desc=f"{run.editor.name} ({protocol})", disable=not progress, unit="req")
     try:
+        if run.capability is not None:
+            run.capability.on_edits(0, run.loaded)
         for chunk in chunks:
             delta = _edit(run, chunk)
             applied.append(delta)
+            if run.capability is not None:
+                run.capability.on_edits(chunk[-1] + 1, run.loaded, last=chunk[-1] + 1 == len(run.requests))
             if protocol != "sequential":
                 _score(run, chunk, None if keep_edits else delta)
                 if not keep_edits:
