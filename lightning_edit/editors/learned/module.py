@@ -19,7 +19,8 @@ from torchmetrics import MeanMetric
 from ...models.loading import LoadedModel, load_model
 from ...models.teacher_forcing import TargetBatch, build_target_batch
 from ...requests import EditRequest
-from .hypernetwork import LearnedEditor, LearnedHyperParams, agreement, edit_batch, locality_batch, target_accuracy
+from .hypernetwork import (LearnedEditor, LearnedHyperParams, agreement, edit_batch, edited_logits, locality_batch,
+                          locality_pairs, masked_kl, rephrase_pairs, target_accuracy, target_nll)
 from .settings import TrainingConfig
 
 
@@ -163,3 +164,25 @@ class EditorModule(L.LightningModule):
 def joint_rows(loaded: LoadedModel, rb, lb) -> tuple[list[str], list[str], int]:
     """Prompts/targets of the edit-generalisation rows then the locality rows (one padded batch)."""
     return rb[0] + (lb[0] if lb else []), rb[1] + (lb[1] if lb else []), len(rb[0])
+
+
+def shifted_meta_loss(loaded: LoadedModel, requests: Sequence[EditRequest], shifts: Mapping[str, torch.Tensor],
+                      c_edit: float, c_loc: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MEND's meta-loss, also MALMEN's: ``c_edit · NLL(target | rephrases, W + S) + c_loc · KL(base ‖ edited)`` on the
+    locality prompts, for the weights shifted by ``shifts`` (one edited forward pass over both kinds of rows)."""
+    rb, lb = rephrase_pairs(requests), locality_pairs(requests)
+    prompts, targets, n_edit = joint_rows(loaded, rb, lb)
+    joint = build_target_batch(loaded, prompts, targets)
+    logits = edited_logits(loaded, shifts, joint)
+    edit_logits, edit_labels = logits[:n_edit], joint.labels[:n_edit]
+    l_edit = target_nll(edit_logits, edit_labels)
+    logs = {"edit_loss": l_edit.detach(), "edit_acc": target_accuracy(edit_logits.detach(), edit_labels).mean()}
+    loss = c_edit * l_edit
+    if lb is not None:
+        loc_inputs = {k: v[n_edit:] for k, v in joint.model_inputs().items()}
+        with torch.no_grad():
+            base_logits = loaded.model(**loc_inputs).logits
+        l_loc = masked_kl(base_logits, logits[n_edit:], joint.labels[n_edit:])
+        loss = loss + c_loc * l_loc
+        logs["loc_loss"] = l_loc.detach()
+    return loss, logs

@@ -18,10 +18,8 @@ from typing import Sequence
 
 import torch
 
-from ....models.teacher_forcing import build_target_batch
 from ....requests import EditRequest
-from ..hypernetwork import (edited_logits, locality_pairs, masked_kl, rephrase_pairs, target_accuracy, target_nll)
-from ..module import EditorModule, joint_rows
+from ..module import EditorModule, shifted_meta_loss
 from .editor import MALMENEditor
 from .settings import MALMENTraining
 
@@ -37,25 +35,8 @@ class MALMENModule(EditorModule):
 
     def meta_loss(self, requests: Sequence[EditRequest],
                   shifts: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``c_edit · L_gen + c_loc · L_loc`` of the model with ``W + S`` for each shifted weight."""
-        loaded = self.base
-        rb, lb = rephrase_pairs(requests), locality_pairs(requests)
-        # one edited forward pass over the rephrases and the locality prompts together
-        prompts, targets, n_edit = joint_rows(loaded, rb, lb)
-        joint = build_target_batch(loaded, prompts, targets)
-        logits = edited_logits(loaded, shifts, joint)
-        edit_logits, edit_labels = logits[:n_edit], joint.labels[:n_edit]
-        l_gen = target_nll(edit_logits, edit_labels)
-        logs = {"edit_loss": l_gen.detach(), "edit_acc": target_accuracy(edit_logits.detach(), edit_labels).mean()}
-        loss = self.training_cfg.c_edit * l_gen
-        if lb is not None:
-            loc_inputs = {k: v[n_edit:] for k, v in joint.model_inputs().items()}
-            with torch.no_grad():
-                base_logits = loaded.model(**loc_inputs).logits
-            l_loc = masked_kl(base_logits, logits[n_edit:], joint.labels[n_edit:])
-            loss = loss + self.training_cfg.c_loc * l_loc
-            logs["loc_loss"] = l_loc.detach()
-        return loss, logs
+        """``c_edit · L_gen + c_loc · L_loc`` of the model with ``W + S`` for each shifted weight (MEND's)."""
+        return shifted_meta_loss(self.base, requests, shifts, self.training_cfg.c_edit, self.training_cfg.c_loc)
 
     def training_loss(self, requests: Sequence[EditRequest]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         shifts = self.network(self.editor.factors(self.base, requests))  # S*(θ), the hypernetwork's graph
