@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .options import add_threads_option, parse_override  # one override parser and thread option for every command
+from .options import add_device_options, add_threads_option, parse_override, placement_args  # one override parser and thread option for every command
 from .errors import CheckpointError, ConfigError, LightningEditError, ModelNotAvailableError, RequestError
 
 DEFAULT_METHOD = "rome"
@@ -61,11 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", action="store_true", help="apply all edits in one call (default: one after another, keeping each)")
     p.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of configs/<method>/ (repeatable; values are YAML)")
-    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, ke, serac)")
+    p.add_argument("--editor", default=None, help="trained editor: checkpoint directory or hub id user/repo (learnt methods: mend, malmen, ke, serac)")
     p.add_argument("--max-new-tokens", type=int, default=12, help="tokens generated per answer (default %(default)s)")
     p.add_argument("--cache-dir", default=None,
                    help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
-    p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    add_device_options(p, "torch device")
     add_threads_option(p)
     return p
 
@@ -226,7 +226,7 @@ def _edit_run(args: argparse.Namespace, method: str, requests: list):
     from .runner import Run, RunSpec
 
     run = Run(RunSpec(model=args.model, method=method, device=args.device, overrides=dict(args.overrides),
-                      editor=args.editor, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR"))
+                      editor=args.editor, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR", **placement_args(args)))
     if get_editor_class(method).needs_subject:
         for r in requests:
             if r.subject is None:
@@ -275,11 +275,16 @@ def run(args: argparse.Namespace) -> int:
     return {"answer": _answer, "saved": _before_and_after_saved, "edit": _before_and_after_edit}[p.mode](p, args)
 
 
-def _load(name: str, args: argparse.Namespace):
-    """A model to answer with, through the one runner (its preflight, its loading)."""
+def _load(name: str, args: argparse.Namespace, part: Optional[str] = None):
+    """A model to answer with, through the one runner (its preflight, its loading). ``part``: with
+    ``--offload-folder``, the subfolder this model offloads to (two models loaded one after the other)."""
     from .runner import Run, RunSpec
 
-    return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR")).load()
+    placement = placement_args(args)
+    if part and placement["offload_folder"]:
+        placement["offload_folder"] = str(Path(placement["offload_folder"]) / part)
+    return Run(RunSpec(model=name, device=args.device, cache_dir=args.cache_dir, model_flag="MODEL_OR_DIR",
+                       **placement)).load()
 
 
 def _answers(loaded, p: Plan, args: argparse.Namespace) -> list[str]:
@@ -308,7 +313,7 @@ def _before_and_after_saved(p: Plan, args: argparse.Namespace) -> int:
     reason = unavailable_reason(str(base)) if isinstance(base, str) else f"{EDITS_FILE} names no base_model"
     if reason is None:
         try:
-            base_loaded = _load(str(base), args)
+            base_loaded = _load(str(base), args, part="base")
         except (LightningEditError, OSError, ValueError) as err:
             reason = str(err)
         else:
@@ -318,7 +323,7 @@ def _before_and_after_saved(p: Plan, args: argparse.Namespace) -> int:
     if reason is not None:
         print(f"note: no answers before the edit: the base model cannot be loaded here ({reason}); "
               f"showing the saved model's answers only\n")
-    after = _answers(_load(p.model, args), p, args)
+    after = _answers(_load(p.model, args, part="saved"), p, args)
     for i, prompt in enumerate(p.prompts):
         print(format_block(prompt, before[i] if before is not None else None, after[i], p.targets.get(prompt)) + "\n")
     return 0

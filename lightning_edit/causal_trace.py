@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .options import _non_negative_int, _positive_int, add_threads_option, apply_threads, check_output_path
+from .options import (_non_negative_int, _positive_int, add_device_options, add_threads_option, apply_threads,
+                      check_output_path, placement_args)
 from .errors import ConfigError, DataError
 from .evaluation.tracing import KINDS, NOISE_MULTIPLE
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="folder for the PNG and CSV files (default results/trace-<model>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models are cached")
-    p.add_argument("--device", default="cpu")
+    add_device_options(p)
     p.add_argument("--dtype", default="float32")
     add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -73,6 +74,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
     """Everything checked before the model loads: the kinds, the noise, the device, the output folder and the
     records (at least one, each with a subject and a true answer). Returns (kinds, output folder, requests)."""
     from .data import load_requests
+    from .models.device_map import Placement
     from .preflight import check_environment, check_model_source
 
     kinds = parse_kinds(args.kinds)
@@ -80,6 +82,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[str], Path, list]:
         raise ConfigError(f"--noise {args.noise}: give a positive, finite multiple of the embeddings' standard "
                           "deviation (ROME: 3)")
     check_environment(args.device, args.dtype)  # the shared preflight: device, dtype, model
+    Placement.from_flags(**placement_args(args), device=args.device)
     output = Path(args.output or f"results/trace-{args.model.replace('/', '_')}")
     check_output_path("--output", str(output), directory=True)
     requests = load_requests(args.data, n=args.n, data_dir=args.data_dir, offset=args.offset)
@@ -119,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
     kinds, output, requests = _preflight(args)
     apply_threads(args.threads)
-    run = Run(RunSpec(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir))
+    run = Run(RunSpec(model=args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
+                      **placement_args(args)))
     loaded = run.load()
     run.check(requests)  # control-token text, prompts longer than the context: as edit.py checks them
     started, cpu_started = time.perf_counter(), time.process_time()

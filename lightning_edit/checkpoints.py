@@ -1,6 +1,6 @@
 """Shareable editor checkpoints: a directory anyone can copy, publish and load safely.
 
-A trained editor (MEND, KE, SERAC) is saved as::
+A trained editor (MEND, MALMEN, KE, SERAC) is saved as::
 
     <dir>/editor.safetensors   the editor network's tensors (never a pickle)
     <dir>/config.yaml          the method's hyperparameters (architecture included)

@@ -8,22 +8,27 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 
 from .atomic import check_new_directory
 from .errors import ConfigError, DataError, LightningEditError
-from .options import (_non_negative_int, _positive_int, add_threads_option, apply_threads, check_device,  # noqa: F401
-                      check_output_path, parse_override)
+from .options import (_non_negative_int, _positive_int, add_device_options, add_threads_option, apply_threads, check_device,  # noqa: F401
+                      check_output_path, parse_override, placement_args)
+
+if TYPE_CHECKING:  # Ray is imported only with --ray
+    from .study_ray import RayOptions
 
 DEFAULT_METHOD = "rome"
 SUBCOMMANDS_HELP = """subcommands (python edit.py SUBCOMMAND --help, or lightning-edit SUBCOMMAND --help):
   edit     (the default) apply edits and report: the options above
   study    run a study configuration (configs/study/) and write its tables and figures
-  train    train a learnt editor (MEND, KE, SERAC), as python train.py: train mend smollm2-135m --print_config
+  train    train a learnt editor (MEND, MALMEN, KE, SERAC), as python train.py: train mend smollm2-135m --print_config
   data     fetch and verify the benchmark data sets: data get zsre|counterfact|knowedit|mquake|known_1000|wikitext
   ask      greedy answers of a model, a saved edited model, or a model plus an edit, before and after
   stats    second-moment statistics of layers (ROME/MEMIT/AlphaEdit cache), over K processes: stats --layers 5 --devices 2
+  capability  general capability (held-out perplexity, known facts, any lm-eval task) of a model or a --save
+           directory, beside the unedited model: capability MODEL_OR_DIR --tasks local-perplexity,known-facts
   trace    causal tracing (heatmaps, CSV) and the layers it suggests for ROME/MEMIT: trace --model M --data counterfact --n 10
 
 request files (--data FILE.json): a JSON list of records, each
@@ -70,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "needs --sequential or a single edit call")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default=None, help="where dequantized models, statistics and IKE embeddings are cached (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_device_options(p)
     p.add_argument("--dtype", default="float32", help="dtype the model is loaded in: float32, bfloat16 or float16 "
                                                       "(default %(default)s; float16 is slow on a CPU)")
     add_threads_option(p)
@@ -83,9 +88,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the greedy continuation (N tokens) of each edit prompt and rephrase, before and after")
     p.add_argument("--no-pre-cache", action="store_true", help="compute the pre-edit scores and generations afresh "
                                                                "instead of reusing (and storing) them in <cache>/pre_edit")
+    add_capability_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
+
+
+def add_capability_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--capability-every", type=_positive_int, default=None, metavar="K",
+                   help="with --sequential: general capability before the first edit, every K edits and after the "
+                        "last, "
+                        "and the number of edits at which it first fell by 5%% (evaluation/capability.py)")
+    p.add_argument("--capability-tasks", default="local-perplexity,known-facts",
+                   help="tasks of --capability-every: local-perplexity, known-facts, or lm-eval task names "
+                        "(default %(default)s)")
+    p.add_argument("--capability-limit", type=_positive_int, default=50,
+                   help="per task: perplexity windows, known facts, or lm-eval documents (default %(default)s)")
+    p.add_argument("--include-path", default=None,
+                   help="a folder of your own lm-eval task YAMLs (lm-eval's --include_path)")
+
+
+def capability_curve(args: argparse.Namespace):
+    """The --capability-every hook of a sequential run, its tasks checked before any model loads; None without it."""
+    if args.capability_every is None:
+        return None
+    from .evaluation.capability import CapabilityCurve, check_tasks, parse_tasks
+
+    if not args.sequential:
+        raise ConfigError("--capability-every is an option of --sequential (capability as the edits accumulate); "
+                          "add --sequential, or run 'lightning-edit capability' on a --save directory")
+    tasks = parse_tasks(args.capability_tasks, "--capability-tasks")
+    check_tasks(tasks, args.include_path, args.data_dir, "--capability-tasks")
+    return CapabilityCurve(tasks, args.capability_every, limit=args.capability_limit, data_dir=args.data_dir,
+                           include_path=args.include_path)
 
 
 def build_study_parser() -> argparse.ArgumentParser:
@@ -96,10 +131,22 @@ def build_study_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of the configuration's methods")
     p.add_argument("--results-dir", default=None, help="output folder (default results/<config>-<model>)")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where the model is loaded and every cell computed")
+    add_device_options(p, "cpu, cuda or cuda:N: where the model is loaded and every cell computed")
     p.add_argument("--tables-only", action="store_true",
                    help="write tables and figures from the cells already computed; compute none (a study still running)")
     add_threads_option(p)
+    ray = p.add_argument_group("Ray (pip install 'lightning-edit[ray]'; docs/guides/cluster.md)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="make the cells on Ray workers: alone, a local Ray; 'auto' or HOST:PORT, a running cluster")
+    ray.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="workers (each loads the model once and makes one cell at a time; default 2); "
+                          "--threads is each worker's CPUs and torch threads (default 1)")
+    ray.add_argument("--gpus-per-cell", type=float, default=None, metavar="G",
+                     help="GPUs each worker declares (with --device cuda; a fraction shares a GPU; default 0)")
+    ray.add_argument("--memory-per-worker", type=float, default=None, metavar="GIB",
+                     help="memory (GiB) each worker declares to Ray's scheduler")
+    ray.add_argument("--ray-retries", type=int, default=None, metavar="K",
+                     help="times a cell whose worker died is handed to another worker (default 2)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true", help="print the Python traceback of an error")
     return p
@@ -108,23 +155,61 @@ def build_study_parser() -> argparse.ArgumentParser:
 def run_study(argv: Sequence[str]) -> int:
     from .evaluation.study import StudyConfig, safe_folder_name
     from .study_runner import Study
+    from .models.device_map import Placement
     from .preflight import check_study
 
     args = build_study_parser().parse_args(argv)
+    ray_options = _ray_options(args)  # --ray refused (Ray missing, bad numbers) before anything is read or loaded
     apply_threads(args.threads)
     config = StudyConfig.load(args.config, model=args.model)
     if args.methods is not None:  # "--methods ," or "--methods ''" names no method: refused, not an empty study
         config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         config.check("--methods")
-    check_study(config, args.device)  # the shared preflight, for every method of the study
+    # the shared preflight, for every method of the study; on Ray the device is the workers', not this node's
+    check_study(config, "cpu" if ray_options else args.device)
+    Placement.from_flags(**placement_args(args), device=args.device)  # --device-map and its flags, before any cell
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")
-    tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
-                   device=args.device).run()
+    if ray_options:
+        if any(placement_args(args).values()):
+            raise ConfigError("--device-map, --max-memory and --offload-folder apply to a study in this process; with "
+                              "--ray each worker loads the model whole (leave them out, or leave out --ray)")
+        from .study_ray import RayStudy
+
+        tables = RayStudy(config, results, ray_options, data_dir=args.data_dir, progress=not args.quiet,
+                          device=args.device).run()
+    else:
+        tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
+                       device=args.device, placement=placement_args(args)).run()
     for name, md in tables.items():
         print(f"\n## {name}\n{md}")
     print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")
     return 0
+
+
+def _ray_options(args: argparse.Namespace) -> Optional["RayOptions"]:
+    """The ``RayOptions`` of ``--ray`` and its flags, checked (Ray importable, numbers in range); None without it."""
+    flags = {"--ray-workers": args.ray_workers, "--gpus-per-cell": args.gpus_per_cell,
+             "--memory-per-worker": args.memory_per_worker, "--ray-retries": args.ray_retries}
+    if args.ray is None:
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --ray; add --ray (a local Ray) or --ray auto")
+        return None
+    if args.tables_only:
+        raise ConfigError("--tables-only computes no cell, so --ray has nothing to run; drop one of them")
+    from .study_ray import RayOptions, require_ray
+
+    options = RayOptions(address=None if args.ray == "local" else args.ray, workers=_or(args.ray_workers, 2),
+                         threads=_or(args.threads, 1), gpus_per_cell=_or(args.gpus_per_cell, 0.0),
+                         memory_gb=args.memory_per_worker, max_retries=_or(args.ray_retries, 2))
+    options.check(args.device)
+    require_ray()
+    return options
+
+
+def _or(value: object, default: object) -> object:
+    return default if value is None else value
 
 
 def _run_data(argv: Sequence[str]) -> int:
@@ -151,6 +236,12 @@ def _run_ask(argv: Sequence[str]) -> int:
     return ask_main(list(argv))
 
 
+def _run_capability(argv: Sequence[str]) -> int:
+    from .capability_cli import main as capability_main
+
+    return capability_main(list(argv))
+
+
 def _run_trace(argv: Sequence[str]) -> int:
     from .causal_trace import main as trace_main
 
@@ -158,7 +249,8 @@ def _run_trace(argv: Sequence[str]) -> int:
 
 
 SUBCOMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"study": run_study, "train": _run_train, "data": _run_data, "ask": _run_ask,
-                                                           "stats": _run_stats, "trace": _run_trace}
+                                                           "stats": _run_stats, "trace": _run_trace,
+                                                           "capability": _run_capability}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -239,6 +331,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers import set_seed
 
     from .data import load_requests
+    from .data.rome_references import load_rome_references, needs_references
     from .editors.delta import undo_all
     from .evaluation import default_pre_cache, format_table, verdict
 
@@ -249,7 +342,10 @@ def run(args: argparse.Namespace) -> int:
     if not requests:
         raise DataError(f"--data {args.data}: no request to edit (--offset {args.offset} is past the end, or every record "
                         "was skipped: the warnings above say why, e.g. an empty 'prompt' or 'target_new')")
+    # ROME's CounterFact: its generations are scored for consistency too; the references are read before the model
+    references = load_rome_references(args.data_dir) if not args.no_fluency and needs_references(requests) else None
     run_ = preflight(args, len(requests))
+    curve = capability_curve(args)
     loaded = run_.load()
     if len(loaded.patches):  # a --save directory: its edits are on the model before this run's
         print(f"{args.model}: re-attached the saved patches {loaded.patches.keys()} (verified against its manifest)")
@@ -258,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_.evaluate(requests, editor, protocol=protocol, batch_size=args.batch_size, fluency=not args.no_fluency,
                            fluency_tokens=args.fluency_tokens, progress=not args.quiet, keep_edits=bool(args.save),
                            generate_tokens=args.generate, eval_every=args.eval_every, checkpointing=checkpointing,
+                           references=references, capability=curve,
                            pre_cache=None if args.no_pre_cache else default_pre_cache(args.cache_dir))
     try:
         result = report.to_json()
@@ -266,6 +363,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{report.method} on {report.model}, {report.n} requests, {report.protocol} protocol: {verdict(report)}")
         if report.protocol == "sequential":
             print(readings_line(report))
+        if curve is not None:
+            result["capability"] = curve.to_json()
+            print(f"\ngeneral capability as the edits accumulated:\n{curve.summary()}")
         if args.json:
             print(json.dumps(result["summary"], indent=2))
         write_outputs(args, result, lambda: save_edited(loaded, editor, report, Path(args.save)))

@@ -11,6 +11,7 @@ from .errors import ConfigError
 
 from .config import parse_override  # noqa: F401  (one --set parser: typed by the field, lightning_edit/config.py)
 from .models.checks import check_device  # noqa: F401  (one device check: the shared preflight)
+from .models.device_map import DEFAULT_DEVICE, placement_args  # noqa: F401  (importable from here, with the options)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -29,6 +30,19 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
+
+
+def add_device_options(p: argparse.ArgumentParser, device_help: str = "cpu, cuda or cuda:N") -> None:
+    """``--device``, or ``--device-map`` with its memory limits and offload folder (one of the two)."""
+    p.add_argument("--device", default=DEFAULT_DEVICE, help=f"{device_help} (default: cpu)")
+    p.add_argument("--device-map", default=None, metavar="auto|balanced|FILE",
+                   help="spread the model with accelerate instead of --device: auto (fill GPUs in order, then CPU "
+                        "memory, then disk), balanced (even over the GPUs) or a JSON file of module name → device "
+                        "(0, cuda:1, cpu, disk); see docs/guides/device-map.md")
+    p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map auto|balanced: memory each device may hold, e.g. cpu=200MB,0=20GB")
+    p.add_argument("--offload-folder", default=None, metavar="DIR",
+                   help="with --device-map: a new or empty folder for the modules put on disk")
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:

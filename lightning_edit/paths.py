@@ -5,7 +5,8 @@ Shipped with the package (so ``pip install .`` and a wheel carry them, not only 
 * ``CONFIG_ROOT``: ``lightning_edit/configs/`` (per-method hyperparameters, study plans, DeepSpeed configs);
   the checkout's top-level ``configs`` is a symlink to it, so ``configs/rome/smollm2-135m.yaml`` still works;
 * ``DEMO_PATH``: ``lightning_edit/data/demo.json`` (``data/demo.json`` at the top of a checkout links to it);
-* ``STATS_TEXT_PATH``: the WikiText-2 test excerpt for key statistics (``lightning_edit/data/text/``).
+* ``STATS_TEXT_PATH``: the WikiText-2 test excerpt for key statistics (``lightning_edit/data/text/``);
+* ``HELDOUT_TEXT_PATH``: the end of the same split, held out from the statistics (``capability``'s perplexity).
 
 Written or read from outside the package, with one rule: a *checkout* (the folder above the package holds
 ``edit.py`` and ``setup.cfg``, as with ``pip install -e .`` or running ``python edit.py``) keeps everything
@@ -34,6 +35,8 @@ DEMO_PATH = PACKAGE_ROOT / "data" / "demo.json"
 # A WikiText-2 test excerpt shipped with the package (CC BY-SA 3.0; data/text/README.md): statistics text and
 # unrelated prompts.
 STATS_TEXT_PATH = PACKAGE_ROOT / "data" / "text" / "wikitext-2-test-excerpt.txt"
+# The last two articles of the same split (CC BY-SA 3.0): text no statistics read, for held-out perplexity.
+HELDOUT_TEXT_PATH = PACKAGE_ROOT / "data" / "text" / "wikitext-2-test-heldout.txt"
 
 CACHE_ENV = "LIGHTNING_EDIT_CACHE"
 DATA_ENV = "LIGHTNING_EDIT_DATA"

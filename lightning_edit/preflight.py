@@ -37,7 +37,7 @@ def check_method(method: str, model: str, overrides: Optional[dict] = None, edit
     overrides = dict(overrides or {})
     takes_editor = "editor_checkpoint" in {f.name for f in dataclasses.fields(cls.HParams)}
     if editor and not takes_editor:
-        raise ConfigError(f"{editor_flag} is for the methods that learn (mend, ke, serac); {method} takes no trained editor")
+        raise ConfigError(f"{editor_flag} is for the methods that learn (mend, malmen, ke, serac); {method} takes no trained editor")
     if editor:
         if not Path(editor).exists() and not is_hub_id(editor):
             raise ConfigError(f"{editor_flag} {editor}: no such checkpoint folder; train one with "

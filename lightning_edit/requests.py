@@ -33,6 +33,11 @@ class EditRequest:
     locality: tuple[PromptAnswer, ...] = ()
     portability: tuple[PromptAnswer, ...] = ()
     case_id: Optional[Any] = None
+    # ROME's CounterFact: prompts whose free generations are scored for fluency and consistency, and the ids
+    # (relation, new object) under which its reference snippets of the new object are filed
+    generation_prompts: tuple[str, ...] = ()
+    relation_id: Optional[str] = None
+    target_new_id: Optional[str] = None
 
     def __post_init__(self) -> None:
         where = f"EditRequest(case_id={self.case_id!r})"
@@ -43,25 +48,26 @@ class EditRequest:
                                        "write it as text in quotes.")
             if not value.strip():
                 raise RequestError(f"{where}: field '{name}' is empty; give the text of the {name.replace('_', ' ')}.")
-        for name in ("subject", "target_true"):
+        for name in ("subject", "target_true", "relation_id", "target_new_id"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise RequestTypeError(f"{where}: field '{name}' must be a string or None, got {_type_name(value)} {value!r}; "
                                        "write it as text in quotes or leave it out.")
         if self.subject is not None and not self.subject.strip():
             raise RequestError(f"{where}: field 'subject' is empty; give the subject or leave it None.")
-        for name in ("rephrase_prompts", "locality", "portability"):
+        for name in ("rephrase_prompts", "generation_prompts", "locality", "portability"):
             value = getattr(self, name)
             if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
-                what = "a list of strings" if name == "rephrase_prompts" else "a list of PromptAnswer(prompt, answer) items"
+                what = "a list of strings" if name.endswith("_prompts") else "a list of PromptAnswer(prompt, answer) items"
                 hint = "; wrap it in a list: [\"...\"]" if isinstance(value, str) else ""
                 raise RequestTypeError(f"{where}: field '{name}' must be {what}, not {_type_name(value)}{hint}.")
             object.__setattr__(self, name, tuple(value))
-        for j, p in enumerate(self.rephrase_prompts):
-            if not isinstance(p, str):
-                raise RequestTypeError(f"{where}: field 'rephrase_prompts[{j}]' is {_type_name(p)} {p!r}; every rephrase must be a string.")
-            if not p.strip():
-                raise RequestError(f"{where}: field 'rephrase_prompts' holds {p!r}; every rephrase must be a non-empty string.")
+        for name in ("rephrase_prompts", "generation_prompts"):
+            for j, p in enumerate(getattr(self, name)):
+                if not isinstance(p, str):
+                    raise RequestTypeError(f"{where}: field '{name}[{j}]' is {_type_name(p)} {p!r}; every prompt must be a string.")
+                if not p.strip():
+                    raise RequestError(f"{where}: field '{name}' holds {p!r}; every prompt must be a non-empty string.")
         for name in ("locality", "portability"):
             for j, item in enumerate(getattr(self, name)):
                 if not isinstance(item, PromptAnswer):
@@ -122,6 +128,9 @@ class EditRequest:
             locality=probes("locality"),
             portability=probes("portability"),
             case_id=record.get("case_id"),
+            generation_prompts=record.get("generation_prompts", ()),
+            relation_id=record.get("relation_id"),
+            target_new_id=record.get("target_new_id"),
         )
 
 

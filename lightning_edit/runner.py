@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 from . import models  # models.load_model looked up at call time (tests stand in for it)
 from .editors import Editor, HyperParams, get_editor_class
 from .models import LoadedModel
+from .models.device_map import DEFAULT_DEVICE, Placement, placement_args
 from .models.registry import family_of
 from .preflight import check_environment, check_method, check_model_source, check_requests
 
@@ -33,8 +34,12 @@ class RunSpec:
 
     model: str
     method: Optional[str] = None
-    device: Any = "cpu"  # a name or a torch.device
+    device: Any = DEFAULT_DEVICE  # a name or a torch.device
     dtype: Any = "float32"
+    # spread the model with accelerate instead (--device-map auto|balanced|FILE, --max-memory, --offload-folder)
+    device_map: Any = None
+    max_memory: Any = None
+    offload_folder: Optional[str] = None
     overrides: dict = field(default_factory=dict)
     editor: Optional[str] = None  # a trained editor (learnt methods): folder or hub id
     cache_dir: Optional[str] = None
@@ -46,10 +51,11 @@ class RunSpec:
     def from_args(cls, args: Any) -> "RunSpec":
         """The spec of a parsed command line with edit.py's names (--model, --method, --device, --dtype, --set,
         --editor, --cache-dir, --quiet); a command without one of them gets the default."""
-        return cls(model=args.model, method=getattr(args, "method", None), device=getattr(args, "device", "cpu"),
+        return cls(model=args.model, method=getattr(args, "method", None),
+                   device=getattr(args, "device", DEFAULT_DEVICE),
                    dtype=getattr(args, "dtype", "float32"), overrides=dict(getattr(args, "overrides", None) or []),
                    editor=getattr(args, "editor", None), cache_dir=getattr(args, "cache_dir", None),
-                   quiet=bool(getattr(args, "quiet", False)))
+                   quiet=bool(getattr(args, "quiet", False)), **placement_args(args))
 
 
 class Run:
@@ -63,6 +69,7 @@ class Run:
         check_environment(spec.device, spec.dtype)
         if loaded is None:
             check_model_source(spec.model, flag=spec.model_flag)
+            Placement.from_flags(spec.device_map, spec.max_memory, spec.offload_folder, device=spec.device)
         if spec.method is not None and self.hparams is None:
             self.hparams = self._merged(self._family)
 
@@ -86,8 +93,10 @@ class Run:
     # ---- the model ----------------------------------------------------------------------------------------
     def load(self) -> LoadedModel:
         if self.loaded is None:
-            self.loaded = models.load_model(self.spec.model, cache_dir=self.spec.cache_dir, device=self.spec.device,
-                                     dtype=self.spec.dtype)
+            spec = self.spec
+            self.loaded = models.load_model(spec.model, cache_dir=spec.cache_dir, device=spec.device, dtype=spec.dtype,
+                                            device_map=spec.device_map, max_memory=spec.max_memory,
+                                            offload_folder=spec.offload_folder)
         return self.loaded
 
     def check(self, requests: Sequence[Any]) -> None:

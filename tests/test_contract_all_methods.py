@@ -35,15 +35,21 @@ def overrides_for(method: str, tmp_path) -> dict:
         "rome": {**stats, "layers": [1]},
         "memit": {**stats, "layers": [1, 2]},
         "alphaedit": {**stats, "layers": [1, 2]},
+        "r-rome": {**stats, "layers": [1]},
+        "emmet": {**stats, "layers": [1, 2]},
+        "pmet": {**stats, "layers": [1, 2]},
         "kn": {"layers": [2, 3], "steps": 3, "max_target_tokens": 1, "use_rephrases": False},
         "t-patcher": {"memory_pool": ["wikitext:8"], "num_steps": 3},
         "grace": {"num_steps": 3},
         "wise": {"memory_pool": [], "layer": -2, "num_steps": 3},
         "calinet": {"layers": [1], "num_steps": 3},
         "mend": {"rank": 8},
+        "malmen": {"rank": 8},
         "ke": {"hidden_dim": 16, "condition_dim": 16, "lstm_hidden": 8},
         "serac": {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2, "lora_layers": [-2, -1]},
         "ike": {"k": 0, "cache_embeddings": False},
+        "ultraedit": {"modules": {"mlp_in": [1, 2], "mlp.gate_proj": [2]}, "lr": 1e-2},
+        "lora": {"rank": 2, "num_steps": 3, "layers": [1, 2]},
     }[method]
 
 

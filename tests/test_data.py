@@ -48,10 +48,13 @@ def test_counterfact_easyedit_format():
 
 
 def test_counterfact_rome_format():
-    require_data(DATASETS["counterfact-rome"])
-    reqs = load_requests("counterfact-rome")
+    require_data(DATASETS["counterfact-rome-preview"])
+    reqs = load_requests("counterfact-rome-preview")
     assert len(reqs) == 7
     r = reqs[0]
+    # every prompt of the record is carried, with the ids that file its consistency references
+    assert (len(r.generation_prompts), r.relation_id, r.target_new_id) == (10, "P103", "Q1860")
+    assert [p.kind for p in r.locality].count("neighborhood") == 10
     assert r.prompt == "The mother tongue of Danielle Darrieux is" and r.target_true == "French"
     assert len(r.rephrase_prompts) == 2
     kinds = {p.kind for p in r.locality}

@@ -13,6 +13,7 @@ import pytest
 
 from lightning_edit.data import DATASET_GROUPS, DATASETS, load_requests
 from lightning_edit.data import fetch as F
+from lightning_edit.data.integrity import SCHEMAS, check_schema, read_manifest
 from lightning_edit.errors import DataError
 
 SHARED = Path("/work/shared/data")  # the workshop's byte-identical copies, when this machine has them
@@ -26,7 +27,8 @@ def _fake_entry(monkeypatch, records: list[dict], name: str = "known_1000") -> t
     """Replace the registry entry of ``name`` by one pinned to synthetic bytes (so tests need no shared data)."""
     body = json.dumps(records).encode()
     [old] = [f for f in F.REGISTRY if name in f.datasets]
-    new = dataclasses.replace(old, url="https://example.invalid/" + name, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    source = F.Source("https://example.invalid/" + name, sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+    new = dataclasses.replace(old, sources=(source,))
     monkeypatch.setattr(F, "REGISTRY", tuple(new if f is old else f for f in F.REGISTRY))
     return new, body
 
@@ -46,12 +48,24 @@ def test_registry_covers_every_dataset_and_the_wikitext_path():
     assert set(DATASET_GROUPS) == set(DATASETS)
     assert by_path["text/wikitext-2/wiki.test.raw"].group == "wikitext"
     assert {f.group for f in F.REGISTRY} == set(F.GROUPS)
-    assert [len(F.select(g)) for g in ("zsre", "counterfact", "knowedit", "mquake", "known_1000", "wikitext")] == [2, 3, 3, 1, 1, 1]
+    groups = ("zsre", "counterfact", "counterfact-rome", "knowedit", "mquake", "known_1000", "wikitext")
+    assert [len(F.select(g)) for g in groups] == [3, 3, 4, 3, 3, 1, 1]
     assert F.select("all") == list(F.REGISTRY)
-    for f in F.REGISTRY:  # pinned to a commit, never a branch
-        owner_repo_commit = f.url.removeprefix("https://raw.githubusercontent.com/").split("/")
-        assert len(owner_repo_commit[2]) == 40 and len(f.sha256) == 64 and f.size > 0 and f.licence and f.home
-        assert f.browse_url.startswith("https://github.com/") and "/blob/" in f.browse_url
+    for f in F.REGISTRY:
+        assert f.sources and f.licence and f.home and f.schema in SCHEMAS
+        for s in f.sources:
+            if s.url.startswith("https://raw.githubusercontent.com/"):  # a copy at a commit, never a branch
+                assert len(s.url.split("/")[5]) == 40 and s.pinned, s.url
+            assert (s.sha256 is None) == (s.size is None) and (s.sha256 is None or len(s.sha256) == 64)
+    # the authors' releases come first, the pinned copies after them
+    assert F.select("knowedit-recent")[0].url.startswith(F.KNOWEDIT_HUB)
+    assert F.select("knowedit-recent")[0].sources[-1].url.startswith("https://raw.githubusercontent.com/YJiangcm/LTE/")
+    assert [f.url for f in F.select("counterfact-rome")] == [F.ROME_DSETS + n for n in (
+        "counterfact.json", "attribute_snippets.json", "idf.npy", "tfidf_vocab.json")]
+    assert F.select("counterfact-rome")[0].sources[0].records == 21_919
+    assert F.select("zsre-memit")[0].url == F.MEMIT_DSETS + "zsre_mend_eval.json"
+    assert F.select("mquake-cf-3k")[0].url.startswith("https://raw.githubusercontent.com/princeton-nlp/MQuAKE/")
+    assert F.select("wikitext")[0].url == F.HUB_DATASET + "Salesforce/wikitext/wikitext-2-raw-v1/test"
     assert "zjunlp/KnowEdit" in F.select("knowedit")[0].home
 
 
@@ -60,14 +74,17 @@ def test_registry_matches_shared_copies():
         pytest.skip(f"{SHARED} not present")
     for f in F.REGISTRY:
         path = SHARED / f.path
-        if path.exists():
+        if path.exists() and f.sha256:
             assert path.stat().st_size == f.size and F.sha256_file(path) == f.sha256, f.path
+            check_schema(path, f.schema, None, f.path, "the shared copy")  # the real files pass their own checks
 
 
 def test_fetch_real_bytes_lands_where_the_loader_reads(tmp_path):
     if not (SHARED / DATASETS["zsre"]).exists():
         pytest.skip(f"{SHARED} not present")
     urls: dict[str, Path] = {f.url: SHARED / f.path for f in F.REGISTRY}
+    # MEMIT's zsRE eval set (not in the shared copies) is served a file of the same MEND layout
+    urls[F.MEMIT_DSETS + "zsre_mend_eval.json"] = SHARED / DATASETS["zsre"]
     served = []
 
     def opener(url: str):
@@ -75,10 +92,15 @@ def test_fetch_real_bytes_lands_where_the_loader_reads(tmp_path):
         return open(urls[url], "rb")  # file-like, like urllib's response
 
     paths = F.fetch("zsre", data_dir=tmp_path, opener=opener, echo=None)
-    assert paths == [tmp_path / DATASETS["zsre"], tmp_path / DATASETS["zsre-train"]] and len(served) == 2
+    assert paths == [tmp_path / DATASETS[n] for n in ("zsre", "zsre-train", "zsre-memit")] and len(served) == 3
     assert len(load_requests("zsre", data_dir=tmp_path)) == 1037
     assert not list(tmp_path.rglob("*.part"))
-    assert all(c.status == "ok" for c in F.verify("zsre", tmp_path))
+    checks = F.verify("zsre", tmp_path)
+    assert [c.status for c in checks] == ["ok"] * 3 and all(c.got == F.sha256_file(c.path) for c in checks)
+    manifest = read_manifest(tmp_path)
+    assert manifest[DATASETS["zsre-memit"]]["source"] == F.MEMIT_DSETS + "zsre_mend_eval.json"
+    assert manifest[DATASETS["zsre-memit"]]["records"] == 1037
+    assert manifest[DATASETS["zsre"]]["sha256"] == F.select("zsre")[0].sha256
 
 
 def test_fetch_synthetic_then_skip_then_force(tmp_path, monkeypatch, capsys):
@@ -185,7 +207,8 @@ def test_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(F, "_urlopen", offline)
     assert F.main(["get", "known_1000", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: could not download") and "offline" in err
+    assert err.startswith("error: known_1000/known_1000.json: every source failed: 1) could not download "
+                          + F.ROME_DSETS) and "offline" in err and "2) could not download https://raw.githubusercontent" in err
 
     entry, body = _fake_entry(monkeypatch, KNOWN)
     monkeypatch.setattr(F, "_urlopen", lambda url: io.BytesIO(body))
@@ -200,4 +223,104 @@ def test_cli(tmp_path, monkeypatch, capsys):
 def test_docs_table_matches_the_registry():
     docs = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
     for f in F.REGISTRY:
-        assert f.browse_url in docs and f"`{f.path}`" in docs and f"data get {f.group}`" in docs, f.path
+        assert f"`{f.path}`" in docs and f"data get {f.group}`" in docs, f.path
+        assert all(s.browse_url in docs for s in f.sources), f.path
+
+
+KNOWEDIT = [{"subject": "Paris", "prompt": "Paris is the capital of", "target_new": "Italy", "ground_truth": ["France"],
+             "portability": {}, "locality": {}}]
+
+
+def _two_sources(monkeypatch, name: str, canonical: F.Source, pinned_body: bytes) -> F.DataFile:
+    """Replace ``name``'s entry by one with ``canonical`` first and a pinned copy of ``pinned_body`` after it."""
+    [old] = [f for f in F.REGISTRY if name in f.datasets or (not f.datasets and f.group == name)]
+    pinned = F.Source("https://example.invalid/pinned", sha256=hashlib.sha256(pinned_body).hexdigest(), size=len(pinned_body))
+    new = dataclasses.replace(old, sources=(canonical, pinned))
+    monkeypatch.setattr(F, "REGISTRY", tuple(new if f is old else f for f in F.REGISTRY))
+    return new
+
+
+def test_the_authors_release_first_then_the_pinned_copy(tmp_path, monkeypatch):
+    pinned_body = json.dumps(KNOWEDIT).encode()
+    entry = _two_sources(monkeypatch, "knowedit-recent", F.Source(F.KNOWEDIT_HUB + "wiki_recent/recent_train.json"),
+                         pinned_body)
+    hub_body = json.dumps(KNOWEDIT * 2).encode()  # the hub's bytes differ from the pinned copy's: checked by schema
+    said: list[str] = []
+    [path] = F.fetch("knowedit-recent", data_dir=tmp_path, opener={entry.url: hub_body}.__getitem__, echo=said.append)
+    assert path.read_bytes() == hub_body and "schema checked" in said[-1]
+    record = read_manifest(tmp_path)[entry.path]
+    assert record == {**record, "source": entry.url, "records": 2, "sha256": hashlib.sha256(hub_body).hexdigest()}
+    # present and as recorded: kept; verify says what it compared with
+    assert F.fetch("knowedit-recent", data_dir=tmp_path, opener=_no_network, echo=None) == [path]
+    [check] = F.verify("knowedit-recent", tmp_path)
+    assert check.status == "ok" and "recorded" in check.how and entry.url in check.how
+    # changed after download: verify reports it, get refuses to overwrite without --force
+    path.write_bytes(hub_body.replace(b"Italy", b"Spain"))
+    assert [c.status for c in F.verify("knowedit-recent", tmp_path)] == ["differs"]
+    with pytest.raises(DataError, match="and from the recorded download .*; pass --force"):
+        F.fetch("knowedit-recent", data_dir=tmp_path, opener=_no_network, echo=None)
+
+    # the hub offline: the pinned copy, with its sha256, is used instead, and the manifest names it
+    def hub_down(url: str):
+        if url == entry.url:
+            raise urllib.error.HTTPError(url, 503, "Service Unavailable", {}, io.BytesIO())
+        return pinned_body
+
+    said.clear()
+    F.fetch("knowedit-recent", data_dir=tmp_path, force=True, opener=hub_down, echo=said.append)
+    assert path.read_bytes() == pinned_body and any("HTTP 503" in s and "trying the next source" in s for s in said)
+    assert read_manifest(tmp_path)[entry.path]["source"] == "https://example.invalid/pinned"
+    assert [c.status for c in F.verify("knowedit-recent", tmp_path)] == ["ok"]
+
+
+def test_a_release_of_the_wrong_schema_falls_back_and_both_failing_is_one_clear_error(tmp_path, monkeypatch):
+    pinned_body = json.dumps(KNOWEDIT).encode()
+    entry = _two_sources(monkeypatch, "knowedit-recent", F.Source(F.KNOWEDIT_HUB + "x.json"), pinned_body)
+    portal = b"<html>Sign in to continue</html>"
+    with pytest.raises(DataError) as info:
+        F.fetch("knowedit-recent", data_dir=tmp_path, opener=lambda url: portal, echo=None)
+    msg = str(info.value)
+    assert msg.startswith(f"{entry.path}: every source failed: 1) ") and "knowedit schema" in msg
+    assert "2) " in msg and "does not match the pinned file" in msg and "by hand" in msg
+    assert not list(tmp_path.rglob("*.json"))
+    F.fetch("knowedit-recent", data_dir=tmp_path, echo=None,
+            opener=lambda url: portal if url == entry.url else pinned_body)
+    assert (tmp_path / entry.path).read_bytes() == pinned_body
+
+
+def test_wikitext_from_the_hub_through_datasets(tmp_path, monkeypatch):
+    rows = [" = Robert Boulter = \n", "", " Robert Boulter is an English actor .\n"]
+    calls = []
+
+    def load_dataset(repo, config, split):
+        calls.append((repo, config, split))
+        return {"text": rows}
+
+    [path] = F.fetch("wikitext", data_dir=tmp_path, opener=_no_network, load_dataset=load_dataset, echo=None)
+    assert calls == [("Salesforce/wikitext", "wikitext-2-raw-v1", "test")]
+    assert path.read_text() == " = Robert Boulter = \n\n Robert Boulter is an English actor .\n"
+    assert read_manifest(tmp_path)[F.WIKITEXT_PATH]["records"] == 3  # lines
+
+    # the hub unreachable (datasets raises its own errors): the pinned copy instead
+    entry = _two_sources(monkeypatch, "wikitext", F.select("wikitext")[0].sources[0], b"pinned text\n")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'Salesforce/wikitext' on the Hub (LocalEntryNotFoundError)")
+
+    F.fetch("wikitext", data_dir=tmp_path, force=True, opener=lambda url: b"pinned text\n", load_dataset=offline, echo=None)
+    assert path.read_bytes() == b"pinned text\n" and read_manifest(tmp_path)[entry.path]["source"].startswith("https://example")
+
+
+def test_a_pinned_commit_file_is_checked_by_its_git_blob_id(tmp_path, monkeypatch):
+    body = json.dumps([{"case_id": 1, "requested_rewrite": [{"prompt": "{} is a citizen of", "subject": "Ellie Kemper",
+                                                             "target_new": {"str": "Croatia"}, "target_true": {"str": "USA"},
+                                                             "question": "What is Ellie Kemper's country?"}],
+                        "questions": ["Q?"], "new_answer": "Zagreb"}]).encode()
+    blob = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()  # what `git hash-object` prints
+    [old] = F.select("mquake-cf-3k")
+    new = dataclasses.replace(old, sources=(dataclasses.replace(old.sources[0], git_blob=blob),))
+    monkeypatch.setattr(F, "REGISTRY", tuple(new if f is old else f for f in F.REGISTRY))
+    with pytest.raises(DataError, match="not the file of that commit"):
+        F.fetch("mquake-cf-3k", data_dir=tmp_path, opener=lambda url: body + b" ", echo=None)
+    [path] = F.fetch("mquake-cf-3k", data_dir=tmp_path, opener=lambda url: body, echo=None)
+    assert path.read_bytes() == body and len(load_requests("mquake-cf-3k", data_dir=tmp_path)) == 1

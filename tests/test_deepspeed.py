@@ -119,7 +119,7 @@ def test_precision_plugins_leave_text_batches_alone():
     assert isinstance(ds, DeepSpeedPrecision) and ds.convert_input(batch) is batch
 
 
-@pytest.mark.parametrize("method", ["mend", "ke", "serac"])
+@pytest.mark.parametrize("method", ["mend", "malmen", "ke", "serac"])
 def test_trained_networks_have_no_zero_dim_parameters(method, tokenizer):
     """DeepSpeed's engine broadcasts every parameter viewed as bytes at start, which a 0-dim bf16 tensor refuses
     ("self.dim() cannot be 0 to view BFloat16 as Byte", SERAC's scalars on an H200): every trained parameter has a shape."""

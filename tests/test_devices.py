@@ -171,7 +171,7 @@ def trained_checkpoint(method: str, loaded, directory, **arch) -> str:
     with torch.no_grad():
         for name, t in network.named_buffers():
             if name.endswith("count"):
-                t.fill_(10.0)  # MEND's running norms in use (count ≥ 2), as after training
+                t.fill_(10.0)  # MEND's and MALMEN's running norms in use (count ≥ 2), as after training
             elif name.endswith("m2"):
                 t.fill_(9.0)
         if method == "serac":
@@ -184,6 +184,7 @@ def trained_checkpoint(method: str, loaded, directory, **arch) -> str:
 
 
 LEARNED_ARCH = {"mend": {"rank": 8, "layers": [-2, -1]},
+                "malmen": {"rank": 8, "layers": [-2, -1]},
                 "ke": {"layers": [-1], "lstm_hidden": 8, "condition_dim": 8, "hidden_dim": 8},
                 "serac": {"scope_layer": 1, "scope_dim": 8, "lora_rank": 2, "lora_layers": [-1]}}
 
@@ -194,10 +195,15 @@ METHODS = {
     "rome": lambda st, tmp: _locate(st, tmp, layers=[1]),
     "memit": lambda st, tmp: _locate(st, tmp, layers=[1, 2]),
     "alphaedit": lambda st, tmp: _locate(st, tmp, layers=[1, 2], L2=1.0),
+    "r-rome": lambda st, tmp: _locate(st, tmp, layers=[1]),
+    "emmet": lambda st, tmp: _locate(st, tmp, layers=[1, 2]),
+    "pmet": lambda st, tmp: _locate(st, tmp, layers=[1, 2]),
     "grace": lambda st, tmp: {"num_steps": 2},
     "wise": lambda st, tmp: {"memory_pool": [], "layer": -2, "num_steps": 2},
     "t-patcher": lambda st, tmp: {"memory_pool": [], "num_steps": 2},
     "calinet": lambda st, tmp: {"num_steps": 2},
+    "ultraedit": lambda st, tmp: {"modules": {"mlp_in": [1, 2]}, "lr": 1e-2},
+    "lora": lambda st, tmp: {"rank": 2, "num_steps": 2, "layers": [1, 2]},
 }
 
 

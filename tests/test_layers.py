@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "editors": 5,
     "metrics": 6,
     "training": 7, "evaluation": 7,
-    "api": 8, "easyedit": 8, "options": 8, "preflight": 6, "runner": 7, "study_runner": 8, "ask": 9, "causal_trace": 9, "multihop_cli": 9, "cli": 9, "__init__": 10, "config": 0, "version": 0, "atomic": 0, "tensor_limits": 0,
+    "api": 8, "easyedit": 8, "options": 8, "preflight": 6, "runner": 7, "study_runner": 8, "study_ray": 8, "ask": 9, "causal_trace": 9, "multihop_cli": 9, "capability_cli": 9, "cli": 9, "__init__": 10, "config": 0, "version": 0, "atomic": 0, "tensor_limits": 0,
 }
 
 

@@ -20,7 +20,8 @@ PACKAGE = ROOT / "lightning_edit"
 SHIPPED = ["lightning_edit/configs/rome/smollm2-135m.yaml", "lightning_edit/configs/rome/default.yaml",
            "lightning_edit/configs/study/quick.yaml", "lightning_edit/configs/deepspeed/stage2.json",
            "lightning_edit/configs/deepspeed/stage3.json", "lightning_edit/data/demo.json",
-           "lightning_edit/data/text/wikitext-2-test-excerpt.txt", "lightning_edit/data/text/README.md"]
+           "lightning_edit/data/text/wikitext-2-test-excerpt.txt", "lightning_edit/data/text/README.md",
+           "lightning_edit/data/text/wikitext-2-test-heldout.txt"]
 
 
 @pytest.fixture(scope="module")

@@ -70,3 +70,33 @@ def test_two_processes_equal_one_and_the_serial_path(tiny_dir, tmp_path, capsys)
     # a second run finds everything cached
     assert stats_main([*args, "--devices", "1", "--cache-dir", str(tmp_path / "two")]) == 0
     assert json.loads(capsys.readouterr().out)["cached"] == [1, 3]
+
+
+def test_two_nodes_equal_one_process(tiny_dir, tmp_path, capsys):
+    """``--num-nodes 2``: two commands, one per "node" (NODE_RANK 0 and 1, as srun or torchrun would set it),
+    here both on this machine; their statistics equal one process's."""
+    args = ["--model", str(tiny_dir), "--layers", "2", "--tokens", str(TOKENS), "--threads", "1", "--quiet"]
+    assert stats_main([*args, "--devices", "1", "--cache-dir", str(tmp_path / "one")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    command = [sys.executable, str(ROOT / "edit.py"), "stats", *args, "--devices", "1", "--num-nodes", "2",
+               "--accelerator", "cpu", "--cache-dir", str(tmp_path / "nodes")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29400 + os.getpid() % 500)}
+    nodes = [subprocess.Popen(command, cwd=ROOT, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[1][1][-3000:] + outputs[0][1][-3000:]
+    summary = json.loads(outputs[0][0][outputs[0][0].index("{"):])  # node 0 holds global rank 0: it writes and prints
+    assert summary["world_size"] == 2 and summary["num_nodes"] == 2 and summary["computed"] == [2]
+    loaded = load_model(str(tiny_dir))
+    from_one = layer_second_moments(loaded, [2], n_tokens=TOKENS, cache_dir=tmp_path / "one", progress=False, max_batches=0)
+    from_nodes = layer_second_moments(loaded, [2], n_tokens=TOKENS, cache_dir=tmp_path / "nodes", progress=False,
+                                      max_batches=0)
+    assert _rel(from_nodes[2], from_one[2]) < 1e-4
+    assert json.loads(Path(summary["files"]["2"]).with_suffix(".json").read_text())["world_size"] == 2
+
+
+def test_num_nodes_is_checked():
+    with pytest.raises(SystemExit):
+        stats_main(["--layers", "1", "--num-nodes", "x"])
+    assert stats_main(["--layers", "1", "--num-nodes", "0"]) == 2

@@ -54,7 +54,7 @@ def test_parser_takes_method_and_model_positionally():
     assert config.training.lr == 1e-3 and isinstance(config.training.lr, float) and config.training.max_steps == 5
 
 
-@pytest.mark.parametrize("method", ["mend", "ke", "serac"])
+@pytest.mark.parametrize("method", ["mend", "malmen", "ke", "serac"])
 def test_tiny_training_run_exports_and_resumes(method, tiny_dir, tmp_path):
     extra = ("--set", "scope_layer=1", "--set", "lora_layers=[-2, -1]") if method == "serac" else ()
     result = run(build_parser().parse_args(tiny_args(method, tiny_dir, tmp_path, *extra)))
@@ -174,7 +174,7 @@ def test_train_cli_refuses_deepspeed_here_before_loading_a_model(capsys):
 
 
 # KE is left out: its LSTM has no bf16 kernel on the CPU (oneDNN); tests/test_gpu.py trains KE in bf16 on CUDA.
-@pytest.mark.parametrize("method", ["mend", "serac"])
+@pytest.mark.parametrize("method", ["mend", "malmen", "serac"])
 def test_bf16_base_and_bf16_network_train_on_cpu(method, tiny_dir, tmp_path):
     """--dtype bfloat16 (frozen base) is recorded; a bf16 network (what DeepSpeed's bf16-mixed makes of it; here
     Lightning's bf16-true on CPU) trains through the modules' autocast and exports float32 weights."""

@@ -30,8 +30,13 @@ if TYPE_CHECKING:
     from mkdocs.structure.files import Files
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the checkout's package, also when it is not installed
-    sys.path.insert(0, str(ROOT))
+
+
+def _checkout_first() -> None:
+    """Put the checkout's package first on the import path, also when it is not installed. Done when the pages are
+    built, not at import: MkDocs restores ``sys.path`` after loading its hooks (under the ``mkdocs`` console script)."""
+    if sys.path[:1] != [str(ROOT)]:
+        sys.path.insert(0, str(ROOT))
 
 
 # ---- helpers -------------------------------------------------------------------------------------
@@ -58,7 +63,7 @@ def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
 
 def _parsers() -> list[tuple[str, str, Callable[[], argparse.ArgumentParser]]]:
     """(command, how to run it, parser factory) for every front door of the command line."""
-    from lightning_edit import ask, causal_trace, cli
+    from lightning_edit import ask, capability_cli, causal_trace, cli
     from lightning_edit.data import fetch
     from lightning_edit.stats import cli as stats_cli
     from lightning_edit.training import run_config
@@ -69,7 +74,8 @@ def _parsers() -> list[tuple[str, str, Callable[[], argparse.ArgumentParser]]]:
             ("data", "lightning-edit data {get,list,verify} ...", fetch.build_parser),
             ("ask", "lightning-edit ask MODEL [PROMPT ...]", ask.build_parser),
             ("stats", "python edit.py stats ...", stats_cli.build_parser),
-            ("trace", "python edit.py trace ...", causal_trace.build_parser)]
+            ("trace", "python edit.py trace ...", causal_trace.build_parser),
+            ("capability", "lightning-edit capability MODEL_OR_DIR --tasks ...", capability_cli.build_parser)]
 
 
 def _flag_rows(parser: argparse.ArgumentParser) -> list[list[str]]:
@@ -280,6 +286,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     """MkDocs event: add (or replace) the generated reference pages before the navigation is built."""
     from mkdocs.structure.files import File
 
+    _checkout_first()
     for src_uri, build in PAGES.items():
         existing = files.get_file_from_path(src_uri)
         if existing is not None:

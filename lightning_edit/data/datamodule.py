@@ -1,4 +1,4 @@
-"""LightningDataModule over the training splits, for the editors that learn (MEND, KE, SERAC)."""
+"""LightningDataModule over the training splits, for the editors that learn (MEND, MALMEN, KE, SERAC)."""
 from __future__ import annotations
 
 from pathlib import Path

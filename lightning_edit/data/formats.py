@@ -7,7 +7,7 @@ the wrong shape (always refused) and ``RequestError`` for an unusable record (sk
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Optional
 
 from ..errors import DataError, RequestTypeError
 from ..requests import EditRequest, PromptAnswer, _type_name
@@ -113,12 +113,25 @@ def _rome_rewrite(rw: dict) -> dict:
                 target_new=rw["target_new"]["str"], target_true=rw["target_true"]["str"], subject=rw["subject"])
 
 
+def _rome_id(rw: dict, key: str) -> Optional[str]:
+    """ROME's ids (relation P..., object Q...) name where the consistency references are filed."""
+    value = rw.get("relation_id") if key == "relation_id" else rw[key].get("id")
+    if value is not None and not isinstance(value, str):
+        raise RequestTypeError(f"field 'requested_rewrite.{key}' id must be a string such as \"Q150\", got {_type_name(value)}.")
+    return value
+
+
 def _counterfact_rome(rec: dict, i: int) -> EditRequest:
+    """ROME's CounterFact record, every prompt kept: neighbourhood prompts (other subjects that share the true
+    object; scored as ROME scores them), attribute prompts (other subjects that truly have the new object),
+    generation prompts (free text, scored for fluency and consistency)."""
     rw = _rome_rewrite(rec["requested_rewrite"])
     locality = tuple(PromptAnswer(p, rw["target_true"], "neighborhood") for p in _string_list(rec, "neighborhood_prompts"))
-    # attribute prompts: other subjects that truly have target_new; the edit must not disturb them
     locality += tuple(PromptAnswer(p, rw["target_new"], "attribute") for p in _string_list(rec, "attribute_prompts"))
-    return EditRequest(**rw, rephrase_prompts=_string_list(rec, "paraphrase_prompts"), locality=locality, case_id=rec.get("case_id", i))
+    raw = rec["requested_rewrite"]
+    return EditRequest(**rw, rephrase_prompts=_string_list(rec, "paraphrase_prompts"), locality=locality,
+                       case_id=rec.get("case_id", i), generation_prompts=_string_list(rec, "generation_prompts"),
+                       relation_id=_rome_id(raw, "relation_id"), target_new_id=_rome_id(raw, "target_new"))
 
 
 def _knowedit(rec: dict, i: int) -> EditRequest:

@@ -29,21 +29,26 @@ if TYPE_CHECKING:  # datasets takes seconds to import: loaded on first use, so `
 DATASETS: dict[str, str] = {
     "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
     "zsre-train": "zsre/zsre_mend_train-1k.json",
+    "zsre-memit": "zsre/zsre_mend_eval.json",
     "counterfact": "counterfact/counterfact-edit.json",
     "counterfact-train": "counterfact/counterfact-train.json",
-    "counterfact-rome": "counterfact/cf_preview.json",
+    "counterfact-rome": "counterfact/counterfact.json",
+    "counterfact-rome-preview": "counterfact/cf_preview.json",
     "knowedit-counterfact": "knowedit/wiki_counterfact/train_cf.json",
     "knowedit-recent": "knowedit/wiki_recent/recent_train.json",
     "knowedit-wikibio": "knowedit/WikiBio/wikibio-train-all.json",
     "mquake": "mquake/AKEW-MQuAKE-CF.json",
+    "mquake-cf-3k": "mquake/MQuAKE-CF-3k.json",
+    "mquake-t": "mquake/MQuAKE-T.json",
     "known_1000": "known_1000/known_1000.json",
 }
 # name → download group of `lightning-edit data get` (lightning_edit/data/fetch.py holds the pinned files)
 DATASET_GROUPS: dict[str, str] = {
-    "zsre": "zsre", "zsre-train": "zsre",
-    "counterfact": "counterfact", "counterfact-train": "counterfact", "counterfact-rome": "counterfact",
+    "zsre": "zsre", "zsre-train": "zsre", "zsre-memit": "zsre",
+    "counterfact": "counterfact", "counterfact-train": "counterfact", "counterfact-rome-preview": "counterfact",
+    "counterfact-rome": "counterfact-rome",
     "knowedit-counterfact": "knowedit", "knowedit-recent": "knowedit", "knowedit-wikibio": "knowedit",
-    "mquake": "mquake",
+    "mquake": "mquake", "mquake-cf-3k": "mquake", "mquake-t": "mquake",
     "known_1000": "known_1000",
 }
 

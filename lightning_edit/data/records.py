@@ -34,7 +34,9 @@ REQUEST_FEATURES = Features({
     "rephrase_prompts": [Value("string")], "locality": [_PROBE], "portability": [_PROBE],
     "case_id": Value("string"),  # JSON text of the case id: an int in one file, a string ("3-0") in another
     "record_index": Value("int64"),  # the record's index in its file (MQuAKE gives several rows per record)
+    "generation_prompts": [Value("string")], "relation_id": Value("string"), "target_new_id": Value("string"),
 })
+OPTIONAL_COLUMNS = {"record_index", "generation_prompts", "relation_id", "target_new_id"}  # ROME's CounterFact only
 _SCHEMA = REQUEST_FEATURES.arrow_schema
 
 
@@ -59,7 +61,9 @@ def request_row(request: EditRequest, record_index: int) -> dict:
     return {"prompt": request.prompt, "target_new": request.target_new, "subject": request.subject,
             "target_true": request.target_true, "rephrase_prompts": list(request.rephrase_prompts),
             "locality": _probe_rows(request.locality), "portability": _probe_rows(request.portability),
-            "case_id": json.dumps(request.case_id, default=str), "record_index": record_index}
+            "case_id": json.dumps(request.case_id, default=str), "record_index": record_index,
+            "generation_prompts": list(request.generation_prompts), "relation_id": request.relation_id,
+            "target_new_id": request.target_new_id}
 
 
 def convert_requests(records: Sequence, source: str = "<records>", on_invalid: str = "skip",
@@ -128,11 +132,13 @@ def _probes(rows: list[dict]) -> tuple[PromptAnswer, ...]:
 
 def requests_from_dataset(dataset: Dataset) -> list[EditRequest]:
     """The ``EditRequest``s of a ``REQUEST_FEATURES`` dataset (checked again by ``EditRequest`` itself)."""
-    missing = sorted(set(REQUEST_FEATURES) - {"record_index"} - set(dataset.column_names))
+    missing = sorted(set(REQUEST_FEATURES) - OPTIONAL_COLUMNS - set(dataset.column_names))
     if missing:
         raise DataError(f"a request dataset needs columns {missing} as well (REQUEST_FEATURES in lightning_edit/data/records.py; "
                         f"{docs_link('guides/data.md', 'the-data-layer-datasets')})")
     return [EditRequest(prompt=row["prompt"], target_new=row["target_new"], subject=row["subject"], target_true=row["target_true"],
                         rephrase_prompts=row["rephrase_prompts"] or (), locality=_probes(row["locality"] or []),
-                        portability=_probes(row["portability"] or []), case_id=json.loads(row["case_id"]))
+                        portability=_probes(row["portability"] or []), case_id=json.loads(row["case_id"]),
+                        generation_prompts=row.get("generation_prompts") or (), relation_id=row.get("relation_id"),
+                        target_new_id=row.get("target_new_id"))
             for row in dataset.to_list()]

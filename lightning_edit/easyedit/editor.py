@@ -5,7 +5,10 @@ protocols and metrics): only the argument names and the shape of what comes back
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
@@ -13,17 +16,22 @@ import torch
 from .. import api
 from ..editors import HyperParams
 from ..editors.delta import undo_all
-from ..runner import Run, RunSpec
 from ..errors import ConfigError
 from ..evaluation import Report
 from ..models import LoadedModel
 from ..requests import EditRequest, requests_from_lists
+from ..runner import Run, RunSpec, editor_for
+from .datasets import EasyEditDataset
 from .hparams import EasyEditHParams, check_against_model, resolve_easyedit_model_name
+from .summary import summary_metrics
 
 log = logging.getLogger(__name__)
 
-# EasyEdit's evaluation options we measure the same way (teacher-forced token accuracy); 'ppl' etc. are refused.
-SAME_EVAL_METRICS = ("exact match", "token_em")
+# EasyEdit's eval_metric values it scores by teacher-forced token accuracy (run_wise_editing.py passes 'token em');
+# its perplexity metrics are refused.
+SAME_EVAL_METRICS = ("exact match", "token_em", "token em")
+REFUSED_EVAL_METRICS = {"ppl": "perplexity of target_new",
+                        "ood_ppl": "WISE's thresholded out-of-distribution perplexity"}
 FLUENCY_TOKENS = 100  # EasyEdit's test_generation_quality: 100 new tokens
 
 
@@ -103,14 +111,18 @@ class BaseEditor(api.BaseEditor):
         """EasyEdit's ``edit``. Each request is scored before and after its edit. ``sequential_edit``: all edits
         applied one after another, kept in the returned model and scored after the last (restore with the returned
         ``weights_copy``); otherwise each is undone after scoring, as in EasyEdit, so the returned model is unedited.
-        Keyword arguments: ``subject``, ``keep_original_weight`` (True asks for what ``sequential_edit=False`` does),
-        ``test_generation`` (adds EasyEdit's ``fluency``), ``eval_metric`` ('exact match'/'token_em' only)."""
+        Keyword arguments, with EasyEdit's meaning: ``subject``; ``keep_original_weight`` (changes nothing: EasyEdit's
+        ``edit`` no longer reads it, ``sequential_edit`` alone decides); ``test_generation`` (adds ``fluency``);
+        ``eval_metric`` ('exact match', 'token_em', 'token em': teacher-forced token accuracy; 'ppl' refused);
+        ``train_ds`` (IKE's demonstration pool; ignored by the other methods); ``pre_edit``/``pre_file`` (pre-edit
+        metrics read from / written to an EasyEdit pre-edit file); ``loc_prompts`` (WISE's unrelated prompts: noted,
+        WISE here draws them from its ``memory_pool``)."""
         requests, options = self._requests(prompts, target_new, ground_truth, rephrase_prompts, locality_inputs,
                                            portability_inputs, sequential_edit, kwargs)
         report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "single",
                                    fluency=options["test_generation"], fluency_tokens=FLUENCY_TOKENS, progress=verbose,
                                    keep_edits=sequential_edit)
-        return self._returned(requests, report)
+        return self._returned(requests, report, options, verbose)
 
     def batch_edit(self, prompts: Sequence[str], target_new: Sequence[str], ground_truth: Optional[Sequence[str]] = None,
                    rephrase_prompts: Optional[Sequence[Any]] = None, locality_inputs: Optional[dict] = None,
@@ -128,26 +140,14 @@ class BaseEditor(api.BaseEditor):
         report = self.run.evaluate(requests, self.editor, protocol="sequential" if sequential_edit else "batch",
                                    batch_size=batch_size or len(requests), fluency=options["test_generation"],
                                    fluency_tokens=FLUENCY_TOKENS, progress=verbose, keep_edits=sequential_edit)
-        return self._returned(requests, report)
+        return self._returned(requests, report, options, verbose)
 
     # ---- shared parts ------------------------------------------------------------------------------------------
     def _requests(self, prompts, target_new, ground_truth, rephrase_prompts, locality_inputs, portability_inputs,
                   sequential_edit: bool, kwargs: dict) -> tuple[list[EditRequest], dict]:
         """Requests from EasyEdit's arguments, and the options; unknown or unsupported keywords are refused."""
         subject = kwargs.pop("subject", None)
-        options = {"test_generation": bool(kwargs.pop("test_generation", False))}
-        keep_original = kwargs.pop("keep_original_weight", False)
-        if keep_original and sequential_edit:
-            raise ConfigError("keep_original_weight=True and sequential_edit=True contradict each other: sequential edits "
-                              "are kept in the model; drop one of them")
-        eval_metric = kwargs.pop("eval_metric", "exact match")
-        if eval_metric not in SAME_EVAL_METRICS:
-            raise ConfigError(f"eval_metric={eval_metric!r} is not measured here; use one of {SAME_EVAL_METRICS} "
-                              "(teacher-forced token accuracy, EasyEdit's default)")
-        if kwargs:
-            raise ConfigError(f"edit() got argument(s) {sorted(kwargs)} that lightning-edit's EasyEdit layer does not "
-                              "support; supported besides EasyEdit's named ones: subject, keep_original_weight, "
-                              "test_generation, eval_metric")
+        options = _options(kwargs, sequential_edit)
         for name, value in (("locality_inputs", locality_inputs), ("portability_inputs", portability_inputs)):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a dict such as {{'neighborhood': {{'prompt': [...], 'ground_truth': "
@@ -156,13 +156,83 @@ class BaseEditor(api.BaseEditor):
             ground_truth = [ground_truth]
         requests = requests_from_lists(prompts, target_new, subject, ground_truth, rephrase_prompts, locality_inputs,
                                        portability_inputs)
+        _check_per_request(options, len(requests))
         self.run.check(requests)  # control-token text, context length: as edit.py checks them
+        self._use_train_ds(options["train_ds"])
         return requests, options
 
-    def _returned(self, requests: list[EditRequest], report: Report):
+    def _use_train_ds(self, train_ds: Any) -> None:
+        """IKE's demonstrations come from ``train_ds`` (EasyEdit: IKE only; the other methods ignore it)."""
+        if self.editor.name != "ike":
+            return
+        if train_ds is None:
+            return  # the pool of the hyperparameters (train_data), as encode_ike_facts left it
+        if not isinstance(train_ds, EasyEditDataset):
+            raise ConfigError(f"train_ds must be a ZsreDataset, CounterFactDataset or KnowEditDataset (IKE's "
+                              f"demonstration pool), got a {type(train_ds).__name__}")
+        hparams = self.editor.hparams
+        if list(hparams.train_data) != [str(train_ds.path)] or hparams.pool_size != train_ds.size:
+            self.editor = editor_for(dataclasses.replace(hparams, train_data=[str(train_ds.path)],
+                                                         pool_size=train_ds.size), "ike")
+
+    def _returned(self, requests: list[EditRequest], report: Report, options: dict, verbose: bool):
         self.last_report = report
         metrics = [easyedit_metrics(r, row, report) for r, row in zip(requests, report.requests)]
+        if options["pre_edit"] is not None:  # EasyEdit: pre-edit metrics read back from an earlier run's pre_file
+            for m, given in zip(metrics, options["pre_edit"]):
+                m["pre"] = given["pre"]
+        elif options["pre_file"] is not None:
+            Path(options["pre_file"]).write_text(json.dumps([{"pre": m["pre"]} for m in metrics], indent=4),
+                                                 encoding="utf-8")
+        if verbose:
+            summary_metrics(metrics)
         return metrics, self.loaded.model, WeightsCopy(report.kept_deltas, self.loaded)
+
+
+def _options(kwargs: dict, sequential_edit: bool) -> dict:
+    """EasyEdit's keyword arguments of ``edit``, checked; what is left in ``kwargs`` is refused."""
+    if not isinstance(sequential_edit, bool):
+        raise ConfigError(f"sequential_edit must be True or False, got {sequential_edit!r}")
+    keep_original = kwargs.pop("keep_original_weight", False)
+    if not isinstance(keep_original, bool):
+        raise ConfigError(f"keep_original_weight must be True or False, got {keep_original!r}")
+    # keep_original_weight changes nothing, as in EasyEdit's edit(): sequential_edit alone says whether edits are kept
+    eval_metric = kwargs.pop("eval_metric", "exact match")
+    if eval_metric in REFUSED_EVAL_METRICS:
+        raise ConfigError(f"eval_metric={eval_metric!r} ({REFUSED_EVAL_METRICS[eval_metric]}) is not computed here; "
+                          f"use one of {SAME_EVAL_METRICS} (teacher-forced token accuracy, EasyEdit's default)")
+    if eval_metric not in SAME_EVAL_METRICS:
+        raise ConfigError(f"eval_metric={eval_metric!r} is not one of EasyEdit's metrics measured here; use one of "
+                          f"{SAME_EVAL_METRICS} (teacher-forced token accuracy, EasyEdit's default)")
+    options = {"test_generation": bool(kwargs.pop("test_generation", False)), "train_ds": kwargs.pop("train_ds", None),
+               "pre_edit": kwargs.pop("pre_edit", None), "pre_file": kwargs.pop("pre_file", None),
+               "loc_prompts": kwargs.pop("loc_prompts", None)}
+    if kwargs:
+        raise ConfigError(f"edit() got argument(s) {sorted(kwargs)} that lightning-edit's EasyEdit layer does not "
+                          "support; supported besides EasyEdit's named ones: subject, keep_original_weight, "
+                          "test_generation, eval_metric, train_ds, pre_edit, pre_file, loc_prompts")
+    return options
+
+
+def _check_per_request(options: dict, n: int) -> None:
+    """``pre_edit``: one ``{"pre": ...}`` per request; ``loc_prompts``: strings (WISE's unrelated prompts)."""
+    pre_edit = options["pre_edit"]
+    if pre_edit is not None and (not isinstance(pre_edit, list) or len(pre_edit) != n
+                                 or not all(isinstance(m, dict) and isinstance(m.get("pre"), dict) for m in pre_edit)):
+        raise ConfigError(f"pre_edit must be a list of {n} dicts with a 'pre' entry each (what pre_file= wrote for "
+                          "these requests); delete the stale pre-edit file or pass pre_edit=None")
+    pre_file = options["pre_file"]
+    if pre_file is not None and (not isinstance(pre_file, (str, Path)) or not Path(pre_file).parent.is_dir()):
+        raise ConfigError(f"pre_file must be a path in an existing folder (where the pre-edit metrics are written), "
+                          f"got {pre_file!r}")
+    loc = options["loc_prompts"]
+    if isinstance(loc, str):
+        loc = options["loc_prompts"] = [loc]
+    if loc is not None and (not isinstance(loc, list) or not all(isinstance(p, str) for p in loc)):
+        raise ConfigError(f"loc_prompts must be a list of strings (unrelated text), got {type(loc).__name__}")
+    if loc:
+        log.info("loc_prompts: %d unrelated prompts given; WISE here draws its unrelated prompts from its memory_pool "
+                 "(zsre-train among them), not from this list", len(loc))
 
 
 def easyedit_metrics(request: EditRequest, row: dict, report: Report) -> dict:

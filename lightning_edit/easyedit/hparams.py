@@ -19,9 +19,11 @@ from typing import Any, ClassVar, Optional
 
 from ..editors import EDITORS, HyperParams
 from ..errors import ConfigError, docs_link
+from ..models.layout import ModelLayout
 from ..models.loading import LoadedModel
-from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, KN_KEYS, LOCATE_KEYS, WISE_KEYS, EasyEditKeyWarning,
-                   Handler, Mapped, rename, resolve_easyedit_model_name)
+from .keys import (ALWAYS_MOM2_KEYS, COMMON_KEYS, FT_KEYS, GRACE_KEYS, IKE_KEYS, KN_KEYS, LOCATE_KEYS, LORA_KEYS,
+                   MALMEN_KEYS, PMET_KEYS, R_ROME_KEYS, ULTRAEDIT_KEYS, WISE_KEYS, EasyEditKeyWarning, Handler, Mapped,
+                   rename, resolve_easyedit_model_name)
 
 
 # ---- the classes ---------------------------------------------------------------------------------------------------
@@ -45,6 +47,10 @@ class EasyEditHParams(HyperParams):
 
     def method(self) -> str:
         return self.METHOD
+
+    def site_templates(self, layout: ModelLayout) -> dict[str, str]:
+        """Module templates this method's files name differently from ROME's (EasyEdit key → our layout's path)."""
+        return {}
 
     @classmethod
     def from_hparams(cls, path: str | Path, **overrides: Any) -> "EasyEditHParams":
@@ -151,6 +157,31 @@ class AlphaEditHyperParams(EasyEditHParams, _editor_hparams("alphaedit")):
 
 
 @dataclass
+class R_ROMEHyperParams(EasyEditHParams, _editor_hparams("r-rome")):  # EasyEdit's name
+    METHOD: ClassVar[str] = "r-rome"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("R-ROME",)
+    KEYS: ClassVar[dict[str, Handler]] = R_ROME_KEYS
+
+
+@dataclass
+class EMMETHyperParams(EasyEditHParams, _editor_hparams("emmet")):
+    METHOD: ClassVar[str] = "emmet"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("EMMET",)
+    KEYS: ClassVar[dict[str, Handler]] = ALWAYS_MOM2_KEYS
+
+
+@dataclass
+class PMETHyperParams(EasyEditHParams, _editor_hparams("pmet")):
+    METHOD: ClassVar[str] = "pmet"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("PMET",)
+    KEYS: ClassVar[dict[str, Handler]] = PMET_KEYS
+
+    def site_templates(self, layout: ModelLayout) -> dict[str, str]:
+        """PMET's files name the optimised sites themselves: the FFN and attention output projections."""
+        return {"mlp_module_tmp": layout.mlp_out, "attn_module_tmp": layout.attn_out, "rewrite_module_tmps": layout.mlp_out}
+
+
+@dataclass
 class FTHyperParams(EasyEditHParams, _editor_hparams("ft-m")):
     """EasyEdit's FT: FT-M (``objective_optimization: target_new``) or FT-L (``prompt_last``)."""
 
@@ -176,10 +207,26 @@ WISEHyperParams = _simple("WISEHyperParams", "wise", ("WISE",), WISE_KEYS)
 MENDHyperParams = _simple("MENDHyperParams", "mend", ("MEND",), {"archive": rename("editor_checkpoint")})
 SERACHparams = _simple("SERACHparams", "serac", ("SERAC",), {"archive": rename("editor_checkpoint")})
 KEHyperParams = _simple("KEHyperParams", "ke", ("KE",), {"archive": rename("editor_checkpoint")})
-IKEHyperParams = _simple("IKEHyperParams", "ike", ("IKE",))
+MALMENHyperParams = _simple("MALMENHyperParams", "malmen", ("MALMEN",), MALMEN_KEYS)
+UltraEditHyperParams = _simple("UltraEditHyperParams", "ultraedit", ("ULTRAEDIT", "UltraEdit"), ULTRAEDIT_KEYS)
+LoRAHyperParams = _simple("LoRAHyperParams", "lora", ("LoRA",), LORA_KEYS)
 
-EASYEDIT_CLASSES = (ROMEHyperParams, MEMITHyperParams, AlphaEditHyperParams, FTHyperParams, KNHyperParams,
-                    GraceHyperParams, WISEHyperParams, MENDHyperParams, SERACHparams, KEHyperParams, IKEHyperParams)
+
+@dataclass
+class IKEHyperParams(EasyEditHParams, _editor_hparams("ike")):
+    """EasyEdit's IKE, over ours. ``sentence_model_name`` is kept for scripts that read it; the demonstrations are
+    embedded with our registered encoder ``sentence_model`` (all-MiniLM-L6-v2, EasyEdit's default)."""
+
+    sentence_model_name: Optional[str] = None
+    METHOD: ClassVar[str] = "ike"
+    ALG_NAMES: ClassVar[tuple[str, ...]] = ("IKE",)
+    KEYS: ClassVar[dict[str, Handler]] = IKE_KEYS
+
+
+EASYEDIT_CLASSES = (ROMEHyperParams, R_ROMEHyperParams, MEMITHyperParams, EMMETHyperParams, PMETHyperParams,
+                    AlphaEditHyperParams, FTHyperParams, LoRAHyperParams, KNHyperParams, GraceHyperParams,
+                    WISEHyperParams, UltraEditHyperParams, MENDHyperParams, MALMENHyperParams, SERACHparams,
+                    KEHyperParams, IKEHyperParams)
 
 
 # ---- checks against the loaded model ------------------------------------------------------------------------------
@@ -192,6 +239,7 @@ def check_against_model(hparams: EasyEditHParams, loaded: LoadedModel) -> None:
         "layer_module_tmp": f"{layout.blocks}.{{}}",
         "mlp_module_tmp": layout.mlp_out.rsplit(".", 1)[0], "attn_module_tmp": layout.attn_out.rsplit(".", 1)[0],
         "ln_f_module": layout.final_norm, "lm_head_module": layout.lm_head,
+        **hparams.site_templates(layout),
     }
     for key, given in hparams.module_templates.items():
         want = expected[key]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..editors.learned.malmen.settings import MALMENTraining
 from ..errors import ConfigError
 from ..models.registry import MODELS, resolve_model_name
 
@@ -109,6 +110,43 @@ def _inner_params(key: str, value: Any, out: Mapped) -> None:
     out.values.setdefault("module_templates", {})[key] = re.sub(r"\.\d+(?=\.)", ".{}", path, count=1)
 
 
+def _inner_params_layers(key: str, value: Any, out: Mapped) -> None:
+    """MEND/MALMEN's ``inner_params: [transformer.h.46.mlp.c_proj.weight, ...]`` → ``layers`` (the blocks, in order)
+    and one template, checked against the model once it is loaded: every weight must be the same projection."""
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{key} must list weights, e.g. ['model.layers.29.mlp.down_proj.weight'], got {value!r}")
+    paths = [re.sub(r"\[(\d+)\]", r".\1", x).removesuffix(".weight") for x in items]
+    numbers = [re.findall(r"\.(\d+)(?=\.)", p) for p in paths]
+    for item, found in zip(items, numbers):
+        if len(found) != 1:
+            raise ConfigError(f"{key}: {item!r} names no single block number")
+    templates = {re.sub(r"\.\d+(?=\.)", ".{}", p, count=1) for p in paths}
+    if len(templates) != 1:
+        raise ConfigError(f"{key}: the weights are different projections ({sorted(templates)}); the MLP output "
+                          "projection of each listed block is what is edited here")
+    out.values["layers"] = [int(n[0]) for n in numbers]
+    out.values.setdefault("module_templates", {})[key] = templates.pop()
+
+
+def training_key(ours: str, training: type) -> Handler:
+    """A key of EasyEdit's training file that is a setting of ``train.py`` here (the ``training:`` section), typed
+    and checked by the method's training settings (YAML reads ``1e-5`` as text)."""
+    def handle(key: str, value: Any, out: Mapped) -> None:
+        typed = getattr(training.from_dict({ours: value}, source=f"EasyEdit key {key}"), ours)
+        out.values.setdefault("training", {})[ours] = typed
+        out.notes.append(f"{key}: {value!r}: training.{ours} for `python train.py` (no effect on editing)")
+    return handle
+
+
+def _token(key: str, value: Any, out: Mapped) -> None:
+    """MALMEN's ``token``: keys at the answer tokens (``ans``) or at every attended token (``mask``)."""
+    choices = {"ans": "target", "mask": "all"}
+    if value not in choices:
+        raise ConfigError(f"{key} must be 'ans' (keys at the target tokens) or 'mask' (every token), got {value!r}")
+    out.values["key_positions"] = choices[value]
+
+
 def _template(key: str, value: Any, out: Mapped) -> None:
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a module path such as 'model.layers.{{}}.mlp.down_proj', got {value!r}")
@@ -156,6 +194,32 @@ ALWAYS_MOM2_KEYS: dict[str, Handler] = {
     "mom2_adjustment": accepted((True,), "this method always weights its update by the key statistics", refuse=True),
 }
 
+R_ROME_KEYS: dict[str, Handler] = {
+    **LOCATE_KEYS,
+    "enable_random_prefix_keys": accepted((True,), "r-ROME's key here is the one averaged over the context prefixes",
+                                          refuse=True),
+    "enable_prompt_keys": accepted((False,), "r-ROME's key here is the one averaged over the context prefixes, not "
+                                   "the prompt's", refuse=True),
+    "original_implementation": accepted((False,), "ROME's original update is the method rome (ROMEHyperParams)",
+                                        refuse=True),
+}
+
+
+def _pmet_rewrite_modules(key: str, value: Any, out: Mapped) -> None:
+    """PMET's ``rewrite_module_tmps``: here the FFN output projection only (the paper's choice, and its files')."""
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], str):
+        raise ConfigError(f"{key}: {value!r}: PMET here updates the FFN output projection only; set {key} to a list "
+                          "of that one template, e.g. ['model.layers.{}.mlp.down_proj']")
+    out.values.setdefault("module_templates", {})[key] = value[0].removesuffix(".weight")
+
+
+PMET_KEYS: dict[str, Handler] = {
+    **ALWAYS_MOM2_KEYS,
+    "rewrite_module_tmps": _pmet_rewrite_modules,
+    "nll_loss_factor": no_meaning("the new-object NLL has weight 1 here; PMET's code also weighs it 0.1 while the "
+                                  "target is already each position's most likely token, which is not done here"),
+}
+
 FT_KEYS: dict[str, Handler] = {
     "objective_optimization": _objective,
     "norm_constraint": rename("norm_constraint", lambda v: None if v is False else v),
@@ -187,4 +251,72 @@ WISE_KEYS: dict[str, Handler] = {
     "save_freq": rename("shard_size"), "densities": rename("merge_density"),
     "merge_alg": accepted(("ties",), "shards are merged with TIES here"),
     **{k: no_meaning("not used by WISE here") for k in ("merge_freq", "weights", "retrieve", "replay", "objective_optimization")},
+}
+
+
+def _sentence_model_name(key: str, value: Any, out: Mapped) -> None:
+    """IKE's sentence encoder: EasyEdit's all-MiniLM-L6-v2 is our registered default; another one is noted."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a sentence model's name or folder, got {value!r}")
+    out.values["sentence_model_name"] = value
+    if value.rstrip("/").rsplit("/", 1)[-1].lower() != "all-minilm-l6-v2":
+        out.notes.append(f"{key}: {value!r}: demonstrations are embedded with the registered encoder named by "
+                         "sentence_model here (all-MiniLM-L6-v2); set sentence_model to a local model folder for "
+                         "another")
+
+
+IKE_KEYS: dict[str, Handler] = {
+    "sentence_model_name": _sentence_model_name,
+    "results_dir": no_meaning("the pool's embeddings are cached as safetensors under the cache directory here"),
+}
+
+
+# MALMEN: the network's keys map by name (rank, n_blocks); its training keys go to the training: section.
+MALMEN_KEYS: dict[str, Handler] = {
+    "archive": rename("editor_checkpoint"), "inner_params": _inner_params_layers, "lr": rename("edit_lr_init"),
+    "token": _token, **{key: training_key(ours, MALMENTraining) for key, ours in (
+        ("meta_lr", "lr"), ("loc_coef", "c_loc"), ("max_grad_norm", "gradient_clip_val"), ("max_iters", "max_steps"),
+        ("n_edits", "batch_size"))},
+    "editor_batch_size": no_meaning("every key of an edit goes through the hypernetwork at once here"),
+}
+
+
+def _ultraedit_inner_params(key: str, value: Any, out: Mapped) -> None:
+    """UltraEdit's ``inner_params: [model.layers.11.mlp.gate_proj, ...]`` → ``modules: {mlp.gate_proj: [11, ...]}``
+    (the module's path inside its block, checked against the model when the editor runs)."""
+    items = value if isinstance(value, list) else None
+    if not items or not all(isinstance(x, str) for x in items):
+        raise ConfigError(f"{key} must list module paths such as ['model.layers.18.mlp.up_proj'], got {value!r}")
+    modules: dict[str, list[int]] = {}
+    for item in items:
+        path = re.sub(r"\[(\d+)\]", r".\1", item).removesuffix(".weight")
+        found = re.fullmatch(r"[\w.]*?\.(\d+)\.([A-Za-z_][\w.]*)", path)
+        if not found:
+            raise ConfigError(f"{key}: {item!r} names no module inside a numbered block "
+                              "(e.g. model.layers.18.mlp.up_proj)")
+        modules.setdefault(found.group(2), []).append(int(found.group(1)))
+    out.values["modules"] = modules
+
+
+def _ultraedit_token(key: str, value: Any, out: Mapped) -> None:
+    positions = {"mask": "all", "ans": "target"}
+    if value not in positions:
+        raise ConfigError(f"{key} must be 'mask' (every prompt and target token) or 'ans' (target tokens), "
+                          f"got {value!r}")
+    out.values["positions"] = positions[value]
+
+
+ULTRAEDIT_KEYS: dict[str, Handler] = {
+    "inner_params": _ultraedit_inner_params, "token": _ultraedit_token,
+    "batch_size_once": rename("forward_batch_size"), "half": rename("fp16"),
+    "editor_batch_size": no_meaning("speed only: every token of a turn is normalised at once here"),
+    "dropout": accepted((0, 0.0, None), "UltraEdit here applies no dropout"),
+    "no_grad_layers": accepted((None,), "gradients are taken at the edited modules' outputs only here"),
+}
+
+LORA_KEYS: dict[str, Handler] = {
+    "lora_type": accepted(("lora",), "AdaLoRA's rank allocation is not implemented here, only LoRA", refuse=True),
+    "batch_size": rename("train_batch_size"),
+    "kl_factor": accepted((0, 0.0), "LoRA here has no KL term"),
+    "norm_constraint": accepted((False, None, 0), "LoRA here bounds no norm of the adapter"),
 }

@@ -23,6 +23,7 @@ from ..config import checked_value as _checked_value  # one typed-value check fo
 from ..errors import ConfigError, EditFailedError, LightningEditError, RequestError, docs_link
 from ..models.loaded import LoadedModel
 from ..models.patches import PatchChange
+from ..models.placement import materialised, read_tensor
 from ..paths import CONFIG_ROOT
 from ..requests import EditRequest
 from .delta import EditDelta, run_every_step  # noqa: F401  (EditDelta importable from here, as before)
@@ -129,6 +130,11 @@ class Editor(ABC):
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         """Names of every parameter ``_apply`` may change (snapshotted for undo)."""
 
+    def read_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        """Parameters ``_apply`` reads but never writes, beyond ``touched_parameters``: held on their modules for
+        the edit when a ``--device-map`` offloads them (a weight copied into a side memory)."""
+        return []
+
     @abstractmethod
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[PatchChange]:
         """Change the model in place for all ``requests``; return its entries in the model's patches, each made through
@@ -157,8 +163,16 @@ class Editor(ABC):
         unknown = [n for n in names if n not in params]
         if unknown:
             raise ConfigError(f"{self.name}: parameters {unknown[:3]} do not exist in {loaded.name}; check the layer numbers in its config")
+        # Weights a --device-map keeps off their module (CPU or disk offload) are real parameters for the edit and
+        # written back to their store after it, even on error (models/placement.py).
+        with materialised(loaded.model, list(names) + list(self.read_parameters(loaded, requests))):
+            return self._edit_held(loaded, requests, names)
+
+    def _edit_held(self, loaded: LoadedModel, requests: list[EditRequest], names: list[str]) -> EditDelta:
+        """``edit`` once its parameters are held on their modules: snapshot, apply, check, roll back on failure."""
+        params = dict(loaded.model.named_parameters())
         before = {n: params[n].detach().clone() for n in names}
-        others = _checksums({n: p for n, p in params.items() if n not in before})
+        others = _checksums(loaded.model, [n for n in params if n not in before])
         grad_flags = {n: p.requires_grad for n, p in params.items()}  # a Trainer may be about to train this model
         patches: list[PatchChange] = []
         registered_before = set(loaded.patches.keys())
@@ -172,12 +186,12 @@ class Editor(ABC):
             bad = [n for n in names if not torch.isfinite(params[n]).all()]
             if bad:
                 raise FloatingPointError(f"non-finite values in {bad[:3]} after the edit")
-            undeclared = _changed(others, params)
+            undeclared = _changed(others, loaded.model)
             if undeclared:
                 raise UndeclaredWriteError(undeclared)
         except BaseException as err:
             self._roll_back(loaded, params, before, patches, registered_before)
-            failure = self._failure(err, _changed(others, params))
+            failure = self._failure(err, _changed(others, loaded.model))
             if failure is err:
                 raise
             raise failure from err
@@ -234,9 +248,9 @@ class UndeclaredWriteError(RuntimeError):
         super().__init__(f"the edit changed {len(names)} parameter(s) it did not declare ({names[:3]})")
 
 
-def _changed(checksums: dict[str, int], params: dict[str, torch.Tensor]) -> list[str]:
+def _changed(checksums: dict[str, int], model: torch.nn.Module) -> list[str]:
     """The parameters whose checksum differs from ``checksums`` (taken before the edit)."""
-    now = _checksums({n: params[n] for n in checksums})
+    now = _checksums(model, list(checksums))
     return [n for n, value in checksums.items() if value != now[n]]
 
 
@@ -245,12 +259,13 @@ def _detach_if_attached(loaded: LoadedModel, key: str) -> None:
         loaded.patches.detach(key)
 
 
-def _checksums(params: dict[str, torch.Tensor]) -> dict[str, int]:
+def _checksums(model: torch.nn.Module, names: Sequence[str]) -> dict[str, int]:
     """Per parameter, the wrapping integer sum of its bits: one read pass, no copy, as fast as a float sum
     (a float64 sum costs ~9× more, on every edit). Any one changed value changes it, a NaN or a change below a
-    float sum's rounding included; several changes cancelling exactly is all it could miss."""
+    float sum's rounding included; several changes cancelling exactly is all it could miss. An offloaded
+    parameter (``--device-map``) is read from its store."""
     with torch.no_grad():
-        return {n: _bit_sum(p.detach()) for n, p in params.items()}
+        return {n: _bit_sum(read_tensor(model, n).detach()) for n in names}
 
 
 def _bit_sum(t: torch.Tensor) -> int:

@@ -16,6 +16,7 @@ from ..errors import CheckpointError, EditFailedError, LightningEditError
 from ..manifest import verify_manifest, write_manifest
 from ..models.loaded import LoadedModel
 from ..models.patches import PatchChange
+from ..models.placement import read_tensor, write_tensor
 from ..requests import EditRequest
 
 
@@ -43,12 +44,9 @@ class EditDelta:
         """Restore the model exactly as it was before this edit. Every step runs even when one fails or Ctrl-C
         arrives halfway (see ``run_every_step``): the weights are all written back and every patch detached before
         the failure or the interrupt is raised."""
-        params = dict(loaded.model.named_parameters())
-
         def restore(name: str, before: torch.Tensor) -> Callable[[], None]:
-            def step() -> None:
-                with torch.no_grad():
-                    params[name].copy_(before)
+            def step() -> None:  # where the weight lives: its module, or an offload store (--device-map)
+                write_tensor(loaded.model, name, before)
             return step
 
         steps = [(f"weight {name}", restore(name, before)) for name, before in self.weights_before.items()]
@@ -74,7 +72,7 @@ class EditDelta:
                                           f"parameter is {param.dtype} {list(param.shape)}; nothing was applied")
             if not bool(torch.isfinite(after).all()):
                 raise CheckpointError(f"saved edit: {name} holds NaN or infinite values after the edit; nothing was applied")
-            if not torch.equal(param.detach().cpu(), self.weights_before[name].cpu()):
+            if not torch.equal(read_tensor(loaded.model, name).detach().cpu(), self.weights_before[name].cpu()):
                 raise CheckpointError(
                     f"parameter {name} does not hold the weights this edit was made on; load the original "
                     f"{self.model_name!r} before re-applying"
@@ -83,14 +81,13 @@ class EditDelta:
         if fingerprint and loaded.weights_fingerprint() != fingerprint:
             raise CheckpointError(f"model {loaded.name!r} is not the one this edit was made on (weights fingerprint "
                                   f"{loaded.weights_fingerprint()}, the edit records {fingerprint}); nothing was applied")
-        with torch.no_grad():
-            try:
-                for name, after in self.weights_after.items():
-                    params[name].copy_(after)
-            except BaseException:  # all or nothing
-                for name, before in self.weights_before.items():
-                    params[name].copy_(before)
-                raise
+        try:
+            for name, after in self.weights_after.items():
+                write_tensor(loaded.model, name, after)
+        except BaseException:  # all or nothing
+            for name, before in self.weights_before.items():
+                write_tensor(loaded.model, name, before)
+            raise
         for patch in self.patches:
             patch.attach(loaded)
         self.undone = False

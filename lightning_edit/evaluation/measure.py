@@ -48,8 +48,9 @@ def scored_pairs(request: EditRequest) -> list[tuple[str, str, str]]:
 
 
 def fluency_prompts(request: EditRequest) -> list[str]:
-    """The prompts whose greedy continuations give the fluency score (and the answers shown)."""
-    return [request.prompt, *request.rephrase_prompts]
+    """The prompts whose greedy continuations give the fluency score (and the answers shown): ROME CounterFact's
+    generation prompts where the request has them, else the edit prompt and its rephrasings."""
+    return list(request.generation_prompts) or [request.prompt, *request.rephrase_prompts]
 
 
 def measure(loaded: LoadedModel, requests: Sequence[EditRequest], batch_size: int = 32) -> list[RequestScores]:

@@ -21,6 +21,7 @@ from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import torch
 
+from ..models.placement import real_state
 from ..models.loading import LoadedModel
 from ..models.teacher_forcing import TargetScore, prompt_ids, target_ids
 from ..paths import default_cache_root
@@ -39,7 +40,7 @@ def model_fingerprint(loaded: LoadedModel) -> str:
     import transformers
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(loaded.model.state_dict().items()):
+    for name, tensor in sorted(real_state(loaded.model).items()):  # offloaded tensors (--device-map) read where they live
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself, no copy

@@ -17,11 +17,12 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from ..data.rome_references import RomeReferences
 from ..editors.base import EditDelta, Editor
 from ..editors.delta import undo_all
 from ..errors import ConfigError
@@ -38,7 +39,9 @@ from .pre_edit import PreEditCache, pre_edit_results
 from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable here as before)
 
 # Bump when a change of the evaluation (what is scored, how a metric is computed) changes results: cached study
-# cells of an older version are computed again.
+# cells of an older version are computed again. Still 1 after the ROME-format CounterFact scoring (the
+# neighbourhood score leaves out ROME's attribute prompts; generation prompts and consistency added): only records
+# with attribute or generation prompts (--data counterfact-rome*) score differently, and no study cell has scored them.
 EVALUATION_VERSION = 1
 
 EDITING_PROTOCOLS = ("single", "batch", "sequential")
@@ -115,6 +118,8 @@ def evaluate_editing(
     pre_cache: Optional[PreEditCache] = None,
     eval_every: int = 0,
     checkpointing: Optional[Checkpointing] = None,
+    references: Optional[RomeReferences] = None,
+    capability: Optional[Any] = None,
 ) -> Report:
     """Run ``protocol`` and return pre/post metrics per request and in summary, with efficiency.
 
@@ -126,6 +131,10 @@ def evaluate_editing(
     new ones written to (``evaluation/pre_edit.py``); without one they are all computed.
     Sequential only: ``eval_every`` K > 0 scores the requests edited so far every K requests (``Report.curve``);
     ``checkpointing`` writes the edited state every N edit calls and on Ctrl-C, or resumes the newest checkpoint.
+    ``references``: ROME's consistency references (``data.rome_references``), for ROME CounterFact requests: their
+    generations (from their generation prompts) are then also scored for consistency.
+    ``capability``: (sequential) an object whose ``on_edits(n_done, loaded, last=...)`` is called before the first
+    edit and after each edit call (``evaluation/capability.py``'s ``CapabilityCurve``).
     """
     if protocol not in EDITING_PROTOCOLS:  # before the requests are checked, as ever
         raise ValueError(f"protocol must be one of {EDITING_PROTOCOLS}, got {protocol!r}")
@@ -147,8 +156,10 @@ def evaluate_editing(
     with timer("prepare"):
         editor.prepare(loaded)
     pre_scores, pre_gens = pre_edit_results(loaded, requests, gen_tokens, pre_cache, timer)
-    scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency)
-    run = _Run(loaded, editor, requests, timer, scoring, DeferredGeneration(loaded, requests, scoring, gen_tokens, timer))
+    scoring = Scoring(requests, pre_scores, pre_gens if gen_tokens else None, fluency, references if fluency else None)
+    generation = DeferredGeneration(loaded, requests, scoring, gen_tokens, timer)
+    run = _Run(loaded, editor, requests, timer, scoring, generation,
+               capability=capability if protocol == "sequential" else None)
     curve: list[dict] = []
     if protocol == "sequential":
         kept, curve = _run_sequential(run, chunks, keep_edits, progress,
@@ -194,6 +205,7 @@ class _Run:
     generation: DeferredGeneration
     seconds: EditSeconds = field(default_factory=EditSeconds)
     memory: PeakMemory = field(default_factory=PeakMemory)
+    capability: Optional[Any] = None  # sequential: on_edits(n_done, loaded, last) after each edit call
 
 
 def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits: bool,
@@ -260,6 +272,8 @@ def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progre
                unit="edit", dynamic_ncols=True)
     try:
         try:
+            if run.capability is not None and position.calls_done == 0:
+                run.capability.on_edits(0, run.loaded)
             for k in range(position.calls_done, len(chunks)):
                 applied.append(_edit(run, chunks[k]))
                 _score_immediate(run, chunks[k])
@@ -268,6 +282,8 @@ def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progre
                     position.curve.append(_curve_point(run, done))  # the last point is the final scoring's
                 edits.fold(applied[-1])  # the call is finished only now
                 applied.pop()
+                if run.capability is not None:
+                    run.capability.on_edits(done, run.loaded, last=done == len(run.requests))
                 position.calls_done, position.rng = k + 1, capture_rng()
                 bar.update(len(chunks[k]))
                 if life.checkpointing is not None and position.calls_done % life.checkpointing.every == 0:

@@ -7,15 +7,34 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from ..metrics import Fluency, LocalityAgreement, ProbabilityPreference, TargetAccuracy
+from ..data.rome_references import RomeReferences
+from ..metrics import Fluency, LocalityAgreement, ProbabilityPreference, TargetAccuracy, TfidfConsistency
 from ..requests import EditRequest
 from .measure import RequestScores
 
 
-class MetricSet:
-    """One set of torchmetrics for one moment (pre or post)."""
+def generated_texts(request: Optional[EditRequest], generations: list[str]) -> list[str]:
+    """The texts scored for fluency and consistency: ROME scores each generation prompt with its continuation
+    (its ``generate_fast`` returns both); other data sets score the continuations alone."""
+    if request is not None and request.generation_prompts and len(generations) == len(request.generation_prompts):
+        return [p + g for p, g in zip(request.generation_prompts, generations)]
+    return generations
 
-    def __init__(self) -> None:
+
+def _neighbours(request: Optional[EditRequest], n: int) -> list[int]:
+    """The locality probes the neighbourhood score compares P(true) with P(new) on: all but ROME's attribute
+    prompts, whose answer is the new object itself (the comparison means nothing there)."""
+    if request is None:
+        return list(range(n))
+    return [i for i, probe in enumerate(request.locality) if probe.kind != "attribute"]
+
+
+class MetricSet:
+    """One set of torchmetrics for one moment (pre or post). With ``references`` (ROME's CounterFact), the
+    generations are also scored for consistency with the reference texts about each request's new object."""
+
+    def __init__(self, references: Optional[RomeReferences] = None) -> None:
+        self.references = references
         self.m = {
             "reliability": TargetAccuracy("token"), "reliability_exact": TargetAccuracy("exact"),
             "generalization": TargetAccuracy("token"), "generalization_exact": TargetAccuracy("exact"),
@@ -26,6 +45,8 @@ class MetricSet:
             "neighborhood_score": ProbabilityPreference("score"), "neighborhood_magnitude": ProbabilityPreference("magnitude"),
             "fluency": Fluency(),
         }
+        if references is not None:
+            self.m["consistency"] = TfidfConsistency(references.vocabulary, references.idf)
 
     def add(self, s: RequestScores, reference: RequestScores, generations: Optional[list[str]] = None,
             request: Optional[EditRequest] = None) -> dict[str, float]:
@@ -52,9 +73,10 @@ class MetricSet:
         put("efficacy_magnitude", s.rewrite_new, s.rewrite_true)
         put("paraphrase_score", s.rephrase_new, s.rephrase_true)
         put("paraphrase_magnitude", s.rephrase_new, s.rephrase_true)
-        put("neighborhood_score", s.locality, s.locality_new)
-        put("neighborhood_magnitude", s.locality, s.locality_new)
-        row.update(self.add_generations(generations or []))
+        near = _neighbours(request, len(s.locality))
+        put("neighborhood_score", [s.locality[i] for i in near], [s.locality_new[i] for i in near])
+        put("neighborhood_magnitude", [s.locality[i] for i in near], [s.locality_new[i] for i in near])
+        row.update(self.add_generations(generations or [], request))
         if request is not None:
             for kind in _kinds(request.locality):
                 idx = [i for i, probe in enumerate(request.locality) if probe.kind == kind]
@@ -63,9 +85,16 @@ class MetricSet:
                 put(f"portability/{kind}", [s.portability[i] for i, probe in enumerate(request.portability) if probe.kind == kind])
         return row
 
-    def add_generations(self, generations: list[str]) -> dict[str, float]:
-        """Update the fluency score with one request's generations; return its value (nothing without any)."""
-        return {"fluency": float(self.m["fluency"](generations))} if generations else {}
+    def add_generations(self, generations: list[str], request: Optional[EditRequest] = None) -> dict[str, float]:
+        """Update the fluency (and consistency) scores with one request's generations; return its values
+        (nothing without any)."""
+        if not generations:
+            return {}
+        texts = generated_texts(request, generations)
+        row = {"fluency": float(self.m["fluency"](texts))}
+        if self.references is not None and request is not None and request.relation_id and request.target_new_id:
+            row["consistency"] = float(self.m["consistency"](texts, self.references.texts(request)))
+        return row
 
     def summary(self) -> dict[str, float]:
         out = {}
@@ -87,9 +116,10 @@ class Scoring:
     the rows, and scored for fluency when ``fluency``."""
 
     def __init__(self, requests: Sequence[EditRequest], pre_scores: list[RequestScores],
-                 pre_generations: Optional[list[list[str]]], fluency: bool) -> None:
+                 pre_generations: Optional[list[list[str]]], fluency: bool,
+                 references: Optional[RomeReferences] = None) -> None:
         self.requests, self.pre_scores, self.fluency = requests, pre_scores, fluency
-        self.pre, self.post = MetricSet(), MetricSet()
+        self.pre, self.post = MetricSet(references), MetricSet(references)
         self.rows: list[dict] = [{"case_id": r.case_id, "prompt": r.prompt, "target_new": r.target_new,
                                   "target_true": r.target_true} for r in requests]
         for i, s in enumerate(pre_scores):
@@ -121,6 +151,6 @@ class Scoring:
     def add_generations(self, i: int, generations: list[str], seconds: float) -> None:
         """Request ``i``'s generations on its edited model (scored for fluency when asked) and their seconds."""
         if self.fluency:
-            self.rows[i]["post"].update(self.post.add_generations(generations))
+            self.rows[i]["post"].update(self.post.add_generations(generations, self.requests[i]))
         self.rows[i]["post_generations"] = generations
         self.rows[i]["score_seconds"] = round(self.rows[i]["score_seconds"] + seconds, 4)

@@ -1,6 +1,6 @@
 from .edit_metrics import (SCORING_PROTOCOLS, EditSeconds, Fluency, LocalityAgreement, PeakMemory, ProbabilityPreference,
-                           TargetAccuracy, ngram_entropy)
+                           TargetAccuracy, TfidfConsistency, ngram_entropy)
 from .memory import PeakMemoryMonitor
 
 __all__ = ["SCORING_PROTOCOLS", "EditSeconds", "Fluency", "LocalityAgreement", "PeakMemory", "ProbabilityPreference",
-           "TargetAccuracy", "ngram_entropy", "PeakMemoryMonitor"]
+           "TargetAccuracy", "TfidfConsistency", "ngram_entropy", "PeakMemoryMonitor"]

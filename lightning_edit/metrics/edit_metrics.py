@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -136,6 +137,27 @@ class Fluency(_MeanOverRequests):
         if not texts:
             return
         self._add(sum(ngram_entropy(t) for t in texts) / len(texts))
+
+
+class TfidfConsistency(_MeanOverRequests):
+    """ROME's consistency ("reference score", Meng et al. 2022 §3.3): the cosine similarity between the TF-IDF
+    vectors of a request's generated texts (joined) and of the reference texts about its new object (joined), with
+    ROME's released vocabulary and IDF weights held fixed (sklearn's ``TfidfVectorizer``). Texts sharing no word of
+    the vocabulary score 0 (ROME's formula divides by a zero norm there)."""
+
+    def __init__(self, vocabulary: Mapping[str, int], idf: np.ndarray, **kwargs) -> None:
+        super().__init__(**kwargs)
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer = TfidfVectorizer(vocabulary=dict(vocabulary))
+        self.vectorizer.idf_ = np.asarray(idf, dtype=np.float64)
+
+    def update(self, generated: Sequence[str], references: Sequence[str]) -> None:
+        if not generated:
+            return
+        a, b = self.vectorizer.transform([" ".join(generated), " ".join(references)]).toarray()
+        norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+        self._add(float(a @ b) / norms if norms else 0.0)
 
 
 class EditSeconds(Metric):

@@ -11,6 +11,7 @@ from torch import nn
 
 from .layout import ModelLayout
 from .patches import PatchRegistry
+from .placement import input_device, real_state
 
 
 @dataclass
@@ -29,7 +30,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return input_device(self.model)  # a dispatched model's first parameter may live on disk
 
     @property
     def computes_from_weights_alone(self) -> bool:
@@ -48,10 +49,12 @@ class LoadedModel:
         by_storage = {}
         if replace:
             params = dict(self.model.named_parameters())
-            by_storage = {params[n].data_ptr(): t for n, t in replace.items() if n in params}
-        for name, param in sorted(self.model.state_dict().items()):
+            # offloaded (meta) tensors share data_ptr 0: only real storage identifies a tied alias
+            by_storage = {params[n].data_ptr(): t for n, t in replace.items() if n in params and params[n].data_ptr()}
+        for name, param in sorted(real_state(self.model).items()):  # offloaded tensors (--device-map) read from their store
             digest.update(name.encode())
-            t = by_storage.get(param.data_ptr(), param).detach().to("cpu").contiguous()
+            t = replace[name] if replace and name in replace else by_storage.get(param.data_ptr(), param)
+            t = t.detach().to("cpu").contiguous()
             # Sample a strided subset of large tensors: a full hash of 500 MB costs seconds for no gain.
             flat = t.reshape(-1)
             if flat.numel() > 65536:

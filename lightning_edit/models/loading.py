@@ -19,6 +19,7 @@ from .gguf import load_gguf as _load_gguf_cached
 from .hub import load_transformers as _load_transformers
 from .layout import layout_for
 from .loaded import LoadedModel
+from .device_map import DEFAULT_DEVICE, Placement, dispatch
 from .registry import MODELS, resolve_model_name
 from .saving import open_saved
 
@@ -39,7 +40,10 @@ def load_model(
     *,
     cache_dir: Optional[Union[str, Path]] = None,
     dtype: Union[torch.dtype, str] = torch.float32,
-    device: Union[str, torch.device] = "cpu",
+    device: Union[str, torch.device] = DEFAULT_DEVICE,
+    device_map: Union[str, dict, None] = None,
+    max_memory: Union[str, dict, None] = None,
+    offload_folder: Union[str, Path, None] = None,
 ) -> LoadedModel:
     """Load a registered model, a hub id or a local transformers directory, in eval mode.
 
@@ -48,7 +52,13 @@ def load_model(
 
     A directory written by ``edit.py --save`` is checked against its manifest first, and the patches saved in it
     (memories, routers, prompt contexts) are verified and re-attached, so the model answers as the edited one did.
-    Their kinds must be registered first (``import lightning_edit.editors``; ``lightning_edit.load_model`` does)."""
+    Their kinds must be registered first (``import lightning_edit.editors``; ``lightning_edit.load_model`` does).
+
+    ``device_map`` (``--device-map``: "auto", "balanced", a JSON file or a module → device dict), with
+    ``max_memory`` ("cpu=200MB,0=20GB" or a dict) and ``offload_folder`` (for modules put on disk): the model is
+    spread over devices, CPU memory and disk by accelerate instead of being put on ``device`` (``device_map.py``);
+    it is read whole into CPU memory first."""
+    placement = Placement.from_flags(device_map, max_memory, offload_folder, device=device)  # before any loading
     dtype = resolve_dtype(dtype, flag="dtype")
     warn_if_slow_dtype(dtype, device)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -61,17 +71,20 @@ def load_model(
         target = spec.hub_id if spec is not None else name_or_path
         saved = open_saved(target) if spec is None else None  # verified before any tensor is read
         model, tokenizer = _load_transformers(target, dtype)
-    loaded = _ready(name, model, tokenizer, device)
+    loaded = _ready(name, model, tokenizer, device, placement)
     if saved is not None:
         saved.restore(loaded)
     return loaded
 
 
-def _ready(name: str, model: nn.Module, tokenizer: Any, device: Union[str, torch.device]) -> LoadedModel:
-    """The model on ``device``, in eval mode, its weights frozen, its tokenizer able to pad."""
+def _ready(name: str, model: nn.Module, tokenizer: Any, device: Union[str, torch.device],
+           placement: Optional[Placement] = None) -> LoadedModel:
+    """The model on ``device`` (or dispatched as ``placement`` says), in eval mode, its weights frozen, its
+    tokenizer able to pad."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    model = dispatch(model, placement) if placement is not None else model.to(device)
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, layout=layout_for(model))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Optional, Sequence, Type, TypeVar
 
 import torch
@@ -52,6 +53,10 @@ class Patch(ABC):
     def rewrite_prompts(self, prompts: Sequence[str]) -> Optional[list[str]]:
         """The prompts as the model is to read them (IKE's demonstrations); None: this patch does not rewrite."""
         return None
+
+    def export(self, directory: Path, base_model: str) -> None:
+        """Write this patch again in another library's own format inside a saved model's ``directory`` (LoRA: a peft
+        adapter folder), for tools that read that format. Never read back: ``from_saved`` rebuilds the patch."""
 
     # ---- declared, serialisable state -------------------------------------------------------------
     @abstractmethod

@@ -187,6 +187,8 @@ def _write_saved_model(loaded: "LoadedModel", directory: Path, *, method: str, r
     loaded.tokenizer.save_pretrained(directory)
     kinds = [p.kind for p in loaded.patches]
     save_patches(loaded, directory, method=method, requests=requests)
+    for patch in loaded.patches:  # copies in other libraries' formats (a peft adapter), listed in the manifest too
+        patch.export(directory, loaded.name)
     weights_fingerprint = loaded.weights_fingerprint()
     unchanged = base_fingerprint == weights_fingerprint
     contents = {

@@ -2,9 +2,11 @@
 
     python edit.py stats --model smollm2-135m --layers 5 --tokens 20000 --devices 2 --threads 1   # CPU: 2 processes (gloo)
     python edit.py stats --model gpt-j --layers 3 4 5 6 7 8 --tokens 100000 --devices 8           # 8 GPUs (NCCL)
+    python edit.py stats --model gpt-j --layers 3 4 5 6 7 8 --devices 8 --num-nodes 4             # 32 GPUs on 4 nodes
 
-Each process (Lightning DDP: gloo on CPU, NCCL on GPUs) loads the model, takes a disjoint shard of the token
-chunks (chunk i goes to rank i mod K; no padding, no repeats) and adds its keys to a ``SecondMomentMetric`` per
+Each process (Lightning DDP: gloo on CPU, NCCL on GPUs; K = devices × nodes, each node started by Slurm's srun,
+torchrun or by hand with NODE_RANK, MASTER_ADDR and MASTER_PORT set: Lightning reads them) loads the model, takes a
+disjoint shard of the token chunks (chunk i goes to global rank i mod K; no padding, no repeats) and adds its keys to a ``SecondMomentMetric`` per
 layer on its device; the sums and token counts are all-reduced once at ``compute()`` and rank 0 writes the same
 verified cache file ``layer_second_moments`` (ROME, MEMIT, AlphaEdit) reads: same path, manifest and sha256.
 Layers already in the cache are skipped. Prints a JSON summary (tokens/s included).
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, nargs="+", required=True, help="block indices (negative: from the end)")
     p.add_argument("--tokens", type=int, default=None, help="tokens of text (default: DEFAULT_TOKENS, 20000)")
     p.add_argument("--devices", type=int, default=1, help="processes: GPUs, or CPU processes without CUDA (default 1)")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines, each running --devices processes (Lightning's "
+                                                           "num_nodes; start one command per node: srun, torchrun or "
+                                                           "NODE_RANK=i; see docs/guides/device-map.md) (default 1)")
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"], help="default: gpu when CUDA is available")
     p.add_argument("--cache-dir", default=None, help="cache root (default $LIGHTNING_EDIT_CACHE or checkpoints/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: cores / devices)")
@@ -116,7 +121,8 @@ def _preflight(args: argparse.Namespace) -> str:
     """The shared preflight (model, dtype) and the numbers of this command, before the model loads; the accelerator."""
     from ..models.checks import check_environment, check_model_source
 
-    for flag, value in (("--tokens", args.tokens), ("--devices", args.devices), ("--seq-len", args.seq_len),
+    for flag, value in (("--tokens", args.tokens), ("--devices", args.devices), ("--num-nodes", args.num_nodes),
+                        ("--seq-len", args.seq_len),
                         ("--batch-size", args.batch_size), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ConfigError(f"stats: {flag} must be a whole number ≥ 1, got {value}")
@@ -153,7 +159,8 @@ def run(args: argparse.Namespace) -> dict:
         if not 0 <= layer < n_layers:
             raise ConfigError(f"stats: layer {layer} is outside the model's {n_layers} blocks")
     folder, base, paths = cache_plan(loaded, layers, n_tokens, source, args.cache_dir)
-    summary = {"model": loaded.name, "layers": layers, "tokens": n_tokens, "devices": args.devices, "accelerator": accelerator,
+    summary = {"model": loaded.name, "layers": layers, "tokens": n_tokens, "devices": args.devices,
+               "num_nodes": args.num_nodes, "accelerator": accelerator,
                "threads_per_process": threads, "dtype": args.dtype, "files": {str(layer): str(paths[layer]) for layer in layers}}
     # a stale or damaged file is recomputed (with a warning), like a missing one
     cached = {} if args.force else cached_layer_moments(loaded, paths, base, warn_stale=True)
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
         return summary
     chunks = _token_chunks(loaded, source, n_tokens)
     module = _module(loaded, todo, chunks, n_tokens, source.batch_size)
-    if args.devices > 1:
+    if args.devices * args.num_nodes > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo")
@@ -172,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
         strategy = "auto"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(does not have many workers|test_step|num_workers|LeafSpec).*")
-        trainer = L.Trainer(accelerator=accelerator, devices=args.devices, strategy=strategy, precision="32-true",
+        trainer = L.Trainer(accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, strategy=strategy,
+                            precision="32-true",
                             logger=False, enable_checkpointing=False, enable_model_summary=False,
                             enable_progress_bar=not args.quiet, use_distributed_sampler=False, inference_mode=True)
         trainer.test(module, verbose=False)

@@ -1,4 +1,4 @@
-"""`python train.py METHOD MODEL`: train a learnt editor (MEND, KE, SERAC) and save a shareable checkpoint.
+"""`python train.py METHOD MODEL`: train a learnt editor (MEND, MALMEN, KE, SERAC) and save a shareable checkpoint.
 
 Everything but the method and model comes from ``configs/<method>/`` (``default.yaml``, then the family's
 and the model's file; the ``training:`` section holds the training settings, typed by the method's ``settings.py``),

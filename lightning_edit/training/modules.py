@@ -3,12 +3,13 @@
 from typing import Type
 
 from ..editors.learned.ke.module import KEModule
+from ..editors.learned.malmen.module import MALMENModule
 from ..editors.learned.mend.module import MENDModule
 from ..editors.learned.module import EditorModule, joint_rows
 from ..editors.learned.serac.module import SERACModule, counterfactual_rows
 from .registry import module_class
 
-MODULES: dict[str, Type[EditorModule]] = {cls.method: cls for cls in (MENDModule, KEModule, SERACModule)}
+MODULES: dict[str, Type[EditorModule]] = {cls.method: cls for cls in (MENDModule, MALMENModule, KEModule, SERACModule)}
 
-__all__ = ["EditorModule", "KEModule", "MENDModule", "MODULES", "SERACModule", "counterfactual_rows", "joint_rows",
+__all__ = ["EditorModule", "KEModule", "MALMENModule", "MENDModule", "MODULES", "SERACModule", "counterfactual_rows", "joint_rows",
            "module_class"]

@@ -41,9 +41,9 @@ def build_parser():
 
     from ..config import SetAction
 
-    p = ArgumentParser(prog="train.py", description="Train a learnt knowledge editor (mend, ke, serac).",
+    p = ArgumentParser(prog="train.py", description="Train a learnt knowledge editor (mend, malmen, ke, serac).",
                        env_prefix="LIGHTNING_EDIT_TRAIN", default_env=False)
-    p.add_argument("method", type=str, help="mend, ke or serac")
+    p.add_argument("method", type=str, help="mend, malmen, ke or serac")
     p.add_argument("model", type=str, help="registered model name (smollm2-135m, gpt-j, ...), hub id or local HF directory")
     p.add_argument("--config", action=ActionConfigFile,
                    help="a run configuration as --print_config prints it (RUN_DIR/config.yaml); later flags override it")
@@ -86,7 +86,7 @@ def resolve_config(method: str, model_name: str, family: Optional[str], extra: O
     """default.yaml ← <family>.yaml ← <model>.yaml ← ``extra`` ← ``--set`` (``training`` merged key by key)."""
     folder = config_root / method
     if not (folder / "default.yaml").exists():
-        raise ConfigError(f"no configs/{method}/default.yaml: {method!r} is not a trainable method (mend, ke, serac)")
+        raise ConfigError(f"no configs/{method}/default.yaml: {method!r} is not a trainable method (mend, malmen, ke, serac)")
     merged = layered_configs(folder, ("default", family, model_name))
     merged = apply_overrides(deep_merge(merged, extra), overrides)
     merged.setdefault("training", {})

@@ -1,5 +1,6 @@
-"""Pieces shared by the editors that learn (MEND, KE, SERAC): gradient factors, the edited forward pass,
-losses, and loading a trained network from a checkpoint into an editor."""
+"""Pieces shared by the editors that learn (MEND, MALMEN, KE, SERAC): gradient factors, the network that transforms
+them (MEND's, which MALMEN reuses), the edited forward pass, losses, and loading a trained network from a checkpoint
+into an editor."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...checkpoints import CONFIG_FILE, EditorCheckpoint, is_hub_id, load_editor_checkpoint
@@ -87,10 +89,17 @@ def weight_names(loaded: LoadedModel, layers: Sequence[int]) -> list[str]:
     return [loaded.layout.weight_name(loaded.layout.mlp_out, i) for i in layers]
 
 
-def gradient_factors(loaded: LoadedModel, layers: Sequence[int], batch: TargetBatch) -> dict[str, GradientFactors]:
-    """Inputs and output-gradients of the MLP output projections of ``layers`` for the edit loss.
+KEY_POSITIONS = ("all", "target")
+
+
+def gradient_factors(loaded: LoadedModel, layers: Sequence[int], batch: TargetBatch,
+                     positions: str = "all") -> dict[str, GradientFactors]:
+    """Inputs and output-gradients of the MLP output projections of ``layers`` for the edit loss, at every real
+    token (``positions="all"``, MEND) or only where a target token is predicted (``"target"``, MALMEN's keys).
 
     Only those weights require grad during the pass, so the backward stops at the lowest of them."""
+    if positions not in KEY_POSITIONS:
+        raise ConfigError(f"key positions {positions!r}: choose one of {', '.join(KEY_POSITIONS)}")
     layout, model = loaded.layout, loaded.model
     paths = [layout.mlp_out.format(i) for i in layers]
     weights = [layout.mlp_out_module(model, i).weight for i in layers]
@@ -106,7 +115,9 @@ def gradient_factors(loaded: LoadedModel, layers: Sequence[int], batch: TargetBa
     finally:
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
-    if batch.decoder_input_ids is not None:  # encoder-decoder: the edited MLPs run over decoder positions
+    if positions == "target":
+        mask = batch.labels != -100
+    elif batch.decoder_input_ids is not None:  # encoder-decoder: the edited MLPs run over decoder positions
         mask = torch.ones_like(batch.decoder_input_ids, dtype=torch.bool)
     else:
         mask = batch.attention_mask.bool()
@@ -114,6 +125,112 @@ def gradient_factors(loaded: LoadedModel, layers: Sequence[int], batch: TargetBa
     for i, p, g in zip(layers, paths, grads):
         u = tr[p].input.detach()
         out[layout.weight_name(layout.mlp_out, i)] = GradientFactors(u=u[mask].float(), delta=g.detach()[mask].float())
+    return out
+
+
+class RunningNorm(nn.Module):
+    """Per-dimension running mean/variance (batched Welford), updated only in training mode."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("m2", torch.zeros(dim))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        n = x.shape[0]
+        if n == 0:
+            return
+        batch_mean = x.mean(0)
+        batch_m2 = ((x - batch_mean) ** 2).sum(0)
+        total = self.count + n
+        d = batch_mean - self.mean
+        self.mean += d * (n / total).float()
+        self.m2 += batch_m2 + d ** 2 * (self.count * n / total).float()
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.update(x.detach())
+        if self.count < 2:
+            return x
+        std = (self.m2 / (self.count - 1).float()).clamp(min=0).sqrt()
+        return (x - self.mean) / (std + self.eps)
+
+
+class LowRankResidual(nn.Module):
+    """``x + act(scale_ℓ ⊙ B A x + shift_ℓ)``: identity at initialisation (B = 0), conditioned on the layer ℓ."""
+
+    def __init__(self, dim: int, rank: int, n_modes: int, relu: bool):
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.mode_scale = nn.Parameter(torch.ones(n_modes, dim))
+        self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor, mode: int) -> torch.Tensor:
+        h = self.up(self.down(x)) * self.mode_scale[mode] + self.mode_shift[mode]
+        return x + (F.relu(h) if self.relu else h)
+
+
+class FactorTransform(nn.Module):
+    """MEND's gradient transform, shared by MEND and MALMEN: one low-rank residual MLP per weight shape (``[u; δ]``
+    in, ``[ũ; δ̃]`` out), conditioned on the edited layer (per-layer scale and shift), per-layer running norms of
+    ``u`` and ``δ``, and a learnt step size ``α_ℓ`` per edited weight. The first ``n_relu`` blocks are ReLU ones."""
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, n_blocks: int, n_relu: int,
+                 edit_lr_init: float, eps: float):
+        super().__init__()
+        self.weight_names = list(shapes)
+        self.shapes = dict(shapes)
+        self.shape_keys = {n: f"{o}x{i}" for n, (o, i) in shapes.items()}
+        modes: dict[str, int] = {}
+        self.mode_of: dict[str, int] = {}
+        for n in self.weight_names:
+            k = self.shape_keys[n]
+            self.mode_of[n] = modes.get(k, 0)
+            modes[k] = self.mode_of[n] + 1
+        self.mlps = nn.ModuleDict()
+        for k in sorted(modes):
+            out_dim, in_dim = (int(x) for x in k.split("x"))
+            dim = in_dim + out_dim
+            self.mlps[k] = nn.ModuleList([LowRankResidual(dim, min(rank, dim), modes[k], relu=j < n_relu)
+                                          for j in range(n_blocks)])
+        self.u_norms = nn.ModuleDict({self._key(n): RunningNorm(shapes[n][1], eps) for n in self.weight_names})
+        self.delta_norms = nn.ModuleDict({self._key(n): RunningNorm(shapes[n][0], eps) for n in self.weight_names})
+        self.edit_lrs = nn.Parameter(torch.full((len(self.weight_names),), float(edit_lr_init)))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return name.replace(".", "_")
+
+    def transform(self, name: str, factors: GradientFactors) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ũ, δ̃)`` for every token's ``(u, δ)`` of weight ``name`` (float32, on the network's device, whatever
+        the model's dtype: the factors are cast before the network reads them)."""
+        key, device = self._key(name), self.edit_lrs.device
+        u = self.u_norms[key](factors.u.to(device=device, dtype=torch.float32))
+        d = self.delta_norms[key](factors.delta.to(device=device, dtype=torch.float32))
+        x = torch.cat([u, d], dim=-1)
+        for layer in self.mlps[self.shape_keys[name]]:
+            x = layer(x, self.mode_of[name])
+        u_t, d_t = x.split([u.shape[-1], d.shape[-1]], dim=-1)
+        return u_t, d_t
+
+    def step_size(self, name: str) -> torch.Tensor:
+        return self.edit_lrs[self.weight_names.index(name)]
+
+
+def mlp_out_shapes(loaded: LoadedModel, layers: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """(out, in) shape of each edited MLP output projection."""
+    out = {}
+    for i in layers:
+        w = loaded.layout.linear_weight(loaded.layout.mlp_out_module(loaded.model, i))
+        out[loaded.layout.weight_name(loaded.layout.mlp_out, i)] = tuple(w.shape)
     return out
 
 
@@ -275,6 +392,7 @@ def cond_text(r: EditRequest) -> str:
     return f"{r.target_true or ''} >> {r.target_new} || {r.prompt}"
 
 
-__all__ = ["GradientFactors", "LearnedEditor", "LearnedHyperParams", "agreement", "as_stored", "cond_text", "edit_batch",
+__all__ = ["FactorTransform", "GradientFactors", "KEY_POSITIONS", "LearnedEditor", "LowRankResidual", "RunningNorm",
+           "mlp_out_shapes", "LearnedHyperParams", "agreement", "as_stored", "cond_text", "edit_batch",
            "edited_logits", "gradient_factors", "locality_batch", "locality_pairs", "masked_kl", "rephrase_pairs",
            "target_accuracy", "target_nll", "weight_names"]

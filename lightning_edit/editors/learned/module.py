@@ -17,9 +17,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from ...models.loading import LoadedModel, load_model
-from ...models.teacher_forcing import build_target_batch
+from ...models.teacher_forcing import TargetBatch, build_target_batch
 from ...requests import EditRequest
-from .hypernetwork import LearnedEditor, LearnedHyperParams, agreement, edit_batch, locality_batch, target_accuracy
+from .hypernetwork import (LearnedEditor, LearnedHyperParams, agreement, edit_batch, edited_logits, locality_batch,
+                          locality_pairs, masked_kl, rephrase_pairs, target_accuracy, target_nll)
 from .settings import TrainingConfig
 
 
@@ -30,6 +31,7 @@ class EditorModule(L.LightningModule):
     # each method's module names its editor and its settings (no lookup by method name)
     Editor: ClassVar[Type[LearnedEditor]] = LearnedEditor
     Training: ClassVar[Type[TrainingConfig]] = TrainingConfig
+    validate_as_batch: ClassVar[bool] = False  # True: a validation batch is one edit (a batch editor's regime)
 
     def __init__(self, model_name: str, editor_hparams: dict, training: Union[TrainingConfig, Mapping[str, Any]],
                  loaded: Optional[LoadedModel] = None):
@@ -118,24 +120,33 @@ class EditorModule(L.LightningModule):
             self.network.train(was_training)
 
     def _validate_requests(self, batch: list[EditRequest]) -> None:
+        """Edit → score → undo through the editor contract: each request alone, or the whole batch in one edit
+        (``validate_as_batch``: MALMEN), each request then scored on the edited model."""
         loaded = self.base
-        for r in batch:
-            loc = locality_batch(loaded, [r])
+        groups = [list(batch)] if self.validate_as_batch else [[r] for r in batch]
+        for group in groups:
+            locs = [locality_batch(loaded, [r]) for r in group]
             with torch.no_grad():
-                base_loc = loaded.model(**loc.model_inputs()).logits if loc is not None else None
-            delta = self.editor.edit(loaded, [r])
+                base_locs = [loaded.model(**loc.model_inputs()).logits if loc is not None else None for loc in locs]
+            delta = self.editor.edit(loaded, group)
             try:
                 with torch.no_grad():
-                    eb = edit_batch(loaded, [r])
-                    self.val_edit_success.update(target_accuracy(loaded.model(**eb.model_inputs()).logits, eb.labels))
-                    if r.rephrase_prompts:
-                        rb = build_target_batch(loaded, list(r.rephrase_prompts), [r.target_new] * len(r.rephrase_prompts))
-                        self.val_rephrase_success.update(target_accuracy(loaded.model(**rb.model_inputs()).logits, rb.labels).mean())
-                    if loc is not None:
-                        post_loc = loaded.model(**loc.model_inputs()).logits
-                        self.val_locality.update(agreement(base_loc, post_loc, loc.labels).mean())
+                    for r, loc, base_loc in zip(group, locs, base_locs):
+                        self._score(r, loc, base_loc)
             finally:
                 delta.undo(loaded)
+
+    def _score(self, r: EditRequest, loc: Optional[TargetBatch], base_loc: Optional[torch.Tensor]) -> None:
+        loaded = self.base
+        eb = edit_batch(loaded, [r])
+        self.val_edit_success.update(target_accuracy(loaded.model(**eb.model_inputs()).logits, eb.labels))
+        if r.rephrase_prompts:
+            rb = build_target_batch(loaded, list(r.rephrase_prompts), [r.target_new] * len(r.rephrase_prompts))
+            rephrase_logits = loaded.model(**rb.model_inputs()).logits
+            self.val_rephrase_success.update(target_accuracy(rephrase_logits, rb.labels).mean())
+        if loc is not None:
+            post_loc = loaded.model(**loc.model_inputs()).logits
+            self.val_locality.update(agreement(base_loc, post_loc, loc.labels).mean())
 
     def on_validation_epoch_end(self) -> None:
         success = self.val_edit_success.compute()
@@ -153,3 +164,25 @@ class EditorModule(L.LightningModule):
 def joint_rows(loaded: LoadedModel, rb, lb) -> tuple[list[str], list[str], int]:
     """Prompts/targets of the edit-generalisation rows then the locality rows (one padded batch)."""
     return rb[0] + (lb[0] if lb else []), rb[1] + (lb[1] if lb else []), len(rb[0])
+
+
+def shifted_meta_loss(loaded: LoadedModel, requests: Sequence[EditRequest], shifts: Mapping[str, torch.Tensor],
+                      c_edit: float, c_loc: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """MEND's meta-loss, also MALMEN's: ``c_edit · NLL(target | rephrases, W + S) + c_loc · KL(base ‖ edited)`` on the
+    locality prompts, for the weights shifted by ``shifts`` (one edited forward pass over both kinds of rows)."""
+    rb, lb = rephrase_pairs(requests), locality_pairs(requests)
+    prompts, targets, n_edit = joint_rows(loaded, rb, lb)
+    joint = build_target_batch(loaded, prompts, targets)
+    logits = edited_logits(loaded, shifts, joint)
+    edit_logits, edit_labels = logits[:n_edit], joint.labels[:n_edit]
+    l_edit = target_nll(edit_logits, edit_labels)
+    logs = {"edit_loss": l_edit.detach(), "edit_acc": target_accuracy(edit_logits.detach(), edit_labels).mean()}
+    loss = c_edit * l_edit
+    if lb is not None:
+        loc_inputs = {k: v[n_edit:] for k, v in joint.model_inputs().items()}
+        with torch.no_grad():
+            base_logits = loaded.model(**loc_inputs).logits
+        l_loc = masked_kl(base_logits, logits[n_edit:], joint.labels[n_edit:])
+        loss = loss + c_loc * l_loc
+        logs["loc_loss"] = l_loc.detach()
+    return loss, logs

@@ -1,4 +1,5 @@
-"""The learnt methods, each registered by its own folder (``mend/``, ``ke/``, ``serac/``): its editor, its training
+"""The learnt methods, each registered by its own folder (``mend/``, ``malmen/``, ``ke/``,
+``serac/``): its editor, its training
 settings and its LightningModule. ``train.py`` finds what it trains here (``training/registry.py``); editing never
 needs the module, so it is imported only when asked for (it brings Lightning)."""
 from __future__ import annotations

@@ -148,7 +148,7 @@ class ReplayCheck:
 
 
 class BlockReplay:
-    """Optimisation steps that run only the blocks from ``start`` (the block holding the optimised site) on.
+    """Optimisation steps that run only the blocks from ``start`` (the lowest block holding an optimised site) on.
 
     Nothing below that block depends on the vector being optimised, so what each block from ``start`` on received
     in a set of rows' first full pass (hidden states, masks, position embeddings) is recorded, and later steps on
@@ -157,11 +157,13 @@ class BlockReplay:
     reproduce it (a family whose blocks take more than their recorded inputs) every step runs the full model.
     """
 
-    def __init__(self, loaded: LoadedModel, site_module: torch.nn.Module, check: ReplayCheck):
+    def __init__(self, loaded: LoadedModel, site_modules: Sequence[torch.nn.Module], check: ReplayCheck):
         layout = loaded.layout
         self.blocks = layout.module(loaded.model, layout.blocks)
         self.final_norm = layout.module(loaded.model, layout.final_norm)
-        self.start = next((i for i, block in enumerate(self.blocks) if any(m is site_module for m in block.modules())), None)
+        starts = [next((i for i, block in enumerate(self.blocks) if any(m is site for m in block.modules())), None)
+                  for site in site_modules]
+        self.start = None if None in starts else min(starts)  # a site outside the blocks: no replay
         self.check = check
         self.records: dict[tuple[int, ...], dict[int, tuple[tuple, dict]]] = {}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -123,22 +123,22 @@ class ValueRows:
 
 
 class ValuePasses:
-    """How the rows of ``ValueRows`` are run with δ added at the output of module ``site``.
+    """How the rows of ``ValueRows`` are run with a δ added at the output of each module of ``sites``.
 
-    ``replay_check`` (the editor's, per model): steps after a pass's first replay only the blocks from the site's
-    on (``BlockReplay``); without it every step runs the whole model (from the cached prefixes on)."""
+    ``replay_check`` (the editor's, per model): steps after a pass's first replay only the blocks from the lowest
+    site's on (``BlockReplay``); without it every step runs the whole model (from the cached prefixes on)."""
 
-    def __init__(self, loaded: LoadedModel, site: str, rows: ValueRows, tokens_per_pass: int,
+    def __init__(self, loaded: LoadedModel, sites: Sequence[str], rows: ValueRows, tokens_per_pass: int,
                  replay_check: Optional[ReplayCheck] = None):
-        self.model, self.site, self.rows = loaded.model, site, rows
-        self.module = loaded.model.get_submodule(site)
-        self.width = output_width(loaded.model, site)
+        self.model, self.sites, self.rows = loaded.model, list(sites), rows
+        self.modules = [loaded.model.get_submodule(site) for site in self.sites]
+        self.widths = [output_width(loaded.model, site) for site in self.sites]
         self.tokens_per_pass = tokens_per_pass
         # tokens before each row's subject position are run once into a cache; steps run only the rest
         self.prefix = PrefixCache(loaded, rows.ids, rows.subject_pos)
         self.suffix_len = self.prefix.suffix_mask.sum(1)
         self.hidden_of, self.to_logits = final_hidden_and_logits(loaded)
-        self.replay = BlockReplay(loaded, self.module, replay_check) if replay_check is not None else None
+        self.replay = BlockReplay(loaded, self.modules, replay_check) if replay_check is not None else None
 
     def buckets(self, requests: torch.Tensor) -> list[torch.Tensor]:
         """The rows of ``requests``, cut into passes of similar length (records of other passes are dropped)."""
@@ -148,28 +148,39 @@ class ValuePasses:
             self.replay.keep_only(passes)
         return passes
 
-    def hidden(self, rows: torch.Tensor, delta: torch.Tensor, first: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def hidden(self, rows: torch.Tensor, deltas: Sequence[torch.Tensor], first: bool
+               ) -> tuple[torch.Tensor, Optional[list[torch.Tensor]]]:
         """The final norm's output over ``rows`` (from each row's subject position on) with its request's δ added at
-        the site's output at that position; on the ``first`` step (δ = 0) also the site's output there."""
-        row_request = self.rows.owner[rows]
-
-        def add_delta(out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[:, 0] = out[:, 0] + delta[row_request].to(out.dtype)
-            return out
-
+        each site's output at that position; on the ``first`` step (δ = 0) also each site's output there."""
         replay = self.replay
         if not first and replay is not None and replay.has(rows):
-            with edit_output(self.module, add_delta):
+            with self._adding(rows, deltas):
                 return replay.run(rows, self.prefix.inputs(rows)), None
-        record_site = trace(self.model, [self.site]) if first else contextlib.nullcontext()
+        record_sites = trace(self.model, self.sites) if first else contextlib.nullcontext()
         recording = replay.recording(rows) if replay is not None else contextlib.nullcontext()
-        with edit_output(self.module, add_delta), record_site as site_trace, recording, self.hidden_of() as run:
+        with self._adding(rows, deltas), record_sites as site_trace, recording, self.hidden_of() as run:
             hidden = run(**self.prefix.inputs(rows))
         if replay is not None and replay.unchecked:  # once per model: its inputs cost a cache copy
-            with edit_output(self.module, add_delta):
+            with self._adding(rows, deltas):
                 replay.verify(rows, self.prefix.inputs(rows), hidden)
-        return hidden, (site_trace[self.site].output if first else None)
+        return hidden, ([site_trace[site].output for site in self.sites] if first else None)
+
+    @contextlib.contextmanager
+    def _adding(self, rows: torch.Tensor, deltas: Sequence[torch.Tensor]) -> Iterator[None]:
+        """Each site's output gets its request's δ at the first position (the subject's last token) of each row."""
+        row_request = self.rows.owner[rows]
+
+        def add(delta: torch.Tensor):
+            def add_delta(out: torch.Tensor) -> torch.Tensor:
+                out = out.clone()
+                out[:, 0] = out[:, 0] + delta[row_request].to(out.dtype)
+                return out
+            return add_delta
+
+        with contextlib.ExitStack() as stack:  # every hook removed on leaving, even on error
+            for module, delta in zip(self.modules, deltas):
+                stack.enter_context(edit_output(module, add(delta)))
+            yield
 
     def log_probs(self, hidden: torch.Tensor, index: PassIndex) -> tuple[torch.Tensor, torch.Tensor]:
         """log P(target token) at each scored position, and the next-token log-distribution after each essence

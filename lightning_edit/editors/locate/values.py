@@ -12,13 +12,17 @@ The loss of one request, as ROME's paper writes it (eq. 4) and its code computes
 
 ``optimise_values`` minimises it with Adam for all requests at once (one δ each, independent losses), stopping a
 request once its new-object NLL is below ``early_stop_loss`` (``early_stop_on="loss"``: once the whole loss is, as
-ROME's and MEMIT's code do). This module is the loss and the optimisation; which rows are run and how (length
+ROME's and MEMIT's code do). ``optimise_site_values`` does the same with a δ at each of several sites at once (PMET's
+compute_zs: the attention and the MLP output of one block); its loss has one weight-decay term per site and each δ is
+clamped by its own site's ‖m‖. This module is the loss and the optimisation; which rows are run and how (length
 buckets, the prefix cache, block replay) is ``value_passes.py`` over ``batching.py``.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -91,6 +95,13 @@ def weight_decay_term(delta: torch.Tensor, initial_norm_sq: torch.Tensor, factor
     return factor * delta.norm(dim=-1) / initial_norm_sq
 
 
+def weight_decay_terms(deltas: Sequence[torch.Tensor], initial_norms_sq: Sequence[torch.Tensor], factor: float
+                       ) -> torch.Tensor:
+    """Σ over sites of factor · ‖δ_s‖ / ‖m_s‖², per request (PMET's code sums the attention and MLP terms)."""
+    terms = [weight_decay_term(d, m, factor) for d, m in zip(deltas, initial_norms_sq)]
+    return functools.reduce(operator.add, terms)  # one site: its term itself
+
+
 # ---- on top: the optimisation of L(δ); the pieces it calls are below -----------------------------------------------
 def optimise_values(
     loaded: LoadedModel,
@@ -107,12 +118,28 @@ def optimise_values(
     Requests are optimised together (one δ each, independent losses); a request that reaches the early-stop
     criterion leaves the batch. ``replay_check`` (the editor's, per model): later steps run only the blocks from the
     site's on (``BlockReplay``); without it every step runs the whole model."""
+    return optimise_site_values(loaded, requests, [site], prefixes, hp, replay_check)[site]
+
+
+def optimise_site_values(
+    loaded: LoadedModel,
+    requests: Sequence[EditRequest],
+    sites: Sequence[str],
+    prefixes: Sequence[str],
+    hp: ValueHParams,
+    replay_check: Optional[ReplayCheck] = None,
+) -> dict[str, ValueResult]:
+    """``optimise_values`` with one δ per request at each of ``sites`` (module names), optimised together: Adam on
+    L(δ_1..δ_S) = new_object_nll + kl_factor · essence_kl + Σ_s weight_decay_term(δ_s), each ‖δ_s‖ clamped to
+    clamp_norm_factor · ‖m_s‖ (PMET's compute_zs). With one site it is exactly ``optimise_values``."""
+    if len(set(sites)) != len(sites) or not sites:
+        raise ValueError(f"value optimisation needs distinct sites, got {list(sites)}")
     n, device = len(requests), loaded.device
     rows = ValueRows.build(loaded.tokenizer, requests, prefixes, KL_TEMPLATE, device)
-    passes = ValuePasses(loaded, site, rows, hp.tokens_per_pass, replay_check)
-    delta = torch.zeros(n, passes.width, device=device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=hp.lr)
-    unedited = Unedited(initial=torch.zeros(n, passes.width, device=device))  # filled by step 0, where δ = 0
+    passes = ValuePasses(loaded, sites, rows, hp.tokens_per_pass, replay_check)
+    deltas = [torch.zeros(n, width, device=device, requires_grad=True) for width in passes.widths]
+    opt = torch.optim.Adam(deltas, lr=hp.lr)
+    unedited = Unedited(initial=[torch.zeros(n, width, device=device) for width in passes.widths])  # step 0: δ = 0
     progress = Progress.start(n, device)
     for step in range(hp.steps):
         requests_left = progress.active.nonzero().flatten()
@@ -120,10 +147,10 @@ def optimise_values(
             break
         last = step == hp.steps - 1
         opt.zero_grad(set_to_none=True)
-        nll, kl, pending = step_terms(passes, requests_left, delta, unedited, hp.kl_factor, step == 0, last)
+        nll, kl, pending = step_terms(passes, requests_left, deltas, unedited, hp.kl_factor, step == 0, last)
         if step == 0:
             unedited.settle(hp.clamp_norm_factor)
-        decay = weight_decay_term(delta, unedited.norm_sq, hp.weight_decay)
+        decay = weight_decay_terms(deltas, unedited.norm_sq, hp.weight_decay)
         loss = nll + hp.kl_factor * kl + decay.detach()
         progress.record(step, requests_left, loss)
         if log.isEnabledFor(logging.DEBUG):
@@ -135,65 +162,69 @@ def optimise_values(
         if pending is not None:
             (pending * keep).sum().backward()
         (decay * keep).sum().backward()
-        adam_step(opt, delta, progress.active)
-        clamp_norms_(delta, unedited.max_norm)
+        adam_step(opt, deltas, progress.active)
+        for delta, max_norm in zip(deltas, unedited.max_norm):
+            clamp_norms_(delta, max_norm)
     with torch.no_grad():
-        return ValueResult(targets=(unedited.initial + delta).detach(), initial=unedited.initial,
-                           steps_run=progress.steps_run, final_loss=progress.final_loss)
+        return {site: ValueResult(targets=(initial + delta).detach(), initial=initial, steps_run=progress.steps_run,
+                                  final_loss=progress.final_loss)
+                for site, initial, delta in zip(sites, unedited.initial, deltas)}
 
 
 # ---- beneath: what the unedited model gives (m, the KL reference), read on the first step ----------------------
 @dataclass
 class Unedited:
-    """What the loss compares with, read on the first step (δ = 0): m, the site's output at the plain prompt, and
+    """What the loss compares with, read on the first step (δ = 0): m, each site's output at the plain prompt, and
     the next-token distribution after "{subject} is a" (the KL term's reference)."""
 
-    initial: torch.Tensor  # (n, d)
+    initial: list[torch.Tensor]  # per site: (n, d)
     essence: Optional[torch.Tensor] = None  # (n, vocabulary) log-probabilities
-    norm_sq: Optional[torch.Tensor] = None  # ‖m‖², the weight decay's scale
-    max_norm: Optional[torch.Tensor] = None  # the clamp on ‖δ‖
+    norm_sq: list[torch.Tensor] = field(default_factory=list)  # per site: ‖m‖², the weight decay's scale
+    max_norm: list[torch.Tensor] = field(default_factory=list)  # per site: the clamp on ‖δ‖
 
-    def record(self, index: PassIndex, site_output: torch.Tensor, essence_logp: torch.Tensor) -> None:
+    def record(self, index: PassIndex, site_outputs: Sequence[torch.Tensor], essence_logp: torch.Tensor) -> None:
         """m and the reference distribution of the requests whose rows one pass of the first step ran."""
-        self.initial[index.plain_request] = site_output[index.plain_row, 0].float()
+        for initial, site_output in zip(self.initial, site_outputs):
+            initial[index.plain_request] = site_output[index.plain_row, 0].float()
         if self.essence is None:
-            self.essence = torch.zeros(self.initial.shape[0], essence_logp.shape[-1], device=self.initial.device)
+            self.essence = torch.zeros(self.initial[0].shape[0], essence_logp.shape[-1], device=self.initial[0].device)
         self.essence[index.essence_request] = essence_logp.detach()
 
     def settle(self, clamp_norm_factor: float) -> None:
-        """After the first step, every request's m is known: the clamp and the decay's scale."""
-        self.max_norm = clamp_norm_factor * self.initial.norm(dim=-1)
-        self.norm_sq = self.initial.norm(dim=-1) ** 2
+        """After the first step, every request's m is known: the clamps and the decay's scales."""
+        self.max_norm = [clamp_norm_factor * initial.norm(dim=-1) for initial in self.initial]
+        self.norm_sq = [initial.norm(dim=-1) ** 2 for initial in self.initial]
 
 
 # ---- the loss of one step, over the rows of one pass and then over all of a step's passes -----------------------
-def pass_terms(passes: ValuePasses, rows: torch.Tensor, delta: torch.Tensor, unedited: Unedited, first: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The new-object NLL and the essence KL per request over ``rows`` (one pass), with grad towards δ."""
-    n = delta.shape[0]
+def pass_terms(passes: ValuePasses, rows: torch.Tensor, deltas: Sequence[torch.Tensor], unedited: Unedited,
+               first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new-object NLL and the essence KL per request over ``rows`` (one pass), with grad towards the δ's."""
+    n = deltas[0].shape[0]
     index = passes.rows.index(rows)
-    hidden, site_output = passes.hidden(rows, delta, first)
+    hidden, site_outputs = passes.hidden(rows, deltas, first)
     target_logp, essence_logp = passes.log_probs(hidden, index)
     if first:
-        unedited.record(index, site_output, essence_logp)
+        unedited.record(index, site_outputs, essence_logp)
     nll = new_object_nll(target_logp, index.target_weight, index.target_request, n)
     kl = essence_kl(essence_logp, unedited.essence[index.essence_request], index.essence_request, n)
     return nll, kl
 
 
-def step_terms(passes: ValuePasses, requests: torch.Tensor, delta: torch.Tensor, unedited: Unedited, kl_factor: float,
-               first: bool, last: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def step_terms(passes: ValuePasses, requests: torch.Tensor, deltas: Sequence[torch.Tensor], unedited: Unedited,
+               kl_factor: float, first: bool, last: bool) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """One step's NLL and KL per request (detached), over the rows of ``requests`` in length buckets.
 
     With several passes each one's NLL + KL is backpropagated as soon as it is computed, freeing its graph (a
     request's rows add up in δ's gradient), except on the ``last`` step, which only measures. With one pass, its
     loss (with grad) is returned instead, to be backpropagated once early stopping has masked finished requests."""
-    nll = torch.zeros(delta.shape[0], device=delta.device)
-    kl = torch.zeros(delta.shape[0], device=delta.device)
+    n, device = deltas[0].shape[0], deltas[0].device
+    nll = torch.zeros(n, device=device)
+    kl = torch.zeros(n, device=device)
     buckets = passes.buckets(requests)
     pending: Optional[torch.Tensor] = None
     for rows in buckets:
-        pass_nll, pass_kl = pass_terms(passes, rows, delta, unedited, first)
+        pass_nll, pass_kl = pass_terms(passes, rows, deltas, unedited, first)
         nll = nll + pass_nll.detach()
         kl = kl + pass_kl.detach()
         pass_loss = pass_nll + kl_factor * pass_kl
@@ -222,12 +253,13 @@ def clamp_norms_(delta: torch.Tensor, max_norm: torch.Tensor) -> None:
     delta.mul_(scale[:, None])
 
 
-def adam_step(opt: torch.optim.Optimizer, delta: torch.Tensor, active: torch.Tensor) -> None:
-    """One optimiser step for the ``active`` requests: Adam's momentum must not move a finished request's vector."""
-    frozen = delta.detach()[~active].clone()
+def adam_step(opt: torch.optim.Optimizer, deltas: Sequence[torch.Tensor], active: torch.Tensor) -> None:
+    """One optimiser step for the ``active`` requests: Adam's momentum must not move a finished request's vectors."""
+    frozen = [delta.detach()[~active].clone() for delta in deltas]
     opt.step()
     with torch.no_grad():
-        delta[~active] = frozen
+        for delta, kept in zip(deltas, frozen):
+            delta[~active] = kept
 
 
 @dataclass

@@ -32,6 +32,7 @@ from ..base import Editor, HyperParams, register_editor
 from ...models.ops import resolve_layer, target_hits, target_nll
 from ...models.tail import TailRunner, prediction_positions
 from ...models.patches import PatchChange, register_patch
+from ...models.placement import module_device
 from .memory import FFNMemory, editing_memory
 
 VALUE_INITS = ("warm", "cold")
@@ -156,7 +157,8 @@ class GraceEditor(Editor):
 
         def factory() -> GraceCodebook:
             p = next(module.parameters())
-            return GraceCodebook(self._signature(module_name), module_name, key.shape[-1], ffn_out.shape[-1], p.device, p.dtype)
+            return GraceCodebook(self._signature(module_name), module_name, key.shape[-1], ffn_out.shape[-1],
+                                 module_device(module), p.dtype)
 
         with editing_memory(loaded, GraceCodebook.key, factory, self._signature(module_name)) as session:
             book: GraceCodebook = session.container  # type: ignore[assignment]

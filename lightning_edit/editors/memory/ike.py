@@ -168,12 +168,16 @@ class IKEEditor(Editor):
 
     def prepare(self, loaded: LoadedModel) -> None:
         """Load the sentence encoder and embed the demonstration pool (once per editor)."""
+        self.load_pool(loaded.device)
+
+    def load_pool(self, device: torch.device | str) -> None:
+        """The sentence encoder on ``device`` and the pool's embeddings (cached on disk: ``cache_embeddings``)."""
         if self.encoder is not None:
             return
         from ...data import load_requests
 
         hp = self.hparams
-        encoder = SentenceEncoder(hp.sentence_model, loaded.device)
+        encoder = SentenceEncoder(hp.sentence_model, device)
         sentences: list[str] = []
         if hp.k > 0:
             for name in hp.train_data:

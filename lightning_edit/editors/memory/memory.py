@@ -26,6 +26,7 @@ from ...errors import CheckpointError, ConfigError
 from ...hooks import collect_handles, remove_handles
 from ...models.loaded import LoadedModel
 from ...models.patches import EntryPatch, PendingChange
+from ...models.placement import module_device
 from .state_diff import StateDiff
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,9 @@ class FFNMemory(HookedMemory):
     @classmethod
     def empty_for(cls, loaded: LoadedModel, config: dict) -> "FFNMemory":
         module_name = saved_module(loaded, config, cls.kind)
-        p = next(loaded.model.get_submodule(module_name).parameters())
+        module = loaded.model.get_submodule(module_name)
         hidden = hidden_size(loaded)
-        return cls(dict(config["signature"]), module_name, hidden, hidden, p.device, p.dtype)
+        return cls(dict(config["signature"]), module_name, hidden, hidden, module_device(module), next(module.parameters()).dtype)
 
 
 def find_memory(loaded: LoadedModel, key: str) -> Optional[HookedMemory]:

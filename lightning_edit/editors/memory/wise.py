@@ -103,6 +103,10 @@ class WISEEditor(Editor):
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return []  # the main memory never changes; the side memory is a patch
 
+    def read_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
+        _, module_name = self._module_name(loaded)
+        return [f"{module_name}.weight"]  # copied into a new side memory
+
     def _module_name(self, loaded: LoadedModel) -> tuple[int, str]:
         layout = loaded.layout
         block = resolve_layer(self.hparams.layer, layout.num_layers(loaded.model))

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from ...errors import CheckpointError
 from ...models.loading import LoadedModel
 from ...models.patches import register_patch
+from ...models.placement import materialised
 from .memory import HookedMemory, saved_module
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class SideMemory(HookedMemory):
     def empty_for(cls, loaded: LoadedModel, config: dict) -> "SideMemory":
         module_name = saved_module(loaded, config, cls.kind)
         module = loaded.model.get_submodule(module_name)
-        return cls(dict(config["signature"]), module_name, loaded.layout.linear_weight(module), getattr(module, "bias", None),
-                   loaded.layout.is_encoder_decoder)
+        with materialised(loaded.model, [f"{module_name}.weight"]):  # the main weight, even if --device-map offloads it
+            return cls(dict(config["signature"]), module_name, loaded.layout.linear_weight(module),
+                       getattr(module, "bias", None), loaded.layout.is_encoder_decoder)
 
     def check_values(self, template: dict) -> None:
         super().check_values(template)  # current: the projection's shape and dtype

@@ -13,12 +13,12 @@ includes a hash of the method's hyperparameters, less the speed-only ones, and o
 ``Study``, which runs the plan on one model through the one runner, is above this layer: ``lightning_edit.study_runner``.
 """
 from ...paths import STUDY_CONFIGS
-from .cells import cell_inputs, cell_key, read_cell
+from .cells import cell_inputs, cell_key, cell_results, read_cell
 from .estimates import Estimate, estimate
 from .plan import SAFE_NAME, Phases, StudyConfig, check_study_fields, run_phases, safe_folder_name
 from .report import write_figures, write_tables
 
 _cell_key = cell_key  # the name tests import
 
-__all__ = ["STUDY_CONFIGS", "cell_inputs", "cell_key", "read_cell", "Estimate", "estimate", "SAFE_NAME", "Phases",
+__all__ = ["STUDY_CONFIGS", "cell_inputs", "cell_key", "cell_results", "read_cell", "Estimate", "estimate", "SAFE_NAME", "Phases",
            "StudyConfig", "check_study_fields", "run_phases", "safe_folder_name", "write_figures", "write_tables"]

@@ -113,3 +113,19 @@ def cached_or_computed(cells_dir: Path, key: str, inputs: dict, compute: Optiona
         # compact: a batch of 1000 keeps 1000 requests' values (1.1 MB indented, 0.75 MB like this)
         atomic_write_text(path, json.dumps(result, separators=(",", ":"), default=str))
     return result
+
+
+# What the machine's speed and load make vary from run to run: clocks and peak memory, never a score.
+MEASURED_FIELDS = frozenset({"cell_seconds", "edit_seconds", "edit_seconds_mean", "prepare_seconds",
+                             "scoring_seconds_per_request", "seconds_per_request", "seconds_per_case",
+                             "peak_memory_mb", "time_split_seconds"})
+
+
+def cell_results(cell: object) -> object:
+    """``cell`` less its clocks and peak memory (``MEASURED_FIELDS``, at any depth): what two runs of one cell
+    must agree on exactly where the method is deterministic (a serial study and one on Ray workers)."""
+    if isinstance(cell, dict):
+        return {k: cell_results(v) for k, v in cell.items() if k not in MEASURED_FIELDS}
+    if isinstance(cell, list):
+        return [cell_results(v) for v in cell]
+    return cell

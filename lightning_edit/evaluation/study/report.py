@@ -101,19 +101,20 @@ def _tables(c: StudyConfig, single: dict, batch: dict, sequential: dict, multiho
 
 
 def write_tables(results_dir: Path, c: StudyConfig, single: dict, batch: dict, sequential: dict, skipped: dict,
-                 multihop: Optional[dict] = None) -> dict:
+                 multihop: Optional[dict] = None, scaleout: Optional[dict] = None) -> dict:
     """Every table as Markdown and CSV, ``results.json`` (the cells less their requests' values) and the README;
-    returns each table's key → its Markdown."""
+    returns each table's key → its Markdown. ``scaleout``: what a study on workers counted (``study_ray``)."""
     multihop = multihop or {}
     out = {key: _write(results_dir, name, header, rows)
            for key, (name, header, rows) in _tables(c, single, batch, sequential, multihop).items()}
     cells = {"single": single, "batch": batch, "sequential": sequential, "multihop": multihop}
-    _write_results_json(results_dir, c, cells, skipped)
-    _write_readme(results_dir, c, out, cells, skipped)
+    _write_results_json(results_dir, c, cells, skipped, scaleout)
+    _write_readme(results_dir, c, out, cells, skipped, scaleout)
     return out
 
 
-def _write_results_json(results_dir: Path, c: StudyConfig, cells: dict[str, dict], skipped: dict) -> None:
+def _write_results_json(results_dir: Path, c: StudyConfig, cells: dict[str, dict], skipped: dict,
+                        scaleout: Optional[dict] = None) -> None:
     def brief(cell: Optional[dict]) -> Optional[dict]:  # each request's values stay in cells/*.json, once
         return None if cell is None else {k: v for k, v in cell.items() if k != "per_request"}
 
@@ -122,11 +123,13 @@ def _write_results_json(results_dir: Path, c: StudyConfig, cells: dict[str, dict
 
     summary = {"model": c.model, "skipped_methods": skipped, "per_request_values": "cells/*.json",
                "cells": {kind: {label(k): brief(v) for k, v in found.items()} for kind, found in cells.items()}}
+    if scaleout:
+        summary["scaleout"] = scaleout
     atomic_write_text(results_dir / "results.json", json.dumps(summary, indent=2, default=str))
 
 
 def _write_readme(results_dir: Path, c: StudyConfig, tables: dict[str, str], cells: dict[str, dict],
-                  skipped: dict) -> None:
+                  skipped: dict, scaleout: Optional[dict] = None) -> None:
     titles = {**TITLES, "fig7_sequential": "Fig. 7: sequential editing (scored after the last edit"
               + (f"; batches of {c.sequential_batch_size} for methods that batch" if c.sequential_batch_size > 1 else "")
               + "; 1 edit: the single-edit cell)"}
@@ -143,6 +146,8 @@ def _write_readme(results_dir: Path, c: StudyConfig, tables: dict[str, str], cel
     if elsewhere:  # their seconds and peak memory are the accelerator's (GPU memory), not comparable with the rest
         report += ["## Cells computed on an accelerator", "", "Seconds and peak memory of these are the device's: "
                    + ", ".join(elsewhere), ""]
+    if scaleout:  # a study on Ray workers: what ran where, and what had to run twice
+        report += ["## Cells on workers", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in scaleout.items()] + [""]
     if skipped:
         report += ["## Methods not run", ""] + [f"- `{m}`: {why}" for m, why in skipped.items()]
     atomic_write_text(results_dir / "README.md", "\n".join(report) + "\n")

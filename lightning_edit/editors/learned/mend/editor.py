@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ....errors import ConfigError
 from ....models.loading import LoadedModel
 from ....requests import EditRequest
-from ..hypernetwork import (GradientFactors, LearnedEditor, LearnedHyperParams, as_stored, edit_batch,
-                                gradient_factors)
+from ..hypernetwork import (FactorTransform, GradientFactors, LearnedEditor, LearnedHyperParams, LowRankResidual,  # noqa: F401
+                            RunningNorm, as_stored, edit_batch, gradient_factors, mlp_out_shapes)
 from ...base import add_update, register_editor
 from ....models.ops import resolve_layers
 
@@ -44,111 +42,23 @@ class MENDHyperParams(LearnedHyperParams):
             raise ConfigError("field 'edit_lr_init' must be positive")
 
 
-class RunningNorm(nn.Module):
-    """Per-dimension running mean/variance (batched Welford), updated only in training mode."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("m2", torch.zeros(dim))
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        n = x.shape[0]
-        if n == 0:
-            return
-        batch_mean = x.mean(0)
-        batch_m2 = ((x - batch_mean) ** 2).sum(0)
-        total = self.count + n
-        d = batch_mean - self.mean
-        self.mean += d * (n / total).float()
-        self.m2 += batch_m2 + d ** 2 * (self.count * n / total).float()
-        self.count.copy_(total)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.update(x.detach())
-        if self.count < 2:
-            return x
-        std = (self.m2 / (self.count - 1).float()).clamp(min=0).sqrt()
-        return (x - self.mean) / (std + self.eps)
-
-
-class LowRankResidual(nn.Module):
-    """``x + act(scale_ℓ ⊙ B A x + shift_ℓ)``: identity at initialisation (B = 0), conditioned on the layer ℓ."""
-
-    def __init__(self, dim: int, rank: int, n_modes: int, relu: bool):
-        super().__init__()
-        self.down = nn.Linear(dim, rank, bias=False)
-        self.up = nn.Linear(rank, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-        self.mode_scale = nn.Parameter(torch.ones(n_modes, dim))
-        self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
-        self.relu = relu
-
-    def forward(self, x: torch.Tensor, mode: int) -> torch.Tensor:
-        h = self.up(self.down(x)) * self.mode_scale[mode] + self.mode_shift[mode]
-        return x + (F.relu(h) if self.relu else h)
-
-
-class MENDNetwork(nn.Module):
-    """The gradient transform of every edited weight: one shared MLP per weight shape (``combine``
-    mode of the paper: ``[u; δ]`` in, ``[ũ; δ̃]`` out), per-layer norms and step sizes."""
+class MENDNetwork(FactorTransform):
+    """The gradient transform of every edited weight (``combine`` mode of the paper: ``[u; δ]`` in, ``[ũ; δ̃]`` out):
+    ``n_hidden`` ReLU blocks then a linear one, per-layer norms and step sizes (``hypernetwork.FactorTransform``)."""
 
     def __init__(self, shapes: dict[str, tuple[int, int]], rank: int, n_hidden: int, edit_lr_init: float, eps: float):
-        super().__init__()
-        self.weight_names = list(shapes)
-        self.shapes = dict(shapes)
-        self.shape_keys = {n: f"{o}x{i}" for n, (o, i) in shapes.items()}
-        keys = sorted(set(self.shape_keys.values()))
-        modes: dict[str, int] = {}
-        self.mode_of: dict[str, int] = {}
-        for n in self.weight_names:
-            k = self.shape_keys[n]
-            self.mode_of[n] = modes.get(k, 0)
-            modes[k] = self.mode_of[n] + 1
-        self.mlps = nn.ModuleDict()
-        for k in keys:
-            out_dim, in_dim = (int(x) for x in k.split("x"))
-            dim = in_dim + out_dim
-            self.mlps[k] = nn.ModuleList([LowRankResidual(dim, min(rank, dim), modes[k], relu=j < n_hidden)
-                                          for j in range(n_hidden + 1)])
-        self.u_norms = nn.ModuleDict({self._key(n): RunningNorm(shapes[n][1], eps) for n in self.weight_names})
-        self.delta_norms = nn.ModuleDict({self._key(n): RunningNorm(shapes[n][0], eps) for n in self.weight_names})
-        self.edit_lrs = nn.Parameter(torch.full((len(self.weight_names),), float(edit_lr_init)))
-
-    @staticmethod
-    def _key(name: str) -> str:
-        return name.replace(".", "_")
+        super().__init__(shapes, rank, n_blocks=n_hidden + 1, n_relu=n_hidden, edit_lr_init=edit_lr_init, eps=eps)
 
     def forward(self, factors: dict[str, GradientFactors]) -> dict[str, torch.Tensor]:
-        """(out, in) weight updates ``-α_ℓ Σ_t δ̃_t ũ_tᵀ`` for every weight in ``factors`` (float32, on the
-        network's device, whatever the model's dtype: the factors are cast before the network reads them)."""
+        """(out, in) weight updates ``ΔW_ℓ = -α_ℓ Σ_t δ̃_t ũ_tᵀ`` for every weight in ``factors``."""
         updates = {}
-        for idx, name in enumerate(self.weight_names):
-            f = factors[name]
-            key = self._key(name)
-            device = self.edit_lrs.device
-            u = self.u_norms[key](f.u.to(device=device, dtype=torch.float32))
-            d = self.delta_norms[key](f.delta.to(device=device, dtype=torch.float32))
-            x = torch.cat([u, d], dim=-1)
-            for layer in self.mlps[self.shape_keys[name]]:
-                x = layer(x, self.mode_of[name])
-            u_t, d_t = x.split([u.shape[-1], d.shape[-1]], dim=-1)
-            updates[name] = -self.edit_lrs[idx] * (d_t.T @ u_t)
+        for name in self.weight_names:
+            u_t, d_t = self.transform(name, factors[name])
+            updates[name] = -self.step_size(name) * (d_t.T @ u_t)
         return updates
 
 
-def weight_shapes(loaded: LoadedModel, layers: Sequence[int]) -> dict[str, tuple[int, int]]:
-    """(out, in) shape of each edited MLP output projection."""
-    out = {}
-    for i in layers:
-        w = loaded.layout.linear_weight(loaded.layout.mlp_out_module(loaded.model, i))
-        out[loaded.layout.weight_name(loaded.layout.mlp_out, i)] = tuple(w.shape)
-    return out
+weight_shapes = mlp_out_shapes  # (out, in) shape of each edited MLP output projection
 
 
 @register_editor
@@ -167,12 +77,17 @@ class MENDEditor(LearnedEditor):
     def touched_parameters(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list[str]:
         return list(weight_shapes(loaded, self.layers(loaded)))
 
+    def factors(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> dict[str, GradientFactors]:
+        """The edit loss's ``(u_t, δ_t)`` at every real token of the requests, together (a batch sums them)."""
+        return gradient_factors(loaded, self.layers(loaded), edit_batch(loaded, requests))
+
     def compute_updates(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> dict[str, torch.Tensor]:
         network = self._network(loaded)
-        factors = gradient_factors(loaded, self.layers(loaded), edit_batch(loaded, requests))
+        factors = self.factors(loaded, requests)
         missing = [n for n in network.weight_names if n not in factors]
         if missing:
-            raise ConfigError(f"mend: the trained editor edits {missing[:3]}, which this config's 'layers' does not name")
+            raise ConfigError(f"{self.name}: the trained editor edits {missing[:3]}, which this config's 'layers' does "
+                              "not name")
         return network(factors)
 
     def _apply(self, loaded: LoadedModel, requests: Sequence[EditRequest]) -> list:
