@@ -48,9 +48,10 @@ class CellMaker:
 
     def __init__(self, config: StudyConfig, data_dir: Optional[str] = None, progress: bool = True,
                  loaded: Optional[LoadedModel] = None, device: str = DEFAULT_DEVICE,
-                 placement: Optional[dict] = None):
+                 placement: Optional[dict] = None, partial_dir: Optional[Path] = None):
         self.config = config
         self.data_dir = data_dir
+        self.partial_dir = partial_dir  # where long sequential cells checkpoint (None: they run through unsaved)
         self.progress = progress
         self.device = device
         self.skipped: dict[str, str] = {}
@@ -104,9 +105,9 @@ class CellMaker:
     def _partial(self, protocol: str, key: str) -> Optional[Checkpointing]:
         """Where a long sequential cell checkpoints (``cells/partial/<key>/``), resumed when a checkpoint is there."""
         every = self.config.sequential_checkpoint_every
-        if protocol != "sequential" or not every:
+        if protocol != "sequential" or not every or self.partial_dir is None:
             return None
-        folder = self.cells_dir / "partial" / key
+        folder = self.partial_dir / key
         return Checkpointing(folder, every=every, resume=latest_checkpoint(folder) is not None)
 
     def _cell_data(self, data: str, protocol: str, n: int, offset: int) -> list:
@@ -164,7 +165,7 @@ class Study:
         self.cells_dir.mkdir(parents=True, exist_ok=True)
         self.compute = compute  # False: tables and figures from the cells on disk only (missing cells stay missing)
         self.maker = CellMaker(config, data_dir=data_dir, progress=progress, loaded=loaded, device=device,
-                               placement=placement)
+                               placement=placement, partial_dir=self.cells_dir / "partial")
         self.skipped = self.maker.skipped
 
     def cell(self, method: str, data: str, protocol: str, n: int, batch: int = 1, offset: int = 0) -> Optional[dict]:
