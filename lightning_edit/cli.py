@@ -444,5 +444,6 @@ def save_edited(loaded, editor, report, directory: Path) -> None:
                       base_fingerprint=loaded.weights_fingerprint(replace=base_weights), record={
         "method": editor.name, "base_model": loaded.name, "hparams": editor.hparams.to_dict(),
         "protocol": report.protocol, "scored": report.config.get("scored"), "summary": report.post,
-        "edits": [{"seconds": d.seconds, "requests": [r.to_dict() for r in d.requests]} for d in report.kept_deltas],
+        "edits": [{"seconds": seconds, "requests": [r.to_dict() for r in requests]}
+                  for d in report.kept_deltas for seconds, requests in d.edit_calls()],
     })

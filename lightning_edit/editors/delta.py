@@ -40,6 +40,10 @@ class EditDelta:
     def weight_deltas(self) -> dict[str, torch.Tensor]:
         return {k: self.weights_after[k] - self.weights_before[k] for k in self.weights_after}
 
+    def edit_calls(self) -> list[tuple[float, list[EditRequest]]]:
+        """The edit calls this edit holds, each as (seconds, requests): one here; a folded sequence holds several."""
+        return [(self.seconds, list(self.requests))]
+
     def undo(self, loaded: LoadedModel) -> None:
         """Restore the model exactly as it was before this edit. Every step runs even when one fails or Ctrl-C
         arrives halfway (see ``run_every_step``): the weights are all written back and every patch detached before

@@ -36,6 +36,7 @@ from ..editors.delta import run_every_step
 from ..errors import CheckpointError, ConfigError
 from ..manifest import verify_manifest, write_manifest
 from ..models.loading import LoadedModel
+from ..models.placement import write_tensor
 from ..models.saving import PATCH_DIR, load_patches, save_patches
 from ..requests import EditRequest
 from ..tensor_limits import check_tensor_file
@@ -255,6 +256,7 @@ class SequenceEdits(EditDelta):
 
     restored_patches: list = field(default_factory=list)
     calls: int = 0
+    call_log: list = field(default_factory=list)  # (seconds, number of requests) of each call folded in this session
 
     def fold(self, delta: EditDelta) -> None:
         """Add a finished edit call (its tensors are in the model now)."""
@@ -265,15 +267,22 @@ class SequenceEdits(EditDelta):
         self.requests.extend(delta.requests)
         self.seconds += delta.seconds
         self.calls += 1
+        self.call_log.append((delta.seconds, len(delta.requests)))
+
+    def edit_calls(self) -> list[tuple[float, list[EditRequest]]]:
+        """Each call's (seconds, requests), as a list of one ``EditDelta`` per call would give them; the calls
+        restored from a checkpoint come first, as one."""
+        restored = len(self.requests) - sum(n for _, n in self.call_log)
+        calls = [(max(self.seconds - sum(t for t, _ in self.call_log), 0.0), self.requests[:restored])] if restored else []
+        start = restored
+        for seconds, n in self.call_log:
+            calls.append((seconds, self.requests[start:start + n]))
+            start += n
+        return calls
 
     def undo(self, loaded: LoadedModel) -> None:
-        params = dict(loaded.model.named_parameters())
-
-        def restore(name: str, before: torch.Tensor) -> None:
-            with torch.no_grad():
-                params[name].copy_(before)
-
-        steps = [(f"weight {n}", functools.partial(restore, n, t)) for n, t in self.weights_before.items()]
+        # written wherever each tensor lives (on its module, or offloaded by a device map), as EditDelta.undo does
+        steps = [(f"weight {n}", functools.partial(write_tensor, loaded.model, n, t)) for n, t in self.weights_before.items()]
         steps += [(f"patch {c.key}", functools.partial(c.detach, loaded)) for c in reversed(self.patches)]
         steps += [(f"patch {p.key}", functools.partial(loaded.patches.detach, p)) for p in reversed(self.restored_patches)]
         try:
