@@ -55,6 +55,18 @@ def atomic_write_bytes(target: PathLike, data: bytes) -> None:
     _fsync_dir(target.parent)
 
 
+def atomic_save_figure(fig, target: PathLike, **savefig_options) -> None:
+    """A matplotlib figure written whole: to a temporary sibling (same suffix, so the format is the same), then
+    replaced."""
+    target = Path(target)
+    temp = temporary_sibling(target, suffix=target.suffix)
+    try:
+        fig.savefig(temp, **savefig_options)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def atomic_write_text(target: PathLike, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
 

@@ -167,6 +167,10 @@ def run_study(argv: Sequence[str]) -> int:
         config.check("--methods")
     # the shared preflight, for every method of the study; on Ray the device is the workers', not this node's
     check_study(config, "cpu" if ray_options else args.device)
+    if config.sequential_capability_every:  # lm-eval installed, the known facts on disk: before any cell
+        from .evaluation.capability import check_tasks
+
+        check_tasks(config.capability_tasks, data_dir=args.data_dir, flag="capability_tasks (of the study)")
     Placement.from_flags(**placement_args(args), device=args.device)  # --device-map and its flags, before any cell
     # the default folder is one folder under results/ whatever the model is called (a hub id, a path)
     results = Path(args.results_dir or f"results/{config.name}-{safe_folder_name(config.model)}")

@@ -23,6 +23,7 @@ from .models import LoadedModel
 from .models.device_map import DEFAULT_DEVICE
 from .runner import Run, RunSpec
 from .evaluation.multihop import evaluate_multihop
+from .evaluation.capability import CapabilityCurve
 from .evaluation.lifelong import Checkpointing, latest_checkpoint
 from .evaluation.pre_edit import default_pre_cache
 from .evaluation.protocols import EVALUATION_VERSION, Report, evaluate_editing
@@ -93,14 +94,25 @@ class CellMaker:
             return None
         inputs = self.cell_inputs(editor, items, offset)
         eval_every = self.config.sequential_eval_every if protocol == "sequential" else 0
-        hashed = {**editor.hparams.result_dict(), **({"__eval_every__": eval_every} if eval_every else {})}
+        capability = self._capability(protocol)
+        hashed = {**editor.hparams.result_dict(), **({"__eval_every__": eval_every} if eval_every else {}),
+                  **({"__capability__": capability.identity()} if capability else {})}
         key = cell_key(method, self.config.model, data, protocol, batch, n, hashed,
                        {"editor": editor.results_version, "evaluation": EVALUATION_VERSION}, inputs)
 
         def compute() -> Optional[dict]:
-            return self._compute_cell(method, editor, data, protocol, n, batch, items, self._partial(protocol, key))
+            return self._compute_cell(method, editor, data, protocol, n, batch, items, self._partial(protocol, key),
+                                      self._capability(protocol))
 
         return PreparedCell(key, inputs, compute)
+
+    def _capability(self, protocol: str) -> Optional[CapabilityCurve]:
+        """A sequential cell's capability curve (``sequential_capability_every``), None for other cells."""
+        c = self.config
+        if protocol != "sequential" or not c.sequential_capability_every:
+            return None
+        return CapabilityCurve(c.capability_tasks, c.sequential_capability_every, limit=c.capability_limit,
+                               data_dir=self.data_dir)
 
     def _partial(self, protocol: str, key: str) -> Optional[Checkpointing]:
         """Where a long sequential cell checkpoints (``cells/partial/<key>/``), resumed when a checkpoint is there."""
@@ -122,7 +134,8 @@ class CellMaker:
         return cell_inputs(editor, items, offset, self.config.fluency, self._weights_fingerprint)
 
     def _compute_cell(self, method: str, editor: Editor, data: str, protocol: str, n: int, batch: int,
-                      items: list, partial: Optional[Checkpointing] = None) -> Optional[dict]:
+                      items: list, partial: Optional[Checkpointing] = None,
+                      capability: Optional[CapabilityCurve] = None) -> Optional[dict]:
         start = time.perf_counter()
         try:
             if protocol == "multihop":  # all edits of each MQuAKE case together, its questions scored
@@ -133,13 +146,16 @@ class CellMaker:
                 report = evaluate_editing(self.loaded, editor, items, protocol=protocol, batch_size=batch,
                                           fluency=self.config.fluency, progress=self.progress,
                                           pre_cache=self._pre_cache, checkpointing=partial, references=references,
-                                          eval_every=self.config.sequential_eval_every if protocol == "sequential" else 0)
+                                          eval_every=self.config.sequential_eval_every if protocol == "sequential" else 0,
+                                          capability=capability)
         except LightningEditError as err:
             self.skipped[method] = str(err)
             return None
         if partial is not None:  # the cell is whole now: its checkpoint is no longer needed
             shutil.rmtree(partial.directory, ignore_errors=True)
         readings = {"immediate": report.immediate, "curve": report.curve} if protocol == "sequential" else {}
+        if capability is not None:
+            readings["capability"] = capability.to_json()
         return {**readings, "method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
                 "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
                 "device": device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
@@ -203,4 +219,5 @@ def write_study_report(results_dir: Path, config: StudyConfig, p: Phases, skippe
 def _per_request(report: Report) -> list[dict]:
     """Each request's own values: what the bootstrap intervals of the tables resample."""
     return [{"case_id": row.get("case_id"), "pre": row.get("pre", {}), "post": row.get("post", {}),
-             "edit_seconds": row.get("edit_seconds")} for row in report.requests]
+             "edit_seconds": row.get("edit_seconds"), **({"immediate": row["immediate"]} if "immediate" in row else {})}
+            for row in report.requests]

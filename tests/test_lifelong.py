@@ -106,6 +106,39 @@ def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path, method
     assert resumed.curve == reference.curve
 
 
+def test_capability_curve_survives_a_resume(tokenizer, tmp_path):
+    """The capability points measured before an interruption are in the checkpoint: the resumed run's curve is the
+    uninterrupted run's, and a resume with other capability settings is refused naming the flags."""
+    from lightning_edit.evaluation.capability import CapabilityCurve
+
+    loaded = build_tiny("gpt2", tokenizer)
+    reqs = requests(8)
+
+    def curve(every=2):
+        return CapabilityCurve(["local-perplexity"], every=every, limit=1, window=32)
+
+    reference = curve()
+    evaluate_editing(loaded, build_editor("ft-m", loaded, METHODS["ft-m"]), reqs, protocol="sequential",
+                     capability=reference, **OPTIONS)
+    assert [n for n, _ in reference.points] == [0, 2, 4, 6, 8]
+    folder = tmp_path / "ckpt"
+    editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+    Interrupt(editor, 6, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", capability=curve(),
+                         checkpointing=Checkpointing(folder, every=2), **OPTIONS)
+    assert latest_checkpoint(folder).name == "edits-0000005"
+    with pytest.raises(CheckpointError, match="capability.*--capability-every"):
+        evaluate_editing(loaded, build_editor("ft-m", loaded, METHODS["ft-m"]), reqs, protocol="sequential",
+                         capability=curve(every=3), checkpointing=Checkpointing(folder, resume=True), **OPTIONS)
+    resumed = curve()
+    evaluate_editing(loaded, build_editor("ft-m", loaded, METHODS["ft-m"]), reqs, protocol="sequential",
+                     capability=resumed, checkpointing=Checkpointing(folder, every=2, resume=True), **OPTIONS)
+    assert [n for n, _ in resumed.points] == [0, 2, 4, 6, 8]
+    for (_, got), (_, want) in zip(resumed.points, reference.points):
+        assert got["local-perplexity"] == pytest.approx(want["local-perplexity"], rel=1e-6)
+
+
 def test_resume_refuses_another_runs_checkpoint(tokenizer, tmp_path):
     loaded = build_tiny("gpt2", tokenizer)
     reqs = requests(6)

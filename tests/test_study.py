@@ -176,3 +176,37 @@ def test_a_bumped_results_version_computes_a_cell_again(tmp_path, tokenizer, mon
     monkeypatch.setattr(get_editor_class("ft-m"), "results_version", 2)
     Study(config, tmp_path, progress=False, loaded=loaded).cell("ft-m", "demo", "single", 1)
     assert len(list((tmp_path / "cells").glob("ft-m__*.json"))) == 2
+
+
+def test_lifelong_study_reads_both_ways_with_capability_and_resumes(tmp_path, tokenizer, monkeypatch):
+    """A study of sequences alone (``datasets: {}``, as configs/study/lifelong.yaml): the lifelong table with both
+    readings and their intervals, seconds early and late, capability before and after; its curve and capability
+    figures; the cell's checkpoint folder gone once the cell is whole."""
+    from lightning_edit.evaluation import capability as capability_mod
+
+    loaded = build_tiny("llama", tokenizer)
+    monkeypatch.setattr(capability_mod, "heldout_perplexity",  # the tiny model's context is short
+                        lambda loaded, limit=None, window=256, batch_size=8: 100.0 + len(loaded.patches))
+    config = StudyConfig(name="ll", model="tiny-llama", methods=["grace"], datasets={}, batch_sizes=[],
+                         sequential_data="demo", sequential_ns=[4], sequential_eval_every=2,
+                         sequential_checkpoint_every=2, sequential_capability_every=2,
+                         capability_tasks=["local-perplexity"], capability_limit=1, overrides={"grace": {"num_steps": 2}})
+    config.check()
+    tables = Study(config, tmp_path, progress=False, loaded=loaded).run()
+    assert set(tables) == {"fig7_sequential", "lifelong"}  # no single-edit tables without data sets
+    header = (tmp_path / "lifelong.csv").read_text().splitlines()[0].split(",")
+    assert "retained reliability" in header and "immediate locality 95% low" in header
+    assert {"s/edit first 10%", "local-perplexity before", "local-perplexity after",
+            "local-perplexity first 5% drop at"} <= set(header)
+    row = next(csv.DictReader((tmp_path / "lifelong.csv").read_text().splitlines()))
+    assert float(row["local-perplexity before"]) == 100.0 and float(row["local-perplexity after"]) > 100.0
+    cell = next(json.loads(f.read_text()) for f in (tmp_path / "cells").glob("grace__*.json"))
+    assert [p["edits"] for p in cell["capability"]["points"]] == [0, 2, 4]
+    assert [p["edits"] for p in cell["curve"]] == [2, 4] and all("immediate" in r for r in cell["per_request"])
+    assert (tmp_path / "lifelong_curve_grace_demo_4.png").stat().st_size > 1000
+    assert (tmp_path / "lifelong_capability.png").stat().st_size > 1000
+    assert not any((tmp_path / "cells" / "partial").glob("*/edits-*"))  # the whole cell needs no checkpoint
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncapability_tasks: local-perplexity\n")
+    with pytest.raises(ConfigError, match="capability_tasks"):
+        StudyConfig.load(str(bad))

@@ -183,6 +183,15 @@ class CapabilityCurve:
         if due and (not self.points or self.points[-1][0] != n_done):
             self.points.append((n_done, capability_scores(loaded, self.tasks, **self.options)))
 
+    def identity(self) -> dict:
+        """What a checkpoint of a run with this curve must share with the run that resumes it."""
+        return {"tasks": self.tasks, "every": self.every,
+                "options": {k: v for k, v in sorted(self.options.items()) if k != "data_dir"}}
+
+    def restore(self, points: Sequence[Sequence]) -> None:
+        """The points of a checkpoint (``[edits, scores]`` pairs), put back when a run resumes it."""
+        self.points = [(int(n), dict(scores)) for n, scores in points]
+
     def first_drop(self, threshold: float = DROP) -> dict[str, Optional[int]]:
         """Per score: the number of edits after which it was first ``threshold`` worse than before any edit."""
         if not self.points:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_directory, exclusive_lock
+from ..atomic import atomic_directory, atomic_save_figure, exclusive_lock
 from ..editors.base import EditDelta, Editor
 from ..editors.delta import run_every_step
 from ..errors import CheckpointError, ConfigError
@@ -71,6 +71,7 @@ class LoopPosition:
     calls_done: int = 0
     rng: dict = field(default_factory=dict)
     curve: list = field(default_factory=list)
+    capability: list = field(default_factory=list)  # [edits, scores] of a --capability-every curve so far
 
 
 def run_identity(loaded: LoadedModel, editor: Editor, requests: Sequence[EditRequest], batch_size: int,
@@ -87,6 +88,7 @@ IDENTITY_FIXES = {
     "model": "--model", "weights_fingerprint": "--model (the same weights and --dtype)", "method": "--method",
     "hparams": "--set and configs/<method>/", "records_sha256": "--data, --offset and --n", "n": "--n",
     "batch_size": "--batch-size", "eval_every": "--eval-every",
+    "capability": "--capability-every, --capability-tasks and --capability-limit",
 }
 
 
@@ -153,6 +155,7 @@ def write_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, applied:
         save_patches(loaded, temp, method=identity["method"])
         state = {"identity": identity, "calls_done": position.calls_done, "requests_done": requests_done,
                  "rows": [_resumable_row(r) for r in rows[:requests_done]], "curve": position.curve,
+                 "capability": position.capability,
                  "python_rng": position.rng["python"], "numpy_rng": position.rng["numpy"]}
         (temp / POSITION_FILE).write_text(json.dumps(state, default=str))
         files = [p.relative_to(temp).as_posix() for p in sorted(temp.rglob("*")) if p.is_file()]
@@ -221,7 +224,8 @@ def restore_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, identi
                 params[name].copy_(tensor)
             raise
     restore_rng({"torch": rng["torch"], "python": state["python_rng"], "numpy": state["numpy_rng"]})
-    position = LoopPosition(calls_done=state["calls_done"], curve=state["curve"])
+    position = LoopPosition(calls_done=state["calls_done"], curve=state["curve"],
+                            capability=state.get("capability", []))
     return Restored(delta, position, state["rows"], state["requests_done"])
 
 
@@ -317,7 +321,6 @@ def write_curve_figure(curve: Sequence[dict], path: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .study.report import _savefig
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = [point["edits"] for point in curve]
@@ -332,6 +335,6 @@ def write_curve_figure(curve: Sequence[dict], path: Path, title: str) -> Path:
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    _savefig(fig, Path(path), dpi=120)
+    atomic_save_figure(fig, Path(path), dpi=120)
     plt.close(fig)
     return Path(path)

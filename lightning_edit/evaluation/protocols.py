@@ -146,6 +146,8 @@ def evaluate_editing(
     if eval_every < 0:
         raise ConfigError(f"eval_every must be ≥ 0 (0: no curve), got {eval_every}")
     identity = run_identity(loaded, editor, requests, batch_size, eval_every) if checkpointing else {}
+    if checkpointing and capability is not None:  # its points so far are in the checkpoint: resumed with the same
+        identity["capability"] = capability.identity()
     if checkpointing is not None:
         check_checkpointing(checkpointing, loaded)
         if checkpointing.resume:
@@ -265,6 +267,8 @@ def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progre
         restored = restore_checkpoint(life.checkpointing, run.loaded, life.identity)
         edits, written = restored.delta, restored.position.calls_done
         position = _resume_rows(run, restored)
+        if run.capability is not None:
+            run.capability.restore(position.capability)
     done = sum(len(c) for c in chunks[:position.calls_done])
     edits.requests = list(run.requests[:done])
     applied: list[EditDelta] = [edits]  # in the model now, undone in `finally` unless kept: the sequence, the call under way
@@ -318,6 +322,8 @@ def _resume_rows(run: _Run, restored: Restored) -> LoopPosition:
 
 def _checkpoint(run: _Run, life: _Lifelong, edits: EditDelta, position: LoopPosition, done: int) -> int:
     assert life.checkpointing is not None
+    if run.capability is not None:
+        position.capability = [[n, scores] for n, scores in run.capability.points]
     write_checkpoint(life.checkpointing, run.loaded, [edits], life.identity, position, run.scoring.rows, done)
     return position.calls_done
 

@@ -21,13 +21,15 @@ class Estimate:
         return f"{fmt(self.value)} [{fmt(self.interval[0])}, {fmt(self.interval[1])}]"
 
 
-def estimate(cell: Optional[dict], key: str, pre: bool = False, statistic: str = "mean") -> Optional[Estimate]:
-    """``key`` of a cell after its edits (``pre``: before them) with the bootstrap interval of its requests' values;
-    None where the cell is missing or does not report ``key``. ``edit_seconds`` is each request's own edit time."""
+def estimate(cell: Optional[dict], key: str, pre: bool = False, statistic: str = "mean",
+             immediate: bool = False) -> Optional[Estimate]:
+    """``key`` of a cell after its edits (``pre``: before them; ``immediate``: a sequential cell's requests each
+    right after its own edit call) with the bootstrap interval of its requests' values; None where the cell is
+    missing or does not report ``key``. ``edit_seconds`` is each request's own edit time."""
     if cell is None:
         return None
-    moment = "pre" if pre else "post"
-    value = (cell.get("pre", {}) if pre else cell["summary"]).get(key)
+    moment = "pre" if pre else "immediate" if immediate else "post"
+    value = {"pre": cell.get("pre", {}), "immediate": cell.get("immediate", {}), "post": cell["summary"]}[moment].get(key)
     if value is None:
         return None
     rows = cell.get("per_request", [])

@@ -32,6 +32,11 @@ class StudyConfig:
     sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
     sequential_eval_every: int = 0  # >0: both readings every K edits in each sequential cell (its "curve")
     sequential_checkpoint_every: int = 0  # >0: a sequential cell checkpoints every N edit calls (cells/partial/), resumed
+    # >0: general capability (evaluation/capability.py) of each sequential cell's model before the first edit, every
+    # K edits and after the last: its tasks (local ones run offline) and how many windows/facts/documents each scores
+    sequential_capability_every: int = 0
+    capability_tasks: list[str] = field(default_factory=lambda: ["local-perplexity", "known-facts"])
+    capability_limit: int = 100
     multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
     multihop_n: int = 0  # cases per multi-hop cell; 0: no multi-hop cells
     multihop_methods: Optional[list[str]] = None  # None: every method
@@ -125,9 +130,10 @@ def check_study_fields(c: StudyConfig, where: str) -> None:
     _check_methods(where, "methods", c.methods)
     _check_methods(where, "sequential_methods", c.sequential_methods, allow_none=True, allow_empty=True)
     _check_methods(where, "multihop_methods", c.multihop_methods, allow_none=True, allow_empty=True)
-    _need(isinstance(c.datasets, dict) and bool(c.datasets) and all(
+    # no data sets: no single-edit cells (a study of sequences or batches alone, e.g. the lifelong study)
+    _need(isinstance(c.datasets, dict) and all(
         isinstance(k, str) and k.strip() and _is_int(v) and v > 0 for k, v in c.datasets.items()), where, "datasets",
-        "a non-empty YAML mapping of data set → records per cell, e.g. {zsre: 10, counterfact: 10}", c.datasets)
+        "a YAML mapping of data set → records per cell, e.g. {zsre: 10, counterfact: 10} ({} for none)", c.datasets)
     _check_counts(where, "batch_sizes", c.batch_sizes)
     _check_counts(where, "sequential_ns", c.sequential_ns)
     _need(isinstance(c.batch_sizes_by_method, dict), where, "batch_sizes_by_method",
@@ -136,7 +142,8 @@ def check_study_fields(c: StudyConfig, where: str) -> None:
     for method, sizes in c.batch_sizes_by_method.items():
         _check_counts(where, f"batch_sizes_by_method.{method}", sizes)
     for name, minimum in (("sequential_offset", 0), ("sequential_batch_size", 1), ("multihop_n", 0),
-                          ("sequential_eval_every", 0), ("sequential_checkpoint_every", 0)):
+                          ("sequential_eval_every", 0), ("sequential_checkpoint_every", 0),
+                          ("sequential_capability_every", 0), ("capability_limit", 1)):
         value = getattr(c, name)
         _need(_is_int(value) and value >= minimum, where, name, f"an integer >= {minimum}", value)
     _need(isinstance(c.editor_checkpoints, dict) and all(isinstance(v, str) and v for v in c.editor_checkpoints.values()),
@@ -146,6 +153,9 @@ def check_study_fields(c: StudyConfig, where: str) -> None:
           "a YAML mapping of method → mapping of hyperparameters, e.g. {rome: {v_lr: 0.5}}", c.overrides)
     _check_methods(where, "overrides", list(c.overrides), allow_empty=True)
     _need(isinstance(c.fluency, bool), where, "fluency", "true or false", c.fluency)
+    _need(isinstance(c.capability_tasks, list) and bool(c.capability_tasks) and all(
+        isinstance(t, str) and t.strip() for t in c.capability_tasks), where, "capability_tasks",
+        "a YAML list of task names, e.g. [local-perplexity, known-facts] or lm-eval tasks", c.capability_tasks)
 
 
 # --- the plan: which cells, in which order ---------------------------------------------------------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
-from ...atomic import atomic_write_text, temporary_sibling
+from ...atomic import atomic_save_figure, atomic_write_text
 from .estimates import Estimate, estimate, fmt
+from .lifelong_report import lifelong_table, write_lifelong_figures
 from .plan import StudyConfig
 
 TITLES = {"table2_reliability_generalization_locality": "Table 2: reliability / generalization / locality (single edits)",
@@ -17,6 +17,9 @@ TITLES = {"table2_reliability_generalization_locality": "Table 2: reliability / 
           "table4_edit_seconds": "Table 4: seconds per edit (median)",
           "fig5_peak_memory_mb": "Fig. 5: peak memory (MB; the maximum over a cell's edits, so no interval)",
           "fig6_batch": "Fig. 6: batch editing (batch size 1: the single-edit cell)",
+          "lifelong": ("Lifelong: long sequences read both ways (retained: every request after the last edit; immediate: "
+                       "each right after its own edit call; locality against the unedited model), seconds per edit "
+                       "early and late, and general capability before the first edit and after the last"),
           "per_key_scores": "Per-key scores (locality and portability by kind, as the data names them; single edits)"}
 INTERVALS_NOTE = ("Every value is followed by its bootstrap 95% interval over the cell's requests in brackets (1000 "
                   "resamples of the requests with replacement, seeded; `*.csv` has the ends in columns of their own). "
@@ -91,6 +94,11 @@ def _tables(c: StudyConfig, single: dict, batch: dict, sequential: dict, multiho
         "fig6_batch": ("fig6_batch", ["method", "batch size", *quality], f6),
         "fig7_sequential": ("fig7_sequential", ["method", "edits", *quality], f7),
     }
+    if not c.datasets:  # a study of sequences or batches alone (the lifelong study): no single-edit tables
+        tables = {k: v for k, v in tables.items() if (k == "fig6_batch" and batch) or k == "fig7_sequential"}
+    lifelong = lifelong_table(c, sequential)
+    if lifelong is not None:
+        tables["lifelong"] = ("lifelong", *lifelong)
     # KnowEdit-style per-key scores: every locality/<kind> and portability/<kind> the single cells report
     kinds = sorted({k for cell in single.values() if cell for k in cell["summary"]
                     if k.startswith(("locality/", "portability/"))})
@@ -153,16 +161,6 @@ def _write_readme(results_dir: Path, c: StudyConfig, tables: dict[str, str], cel
     atomic_write_text(results_dir / "README.md", "\n".join(report) + "\n")
 
 
-def _savefig(fig, path: Path, **kwargs) -> None:
-    """A figure written whole: to a temporary sibling (same suffix, so the format is the same), then replaced."""
-    temp = temporary_sibling(path, suffix=path.suffix)
-    try:
-        fig.savefig(temp, **kwargs)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
 def _curve(plt, c: StudyConfig, styles: dict, cells: dict, path: Path, xlabel: str, title: str) -> None:
     """Reliability, generalization and locality against batch size or number of edits, one line per method with
     the bootstrap 95% interval of each point as a band."""
@@ -187,7 +185,7 @@ def _curve(plt, c: StudyConfig, styles: dict, cells: dict, path: Path, xlabel: s
     axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"{title} ({c.model})")
     fig.tight_layout()
-    _savefig(fig, path, dpi=120, bbox_inches="tight")
+    atomic_save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -206,7 +204,7 @@ def _memory_bars(plt, c: StudyConfig, single: dict, path: Path) -> None:
     ax.set_ylabel("peak memory (MB)")
     ax.set_title(f"Fig. 5: peak memory per method ({c.model}, {d0})")
     fig.tight_layout()
-    _savefig(fig, path, dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -221,7 +219,10 @@ def write_figures(results_dir: Path, c: StudyConfig, single: dict, batch: dict, 
     palette = plt.get_cmap("tab20").colors
     styles = {m: dict(color=palette[i % len(palette)], marker="osD^v<>"[i % 7], linestyle=("-", "--")[i % 2])
               for i, m in enumerate(c.methods)}
-    _curve(plt, c, styles, batch, results_dir / "fig6_batch.png", "batch size", "Batch editing")
+    if batch or c.datasets:
+        _curve(plt, c, styles, batch, results_dir / "fig6_batch.png", "batch size", "Batch editing")
     _curve(plt, c, styles, sequential, results_dir / "fig7_sequential.png", "number of sequential edits",
            "Sequential editing")
-    _memory_bars(plt, c, single, results_dir / "fig5_memory.png")
+    if c.datasets:
+        _memory_bars(plt, c, single, results_dir / "fig5_memory.png")
+    write_lifelong_figures(results_dir, c, sequential)
