@@ -2,6 +2,8 @@
 each method in a fresh process (so its peak resident set is its own); prints JSON.
 
     python bench/bench_methods.py --pairs rome:r-rome memit:emmet memit:pmet --data counterfact --n 10
+    python bench/bench_methods.py --pairs mend:malmen ft-m:lora alphaedit:ultraedit \
+        --editors mend=checkpoints/editors/mend-smollm2-135m malmen=checkpoints/editors/malmen-smollm2-135m
 
 Each pair is ``existing:new``; a method named in several pairs runs once. Per method, in its own subprocess: the
 model is loaded, the editor built from its configs and prepared (context prefixes, second-moment statistics from the
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,21 +36,23 @@ from _report import emit
 DEFAULT_OUTPUT = ROOT / "docs" / "results" / "bench" / "new_methods.json"
 
 
-def measure_method(method: str, model: str, data: str, n: int, batch_size: int, threads: int) -> dict:
-    """In this process: prepare ``method`` on ``model`` and edit the first ``n`` records of ``data``, each call undone."""
+def measure_method(method: str, model: str, data: str, n: int, batch_size: int, threads: int,
+                   trained: Optional[str] = None) -> dict:
+    """In this process: prepare ``method`` on ``model`` (a learnt one from its ``trained`` editor folder) and edit
+    the first ``n`` records of ``data``, each call undone."""
     import torch
 
     from lightning_edit.data import load_requests
-    from lightning_edit.editors import build_editor
     from lightning_edit.metrics import PeakMemoryMonitor
-    from lightning_edit.models import load_model
+    from lightning_edit.runner import Run, RunSpec
 
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
-    loaded = load_model(model)
+    quiet = {"progress": False} if "progress" in {f.name for f in dataclasses.fields(editor_hparams(method))} else {}
+    run = Run(RunSpec(model=model, method=method, overrides=quiet, editor=trained, quiet=True))
+    loaded = run.load()
     requests = load_requests(data, n=n)
-    quiet = {"progress": False} if "progress" in {f.name for f in dataclasses.fields(editor_hparams(method))} else None
-    editor = build_editor(method, loaded, quiet)
+    editor = run.editor()
     start = time.perf_counter()
     editor.prepare(loaded)
     prepare_seconds = time.perf_counter() - start
@@ -81,10 +86,23 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", method, "--model", args.model,
                "--data", args.data, "--n", str(args.n), "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    trained = dict(parse_editors(args.editors)).get(method)
+    command += ["--editors", f"{method}={trained}"] if trained else []
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"method": method, "error": done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def parse_editors(texts: list[str]) -> list[tuple[str, str]]:
+    """``METHOD=DIR`` pairs of ``--editors``: the trained editor each learnt method edits with."""
+    out = []
+    for text in texts:
+        method, sep, folder = text.partition("=")
+        if not sep or not method or not folder:
+            raise SystemExit(f"--editors: {text!r} is not METHOD=DIR (e.g. malmen=checkpoints/editors/malmen-smollm2-135m)")
+        out.append((method, folder))
+    return out
 
 
 def parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
@@ -119,13 +137,18 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="records per edit call (0: all for batch methods, else 1)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--editors", nargs="*", default=[], metavar="METHOD=DIR",
+                        help="the trained editor of each learnt method, e.g. malmen=checkpoints/editors/malmen-smollm2-135m")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # the subprocess measuring one method
     args = parser.parse_args()
     if args.n < 1 or args.threads < 1 or args.batch_size < 0:
         raise SystemExit("--n and --threads must be ≥ 1, --batch-size ≥ 0")
     if args.worker:
-        print(json.dumps(measure_method(args.worker, args.model, args.data, args.n, args.batch_size, args.threads)))
+        trained = dict(parse_editors(args.editors)).get(args.worker)
+        print(json.dumps(measure_method(args.worker, args.model, args.data, args.n, args.batch_size, args.threads,
+                                        trained)))
         return 0
+    parse_editors(args.editors)  # refused before the first method runs
     pairs = parse_pairs(args.pairs)
     methods = list(dict.fromkeys(m for pair in pairs for m in pair))
     results = {method: run_in_subprocess(method, args) for method in methods}
