@@ -1,6 +1,6 @@
 """Cost of long sequences of edits: seconds per edit, forward-pass seconds and memory at T = 1, 100, 1,000 edits.
 
-    OMP_NUM_THREADS=1 python bench/bench_lifelong_cost.py --methods grace,wise,alphaedit,t-patcher --steps 1,100,1000
+    OMP_NUM_THREADS=1 python bench/bench_lifelong_cost.py --methods grace,wise,alphaedit,t-patcher,ultraedit --steps 1,100,1000
     OMP_NUM_THREADS=1 python bench/bench_lifelong_cost.py --model smollm2-135m --methods grace --steps 1,100
 
 Per method, edits are applied one after another and kept, as ``--sequential`` does (folded into one
@@ -47,6 +47,7 @@ TINY_OVERRIDES = {
     "alphaedit": {"layers": [1, 2], "v_num_grad_steps": 3, "mom2_n_tokens": 4000, "context_prefixes": 1},
     "memit": {"layers": [1, 2], "v_num_grad_steps": 5, "mom2_n_tokens": 4000, "context_prefixes": 1},
     "ft-m": {"layers": [2], "num_steps": 5},
+    "ultraedit": {"modules": {"mlp_in": [1, 2]}, "lr": 1e-4},  # its default blocks (-6..-3) need 6 or more
 }
 PROBE = ["The capital of France is", "Water boils at", "The author of Hamlet is", "The largest planet is",
          "Danielle Darrieux speaks", "The Eiffel Tower is in", "Python was created by", "The currency of Japan is"]

@@ -106,6 +106,36 @@ def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path, method
     assert resumed.curve == reference.curve
 
 
+def test_sigterm_checkpoints_like_ctrl_c(tokenizer, tmp_path):
+    """SIGTERM in a checkpointed run (a scheduler pre-empting it; a background job, which the shell keeps from
+    Ctrl-C) writes the state after the last finished call and says how to resume; the handler is put back after."""
+    import os
+    import signal
+
+    from lightning_edit.evaluation.protocols import CheckpointedInterrupt
+
+    loaded = build_tiny("gpt2", tokenizer)
+    base = state_of(loaded)
+    editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+    real, calls = editor.edit, []
+
+    def edit_then_terminate(loaded_, batch):
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the 4th call
+        return real(loaded_, batch)
+
+    editor.edit = edit_then_terminate
+    before = signal.getsignal(signal.SIGTERM)
+    folder = tmp_path / "ckpt"
+    with pytest.raises(CheckpointedInterrupt, match="--resume"):
+        evaluate_editing(loaded, editor, requests(6), protocol="sequential",
+                         checkpointing=Checkpointing(folder, every=10), **OPTIONS)
+    assert latest_checkpoint(folder).name == "edits-0000003"  # the 4th call was not finished
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert_same_state(state_of(loaded), base)
+
+
 def test_capability_curve_survives_a_resume(tokenizer, tmp_path):
     """The capability points measured before an interruption are in the checkpoint: the resumed run's curve is the
     uninterrupted run's, and a resume with other capability settings is refused naming the flags."""

@@ -17,14 +17,17 @@ Only the newest checkpoint is kept. The loop that writes and reads them is ``pro
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import random
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -90,6 +93,27 @@ IDENTITY_FIXES = {
     "batch_size": "--batch-size", "eval_every": "--eval-every",
     "capability": "--capability-every, --capability-tasks and --capability-limit",
 }
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt(enabled: bool = True) -> Iterator[None]:
+    """While a checkpointed sequential run is under way, SIGTERM (a scheduler pre-empting the job, ``kill``, the
+    end of a session) is handled as Ctrl-C: the state after the last finished edit call is written before the
+    process exits. Ctrl-C itself does not reach a job started in the background by a script (the shell ignores
+    SIGINT for it); SIGTERM does. The previous handler is back on exit, even on error; outside the main thread,
+    where Python cannot set handlers, nothing changes."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def capture_rng() -> dict:

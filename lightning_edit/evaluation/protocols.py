@@ -32,8 +32,8 @@ from ..requests import EditRequest
 from ..version import package_versions
 from .generation import GENERATION_ROWS, PENDING_BYTES, DeferredGeneration  # noqa: F401  (importable here as before)
 from .lifelong import (READINGS, Checkpointing, LoopPosition, Restored, capture_rng, check_checkpointing,
-                       immediate_summary, restore_checkpoint, run_identity, SequenceEdits, verified_position,
-                       write_checkpoint)
+                       immediate_summary, restore_checkpoint, run_identity, SequenceEdits, terminate_as_interrupt,
+                       verified_position, write_checkpoint)
 from .measure import measure
 from .pre_edit import PreEditCache, pre_edit_results
 from .scoring import MetricSet, Scoring  # noqa: F401  (MetricSet: importable here as before)
@@ -164,8 +164,9 @@ def evaluate_editing(
                capability=capability if protocol == "sequential" else None)
     curve: list[dict] = []
     if protocol == "sequential":
-        kept, curve = _run_sequential(run, chunks, keep_edits, progress,
-                                      _Lifelong(eval_every, checkpointing, identity))
+        with terminate_as_interrupt(enabled=checkpointing is not None):  # SIGTERM: checkpoint, then exit
+            kept, curve = _run_sequential(run, chunks, keep_edits, progress,
+                                          _Lifelong(eval_every, checkpointing, identity))
     else:
         kept = _run_protocol(run, protocol, chunks, keep_edits, progress)
     return Report(
