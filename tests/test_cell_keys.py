@@ -27,3 +27,19 @@ def test_a_record_without_the_later_fields_hashes_as_before_they_existed():
 def test_a_record_that_uses_a_later_field_hashes_differently():
     assert _hash([_request(generation_prompts=("Danielle Darrieux often speaks",))]) != _hash([_request()])
     assert _hash([_request(relation_id="P103")]) != _hash([_request()])
+
+
+def test_a_trained_editors_digest_is_the_same_before_and_after_it_loads(tmp_path):
+    """A cell's key must not depend on whether an earlier cell of the method already loaded its trained editor (it
+    did: the manifest's JSON before, the file's bytes after, so cells computed later in a run never verified)."""
+    import json
+    from types import SimpleNamespace
+
+    from lightning_edit.evaluation.study.cells import checkpoint_digest
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"method": "malmen", "files": {"editor.safetensors": "ab"}}))
+    before = SimpleNamespace(hparams=SimpleNamespace(editor_checkpoint=str(tmp_path)), checkpoint=None)
+    loaded = SimpleNamespace(hparams=before.hparams, checkpoint=SimpleNamespace(
+        directory=tmp_path, manifest=json.loads((tmp_path / "manifest.json").read_text())))
+    assert checkpoint_digest(before) == checkpoint_digest(loaded) is not None
+    assert checkpoint_digest(SimpleNamespace(hparams=SimpleNamespace(), checkpoint=None)) is None

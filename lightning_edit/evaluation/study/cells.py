@@ -59,15 +59,19 @@ def _as_json(value: object) -> object:
 
 
 def checkpoint_digest(editor: Editor) -> Optional[str]:
-    """The sha256 of the trained editor's manifest (which holds its files' sha256), None for a method without one."""
+    """The sha256 of the trained editor's manifest file (which holds its files' sha256), None for a method without
+    one. The same before and after the editor has loaded its checkpoint: a cell's key must not depend on whether an
+    earlier cell of the method ran in the same process."""
     checkpoint = getattr(editor, "checkpoint", None)
-    if checkpoint is not None and getattr(checkpoint, "manifest", None):
-        return hashlib.sha256(json.dumps(checkpoint.manifest, sort_keys=True, default=str).encode()).hexdigest()
-    source = getattr(editor.hparams, "editor_checkpoint", None)
+    source = getattr(checkpoint, "directory", None) or getattr(editor.hparams, "editor_checkpoint", None)
     if not source:
         return None
     manifest = Path(str(source)) / "manifest.json"
-    return sha256_file(manifest) if manifest.is_file() else str(source)
+    if manifest.is_file():
+        return sha256_file(manifest)
+    if checkpoint is not None and getattr(checkpoint, "manifest", None):  # read from elsewhere (a hub download)
+        return hashlib.sha256(json.dumps(checkpoint.manifest, sort_keys=True, default=str).encode()).hexdigest()
+    return str(source)
 
 
 def cell_inputs(editor: Editor, items: list, offset: int, fluency: bool, weights_fingerprint: str) -> dict:
