@@ -18,7 +18,7 @@ class StudyConfig:
     name: str
     model: str = "smollm2-135m"
     methods: list[str] = field(default_factory=lambda: ["ft-l", "ft-m"])
-    datasets: dict[str, int] = field(default_factory=lambda: {"zsre": 10, "counterfact": 10})  # records per single cell
+    datasets: dict[str, int] = field(default_factory=lambda: {"zsre": 10, "counterfact": 10})  # records per single cell ({}: none)
     portability_data: str = "zsre"
     batch_data: str = "counterfact"
     batch_sizes: list[int] = field(default_factory=lambda: [1, 10])
@@ -32,11 +32,9 @@ class StudyConfig:
     sequential_batch_size: int = 1  # >1: sequential batches (MEMIT/AlphaEdit users' protocol); methods without batches use 1
     sequential_eval_every: int = 0  # >0: both readings every K edits in each sequential cell (its "curve")
     sequential_checkpoint_every: int = 0  # >0: a sequential cell checkpoints every N edit calls (cells/partial/), resumed
-    # >0: general capability (evaluation/capability.py) of each sequential cell's model before the first edit, every
-    # K edits and after the last: its tasks (local ones run offline) and how many windows/facts/documents each scores
-    sequential_capability_every: int = 0
-    capability_tasks: list[str] = field(default_factory=lambda: ["local-perplexity", "known-facts"])
-    capability_limit: int = 100
+    sequential_capability_every: int = 0  # >0: general capability of a sequential cell's model before, every K edits, after
+    capability_tasks: list[str] = field(default_factory=lambda: ["local-perplexity", "known-facts"])  # local tasks or lm-eval's
+    capability_limit: int = 100  # windows of held-out text, known facts, documents per lm-eval task
     multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
     multihop_n: int = 0  # cases per multi-hop cell; 0: no multi-hop cells
     multihop_methods: Optional[list[str]] = None  # None: every method
