@@ -21,7 +21,7 @@ def _study(tmp_path: Path, text: str) -> str:
 
 @pytest.mark.parametrize("body, field", [
     ("name: t\nmethods: rome\n", "methods"),                 # a string, iterated letter by letter before
-    ("name: t\ndatasets: {}\n", "datasets"),                 # StopIteration before
+    ("name: t\ndatasets: {zsre: 0}\n", "datasets"),          # ({}: no single-edit cells, see test_study.py)
     ("name: t\ndatasets: [zsre]\n", "datasets"),             # AttributeError before
     ("name: ../x\n", "name"),                                # written outside results/ before
     ("name: t\nmethods: [rome, nope]\n", "nope"),
