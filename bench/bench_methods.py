@@ -94,25 +94,24 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def split_pairs(texts: list[str], separator: str, flag: str, shape: str) -> list[tuple[str, str]]:
+    """``LEFT<separator>RIGHT`` texts as pairs; a malformed one stops the benchmark naming ``flag`` and ``shape``."""
+    pairs = []
+    for text in texts:
+        left, sep, right = text.partition(separator)
+        if not sep or not left or not right:
+            raise SystemExit(f"{flag}: {text!r} is not {shape}")
+        pairs.append((left, right))
+    return pairs
+
+
 def parse_editors(texts: list[str]) -> list[tuple[str, str]]:
     """``METHOD=DIR`` pairs of ``--editors``: the trained editor each learnt method edits with."""
-    out = []
-    for text in texts:
-        method, sep, folder = text.partition("=")
-        if not sep or not method or not folder:
-            raise SystemExit(f"--editors: {text!r} is not METHOD=DIR (e.g. malmen=checkpoints/editors/malmen-smollm2-135m)")
-        out.append((method, folder))
-    return out
+    return split_pairs(texts, "=", "--editors", "METHOD=DIR (e.g. malmen=checkpoints/editors/malmen-smollm2-135m)")
 
 
 def parse_pairs(texts: list[str]) -> list[tuple[str, str]]:
-    pairs = []
-    for text in texts:
-        base, sep, new = text.partition(":")
-        if not sep or not base or not new:
-            raise SystemExit(f"--pairs: {text!r} is not EXISTING:NEW (e.g. rome:r-rome)")
-        pairs.append((base, new))
-    return pairs
+    return split_pairs(texts, ":", "--pairs", "EXISTING:NEW (e.g. rome:r-rome)")
 
 
 def compare(pairs: list[tuple[str, str]], results: dict[str, dict]) -> list[dict]:
