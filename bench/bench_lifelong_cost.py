@@ -9,7 +9,9 @@ Per method, edits are applied one after another and kept, as ``--sequential`` do
 - ``edit_seconds``: median wall-clock seconds of the edit calls T-w+1..T (w = ``--window``, fewer at small T);
 - ``forward_seconds``: median seconds of one forward pass over 8 fixed prompts with every edit so far attached
   (what a codebook or memory lookup adds to inference);
-- ``rss_mb``: the process's resident memory; ``held_mb``: bytes the kept edits hold (base and latest copy of each
+- ``rss_mb``: the process's resident memory; ``rss_trimmed_mb``: the same after glibc's allocator has handed the
+  heap it holds free back to the kernel (``malloc_trim``: what is left is memory in use, the difference is heap
+  fragmentation, not something the edits keep); ``held_mb``: bytes the kept edits hold (base and latest copy of each
   touched tensor, every patch's tensors); ``records_mb``: bytes of the tensors the edits' patch records reference
   (what undoing each edit needs; each storage counted once).
 
@@ -35,7 +37,7 @@ from _report import emit  # noqa: E402
 
 from lightning_edit.editors import build_editor  # noqa: E402
 from lightning_edit.evaluation.lifelong import SequenceEdits  # noqa: E402
-from lightning_edit.metrics.memory import _rss_bytes  # noqa: E402
+from lightning_edit.metrics.memory import _release_free_heap, _rss_bytes  # noqa: E402
 from lightning_edit.models import LoadedModel, layout_for, load_model  # noqa: E402
 from lightning_edit.requests import EditRequest  # noqa: E402
 
@@ -90,6 +92,11 @@ def forward_seconds(loaded: LoadedModel, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def _trimmed_rss_bytes() -> int:
+    _release_free_heap()
+    return _rss_bytes()
+
+
 def held_bytes(edits: SequenceEdits, loaded: LoadedModel) -> int:
     tensors = [*edits.weights_before.values(), *edits.weights_after.values()]
     tensors += [t for patch in loaded.patches for t in patch.state_dict().values()]
@@ -127,13 +134,14 @@ def bench_method(loaded: LoadedModel, method: str, requests: list[EditRequest], 
     try:
         for t, request in enumerate(requests[:max(steps)], start=1):
             delta = editor.edit(loaded, [request])
-            edits.fold(delta)
+            edits.fold(delta, loaded)
             seconds.append(delta.seconds)
             if t in steps:
                 gc.collect()
                 points.append({"T": t, "edit_seconds": round(statistics.median(seconds[-min(window, t):]), 4),
                                "forward_seconds": round(forward_seconds(loaded), 5),
                                "rss_mb": round(_rss_bytes() / 2**20, 1),
+                               "rss_trimmed_mb": round(_trimmed_rss_bytes() / 2**20, 1),
                                "held_mb": round(held_bytes(edits, loaded) / 2**20, 3),
                                "records_mb": round(record_bytes(edits) / 2**20, 3),
                                "patches": {p.key: sum(v.numel() for v in p.state_dict().values()) for p in loaded.patches}})

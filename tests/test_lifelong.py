@@ -342,3 +342,51 @@ def test_real_model_run_interrupted_resumes_to_the_same_state(smollm2, tmp_path,
                         checkpointing=Checkpointing(folder, every=4, resume=True))
     assert_same_state(state, expected)
     assert_same_state(state_of(smollm2), base)
+
+
+def _outputs(loaded, reqs) -> torch.Tensor:
+    batch = loaded.tokenizer([r.prompt for r in reqs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return loaded.model(**batch).logits
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("wise", {"memory_pool": [], "layer": -2, "num_steps": 3, "shard_size": 2, "shards_per_merge": 2}),
+    ("grace", {"num_steps": 2}), ("t-patcher", {"memory_pool": [], "num_steps": 3})])
+def test_a_sequence_keeps_one_record_per_memory(tokenizer, method, overrides):
+    """The sequence's record of a memory is one change, each call's merged into it (WISE held a sparse copy of its
+    side memory per edit: 3 MB each on smollm2); undoing it gives the unedited model back, re-applying it the
+    edited one, exactly."""
+    from lightning_edit.models.patches import PatchChange
+
+    loaded = build_tiny("gpt2", tokenizer)
+    reqs = requests(5)
+    before = _outputs(loaded, reqs)
+    report = evaluate_editing(loaded, build_editor(method, loaded, overrides), reqs, protocol="sequential",
+                              keep_edits=True, **OPTIONS)
+    (sequence,) = report.kept_deltas
+    assert [type(c) for c in sequence.patches] == [PatchChange] and len(loaded.patches) == 1
+    assert sequence.patches[0].summary["merged_edits"] == 5
+    assert sequence.patches[0].container._diffs == [sequence.patches[0].entry]
+    edited, state = _outputs(loaded, reqs), state_of(loaded)
+    assert not torch.allclose(edited, before)
+    sequence.undo(loaded)
+    assert len(loaded.patches) == 0 and torch.equal(_outputs(loaded, reqs), before)
+    sequence.reapply(loaded)
+    assert_same_state(state_of(loaded), state)
+    assert torch.equal(_outputs(loaded, reqs), edited)
+    sequence.undo(loaded)
+
+
+def test_only_a_memorys_two_newest_changes_merge(tokenizer):
+    loaded = build_tiny("gpt2", tokenizer)
+    editor = build_editor("grace", loaded, {"num_steps": 2})
+    first, second, third = (editor.edit(loaded, [r]).patches[0] for r in requests(3))
+    assert loaded.patches.merge(first, second) is None  # not the newest two: third came after
+    assert loaded.patches.merge(third, second) is None  # out of order
+    merged = loaded.patches.merge(second, third)
+    assert merged is not None and merged.summary["merged_edits"] == 2
+    assert loaded.patches.merge(first, merged) is not None  # and on: the merged change is the newest
+    ike = build_editor("ike", loaded, {})
+    a, b = (ike.edit(loaded, [r]).patches[0] for r in requests(2, offset=3))
+    assert loaded.patches.merge(a, b) is None  # an unordered kind: each edit's entry is its own

@@ -39,6 +39,7 @@ from ..editors.delta import run_every_step
 from ..errors import CheckpointError, ConfigError
 from ..manifest import verify_manifest, write_manifest
 from ..models.loading import LoadedModel
+from ..models.patches import PatchChange
 from ..models.placement import write_tensor
 from ..models.saving import PATCH_DIR, load_patches, save_patches
 from ..requests import EditRequest
@@ -276,26 +277,40 @@ def _checked_weights(folder: Path, loaded: LoadedModel) -> dict[str, torch.Tenso
 @dataclass
 class SequenceEdits(EditDelta):
     """The edit calls of a sequential run folded into one edit as they finish: each touched tensor as it was before
-    the first call (the base) and after the last, every patch change in order, and the patches a checkpoint put
-    back. What it holds does not grow with the number of edits (but for the patch changes, each as large as the
-    method makes it), where a list of one ``EditDelta`` per call holds two copies of the touched tensors per call
-    (AlphaEdit on smollm2: 35 MB a call, 35 GB after 1,000). Undo writes the base back and takes the changes out,
-    newest first, then the restored patches."""
+    the first call (the base) and after the last, one change per memory (each call's change merged into the one
+    before: WISE, GRACE, T-Patcher) or per entry (AlphaEdit's keys, SERAC's examples), and the patches a checkpoint
+    put back. What it holds does not grow with the number of edits beyond what the methods keep by design (an
+    entry, a neuron, a shard per edit), where a list of one ``EditDelta`` per call holds two copies of the touched
+    tensors per call (AlphaEdit on smollm2: 35 MB a call, 35 GB after 1,000) and one memory change per call (WISE
+    on smollm2: 3 MB a call). Undo writes the base back and takes the changes out, newest first, then the restored
+    patches."""
 
     restored_patches: list = field(default_factory=list)
     calls: int = 0
     call_log: list = field(default_factory=list)  # (seconds, number of requests) of each call folded in this session
 
-    def fold(self, delta: EditDelta) -> None:
-        """Add a finished edit call (its tensors are in the model now)."""
+    def fold(self, delta: EditDelta, loaded: LoadedModel) -> None:
+        """Add a finished edit call (its tensors are in ``loaded`` now). A change of a memory this sequence changed
+        last is merged with that change (``PatchRegistry.merge``): the sequence is undone as a whole."""
         for name, before in delta.weights_before.items():
             self.weights_before.setdefault(name, before)
         self.weights_after.update(delta.weights_after)
-        self.patches.extend(delta.patches)
+        for change in delta.patches:
+            self._add_change(change, loaded)
         self.requests.extend(delta.requests)
         self.seconds += delta.seconds
         self.calls += 1
         self.call_log.append((delta.seconds, len(delta.requests)))
+
+    def _add_change(self, change: PatchChange, loaded: LoadedModel) -> None:
+        for i in range(len(self.patches) - 1, -1, -1):
+            if self.patches[i].container is change.container:
+                merged = loaded.patches.merge(self.patches[i], change)
+                if merged is not None:
+                    self.patches[i] = merged  # kinds keep their order among themselves; other kinds are independent
+                    return
+                break
+        self.patches.append(change)
 
     def edit_calls(self) -> list[tuple[float, list[EditRequest]]]:
         """Each call's (seconds, requests), as a list of one ``EditDelta`` per call would give them; the calls

@@ -285,7 +285,7 @@ def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progre
                 done += len(chunks[k])
                 if life.eval_every and _crossed(done, len(chunks[k]), life.eval_every) and done < len(run.requests):
                     position.curve.append(_curve_point(run, done))  # the last point is the final scoring's
-                edits.fold(applied[-1])  # the call is finished only now
+                edits.fold(applied[-1], run.loaded)  # the call is finished only now
                 applied.pop()
                 if run.capability is not None:
                     run.capability.on_edits(done, run.loaded, last=done == len(run.requests))

@@ -96,6 +96,14 @@ class HookedMemory(EntryPatch):
         self._diffs.append(diff)
         return diff
 
+    def merge_last(self, earlier: StateDiff, later: StateDiff) -> Optional[StateDiff]:
+        if len(self._diffs) < 2 or self._diffs[-2] is not earlier or self._diffs[-1] is not later:
+            return None
+        now = self.state()
+        merged = StateDiff.between(earlier.revert(later.revert(now)), now)
+        self._diffs[-2:] = [merged]
+        return merged
+
     # ---- the declared state (Patch) ---------------------------------------------------------------
     # ``values`` are split into plain JSON (numbers, labels, None) and tensors; a tuple of tensors (WISE's shards)
     # is saved as ``name/0``, ``name/1``...; tuples come back as tuples.
