@@ -151,22 +151,40 @@ def bench_method(loaded: LoadedModel, method: str, requests: list[EditRequest], 
     return {"method": method, "overrides": overrides, "points": points}
 
 
+def parse_settings(items: list[str]) -> dict[str, dict]:
+    """``--set wise.shard_size=1`` → ``{"wise": {"shard_size": 1}}`` (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        target, sep, value = item.partition("=")
+        method, dot, name = target.partition(".")
+        if not (sep and dot and method and name):
+            raise SystemExit(f"--set {item!r}: expected METHOD.FIELD=VALUE, e.g. wise.shard_size=1")
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny (default) or a registered model name")
     parser.add_argument("--methods", default="grace,wise,alphaedit,t-patcher")
     parser.add_argument("--steps", default="1,100,1000", help="the T at which to measure")
     parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                        help="a setting of one method on top of the defaults, e.g. wise.shard_size=1 (repeatable)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = sorted(int(s) for s in args.steps.split(","))
+    settings = parse_settings(args.set)
     loaded = tiny_model() if args.model == "tiny" else load_model(args.model)
     requests = edit_requests(max(steps))
     results = []
     with tempfile.TemporaryDirectory() as stats:
         for method in args.methods.split(","):
             overrides = dict(TINY_OVERRIDES.get(method, {})) if args.model == "tiny" else {}
+            overrides.update(settings.get(method, {}))
             if method in ("alphaedit", "memit"):
                 overrides["stats_dir"] = stats  # the tiny model's statistics: computed here, not in the shared cache
             results.append(bench_method(loaded, method, requests, steps, args.window, overrides))
