@@ -3,6 +3,7 @@ are subcommands. Everything a run needs is checked before the model is loaded.""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -161,9 +162,9 @@ def run_study(argv: Sequence[str]) -> int:
     args = build_study_parser().parse_args(argv)
     ray_options = _ray_options(args)  # --ray refused (Ray missing, bad numbers) before anything is read or loaded
     apply_threads(args.threads)
-    config = StudyConfig.load(args.config, model=args.model)
+    whole = config = StudyConfig.load(args.config, model=args.model)
     if args.methods is not None:  # "--methods ," or "--methods ''" names no method: refused, not an empty study
-        config.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        config = dataclasses.replace(whole, methods=[m.strip() for m in args.methods.split(",") if m.strip()])
         config.check("--methods")
     # the shared preflight, for every method of the study; on Ray the device is the workers', not this node's
     check_study(config, "cpu" if ray_options else args.device)
@@ -181,10 +182,13 @@ def run_study(argv: Sequence[str]) -> int:
         from .study_ray import RayStudy
 
         tables = RayStudy(config, results, ray_options, data_dir=args.data_dir, progress=not args.quiet,
-                          device=args.device).run()
+                          device=args.device, whole=whole).run()
     else:
         tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
-                       device=args.device, placement=placement_args(args)).run()
+                       device=args.device, placement=placement_args(args), whole=whole).run()
+    if config is not whole:  # processes per method share a folder: its tables are every finished cell of the study
+        tables = Study(whole, results, data_dir=args.data_dir, progress=False, compute=False, device=args.device,
+                       placement=placement_args(args)).run()
     for name, md in tables.items():
         print(f"\n## {name}\n{md}")
     print(f"\nresults in {results}/ (README.md, *.csv, *.md, *.png, results.json)")

@@ -131,8 +131,9 @@ class RayStudy:
     serial ``Study`` writes them; then the same tables and figures, with what the workers counted."""
 
     def __init__(self, config: StudyConfig, results_dir: Path, options: RayOptions, data_dir: Optional[str] = None,
-                 progress: bool = True, device: str = "cpu") -> None:
+                 progress: bool = True, device: str = "cpu", whole: Optional[StudyConfig] = None) -> None:
         self.config = config
+        self.whole = whole or config  # the study ``config`` runs part of (``--methods``): what config.yaml records
         self.results_dir = Path(results_dir)
         self.cells_dir = self.results_dir / "cells"
         self.cells_dir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +155,7 @@ class RayStudy:
         self._ray = require_ray()
         started = self._connect()
         try:
-            write_study_files(self.results_dir, self.config)
+            write_study_files(self.results_dir, self.whole)
             self._workers = [self._new_worker() for _ in range(self.options.workers)]
             phases, asked = self._plan()
             while asked:  # a cell that came back empty can make the plan ask for another (as the serial study would)

@@ -174,8 +174,9 @@ class Study:
 
     def __init__(self, config: StudyConfig, results_dir: Path, data_dir: Optional[str] = None, progress: bool = True,
                  loaded: Optional[LoadedModel] = None, compute: bool = True, device: str = DEFAULT_DEVICE,
-                 placement: Optional[dict] = None):
+                 placement: Optional[dict] = None, whole: Optional[StudyConfig] = None):
         self.config = config
+        self.whole = whole or config  # the study ``config`` runs part of (``--methods``): what config.yaml records
         self.results_dir = Path(results_dir)
         self.cells_dir = self.results_dir / "cells"
         self.cells_dir.mkdir(parents=True, exist_ok=True)
@@ -197,7 +198,7 @@ class Study:
                                   prepared.compute if self.compute else None)
 
     def run(self) -> dict:
-        write_study_files(self.results_dir, self.config)
+        write_study_files(self.results_dir, self.whole)
         p = run_phases(self.config, self.cell, self.maker.done_with, self.skipped)
         return write_study_report(self.results_dir, self.config, p, self.skipped)
 

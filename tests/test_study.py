@@ -210,3 +210,28 @@ def test_lifelong_study_reads_both_ways_with_capability_and_resumes(tmp_path, to
     bad.write_text("name: x\ncapability_tasks: local-perplexity\n")
     with pytest.raises(ConfigError, match="capability_tasks"):
         StudyConfig.load(str(bad))
+
+
+def test_processes_per_method_share_one_folders_tables(tmp_path, tokenizer):
+    """The lifelong study runs one process per method into one folder: each writes the study's configuration and
+    the tables of every finished cell, not only its own method's (the last one used to drop the others' rows)."""
+    import yaml
+
+    from conftest import save_tiny
+    from lightning_edit.cli import main
+
+    model = save_tiny("llama", tokenizer, tmp_path / "tiny-llama")
+    config = {"name": "t", "model": str(model), "methods": ["grace", "ft-m"], "datasets": {"demo": 2},
+              "portability_data": "demo", "batch_data": "demo", "batch_sizes": [1], "sequential_data": "demo",
+              "sequential_ns": [1], "fluency": False,
+              "overrides": {"ft-m": {"layers": [1], "num_steps": 2}, "grace": {"num_steps": 2}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+    results = tmp_path / "results"
+    for method in ("grace", "ft-m"):
+        argv = ["study", "--config", str(tmp_path / "study.yaml"), "--methods", method, "--results-dir", str(results),
+                "--quiet", "--threads", "1"]
+        assert main(argv) == 0
+        written = yaml.safe_load((results / "config.yaml").read_text())
+        assert written["methods"] == ["grace", "ft-m"]
+    table = (results / "table2.md").read_text()
+    assert "| grace |" in table and "| ft-m |" in table
