@@ -186,7 +186,9 @@ def run_study(argv: Sequence[str]) -> int:
     else:
         tables = Study(config, results, data_dir=args.data_dir, progress=not args.quiet, compute=not args.tables_only,
                        device=args.device, placement=placement_args(args), whole=whole).run()
-    if config is not whole:  # processes per method share a folder: its tables are every finished cell of the study
+    # Processes per method share a folder: its tables are every finished cell of the study. Not after --ray, whose
+    # driver never loads the model (a cell's key needs it): there `--tables-only` does it where the model fits.
+    if config is not whole and not ray_options:
         tables = Study(whole, results, data_dir=args.data_dir, progress=False, compute=False, device=args.device,
                        placement=placement_args(args)).run()
     for name, md in tables.items():
