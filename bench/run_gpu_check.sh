@@ -8,6 +8,11 @@
 # bench_gpu.log (bench/bench_gpu.py: GPT-J-6B-shaped, fp32 and bf16), stats_gpu.json (edit.py stats on smollm2).
 # Offline machines: put the deepspeed, hjson and pydantic wheels under bench/wheels/ (git-ignored; see
 # bench/README-gpu.md); they are installed into $SITE (default a temporary folder) and put on PYTHONPATH.
+#     PARTS=lifelong LIGHTNING_EDIT_DATA=DIR OUT=... bash bench/run_gpu_check.sh   # opt-in, issue 25's GPU cells
+#
+# lifelong: the lifelong study's CounterFact cells (configs/study/lifelong-counterfact.yaml, methods
+# $LIFELONG_METHODS, default alphaedit,memit) on the GPU into $OUT/lifelong-smollm2; every batch of 100 is
+# checkpointed, so a run cut by LIFELONG_TIMEOUT resumes from $OUT/lifelong-smollm2/cells/partial/ (same command).
 # Each part has its own time limit (TESTS_TIMEOUT, BENCH_TIMEOUT, STATS_TIMEOUT seconds) so one slow part
 # does not eat the others' device time; the exit status is the number of parts that failed.
 set -u
@@ -53,6 +58,12 @@ if [[ ",$PARTS," == *",stats,"* ]]; then
         || failed=$((failed + 1))
     cat "$OUT/stats_gpu.json"
     rm -rf "$OUT/stats-cache"
+fi
+if [[ ",$PARTS," == *",lifelong,"* ]]; then
+    timeout --signal=TERM "${LIFELONG_TIMEOUT:-540}" $PY edit.py study --config lifelong-counterfact \
+        --methods "${LIFELONG_METHODS:-alphaedit,memit}" --device "${LIFELONG_DEVICE:-cuda}" \
+        --results-dir "$OUT/lifelong-smollm2" > "$OUT/lifelong.log" 2>&1 || failed=$((failed + 1))
+    tail -c 3000 "$OUT/lifelong.log"
 fi
 echo "parts failed: $failed"
 exit $failed
