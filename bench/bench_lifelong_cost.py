@@ -7,6 +7,8 @@ Per method, edits are applied one after another and kept, as ``--sequential`` do
 ``SequenceEdits``, the protocol loop's own bookkeeping); at each T in ``--steps``:
 
 - ``edit_seconds``: median wall-clock seconds of the edit calls T-w+1..T (w = ``--window``, fewer at small T);
+  ``ratio_to_first_edits``: that over the median of the first w edit calls (the method's ``first_edits_seconds``; a
+  steadier baseline than the first edit alone, which is the point at T = 1);
 - ``forward_seconds``: median seconds of one forward pass over 8 fixed prompts with every edit so far attached
   (what a codebook or memory lookup adds to inference);
 - ``rss_mb``: the process's resident memory; ``rss_trimmed_mb``: the same after glibc's allocator has handed the
@@ -148,7 +150,10 @@ def bench_method(loaded: LoadedModel, method: str, requests: list[EditRequest], 
                 print(method, points[-1], file=sys.stderr, flush=True)
     finally:
         edits.undo(loaded)
-    return {"method": method, "overrides": overrides, "points": points}
+    first = statistics.median(seconds[:window])
+    for point in points:
+        point["ratio_to_first_edits"] = round(point["edit_seconds"] / first, 3)
+    return {"method": method, "overrides": overrides, "first_edits_seconds": round(first, 4), "points": points}
 
 
 def parse_settings(items: list[str]) -> dict[str, dict]:
