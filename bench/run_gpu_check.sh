@@ -11,8 +11,8 @@
 #     PARTS=lifelong LIGHTNING_EDIT_DATA=DIR OUT=... bash bench/run_gpu_check.sh   # opt-in, issue 25's GPU cells
 #
 # lifelong: the lifelong study's CounterFact cells (configs/study/lifelong-counterfact.yaml, methods
-# $LIFELONG_METHODS, default alphaedit,memit) on the GPU into $OUT/lifelong-smollm2; every batch of 100 is
-# checkpointed, so a run cut by LIFELONG_TIMEOUT resumes from $OUT/lifelong-smollm2/cells/partial/ (same command).
+# $LIFELONG_METHODS, default alphaedit,memit) on the GPU into $OUT/lifelong-smollm2/counterfact; every batch of 100 is
+# checkpointed, so a run cut by LIFELONG_TIMEOUT resumes from $OUT/lifelong-smollm2/counterfact/cells/partial/ (same command).
 # Each part has its own time limit (TESTS_TIMEOUT, BENCH_TIMEOUT, STATS_TIMEOUT seconds) so one slow part
 # does not eat the others' device time; the exit status is the number of parts that failed.
 set -u
@@ -62,7 +62,7 @@ fi
 if [[ ",$PARTS," == *",lifelong,"* ]]; then
     timeout --signal=TERM "${LIFELONG_TIMEOUT:-540}" $PY edit.py study --config lifelong-counterfact \
         --methods "${LIFELONG_METHODS:-alphaedit,memit}" --device "${LIFELONG_DEVICE:-cuda}" \
-        --results-dir "$OUT/lifelong-smollm2" > "$OUT/lifelong.log" 2>&1 || failed=$((failed + 1))
+        --results-dir "$OUT/lifelong-smollm2/counterfact" > "$OUT/lifelong.log" 2>&1 || failed=$((failed + 1))
     tail -c 3000 "$OUT/lifelong.log"
 fi
 echo "parts failed: $failed"

@@ -154,10 +154,12 @@ class CellMaker:
         if partial is not None:  # the cell is whole now: its checkpoint is no longer needed
             shutil.rmtree(partial.directory, ignore_errors=True)
         readings = {"immediate": report.immediate, "curve": report.curve} if protocol == "sequential" else {}
+        earlier = report.config.get("earlier_seconds", {})  # a resumed cell: the interrupted processes' seconds
         if capability is not None:
             readings["capability"] = capability.to_json()
         return {**readings, "method": method, "model": self.config.model, "data": data, "protocol": protocol, "batch_size": batch, "n": n,
-                "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start, 1),
+                "summary": report.to_json()["summary"], "pre": report.pre, "cell_seconds": round(time.perf_counter() - start + (earlier or {}).get("wall", 0.0), 1),
+                "cell_seconds_whole": earlier is not None,  # False: a checkpoint left no record of the time before it
                 "device": device_name(self.loaded),  # cell_seconds of a GPU cell and a CPU cell are not comparable
                 "hparams": editor.hparams.to_dict(), "per_request": _per_request(report)}
 

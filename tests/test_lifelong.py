@@ -106,6 +106,65 @@ def test_interrupted_run_resumes_to_the_same_weights(tokenizer, tmp_path, method
     assert resumed.curve == reference.curve
 
 
+class SlowEdits:
+    """An editor whose edit calls each report ``seconds`` (an interruption at call ``at`` as ``Interrupt``)."""
+
+    def __init__(self, editor, seconds: float, at: int = 0) -> None:
+        self.seconds, self.at, self.calls, self.real = seconds, at, 0, editor.edit
+        editor.edit = self
+
+    def __call__(self, loaded, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        delta = self.real(loaded, batch)
+        delta.seconds = self.seconds
+        return delta
+
+
+def test_a_resumed_runs_seconds_cover_every_edit(tokenizer, tmp_path):
+    """The report of a resumed run counts the interrupted process's edits too: 6 calls reporting 5 s before Ctrl-C
+    and 2 reporting 1 s after give a median of 5 s over all 8 (not this process's 1 s), the phase totals include
+    the earlier process's (the checkpoint records them, and the wall time), and the report says what they were.
+    A checkpoint from before the seconds were recorded still resumes, its edit seconds taken from its rows, the
+    rest marked unknown (None)."""
+    from lightning_edit.evaluation.protocols import CheckpointedInterrupt
+    from lightning_edit.manifest import write_manifest
+
+    loaded = build_tiny("gpt2", tokenizer)
+    reqs, folder = requests(8), tmp_path / "ckpt"
+    editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+    SlowEdits(editor, 5.0, at=7)
+    with pytest.raises(CheckpointedInterrupt):
+        evaluate_editing(loaded, editor, reqs, protocol="sequential", checkpointing=Checkpointing(folder, every=4),
+                         **OPTIONS)
+    position = folder / "edits-0000006" / "position.json"
+    saved = json.loads(position.read_text())
+    earlier = saved["seconds"]
+    assert earlier["wall"] >= earlier["edit"] + earlier["scoring"] > 0
+
+    def resume():
+        editor = build_editor("ft-m", loaded, METHODS["ft-m"])
+        SlowEdits(editor, 1.0)
+        return evaluate_editing(loaded, editor, reqs, protocol="sequential",
+                                checkpointing=Checkpointing(folder, every=100, resume=True), **OPTIONS)
+
+    report = resume()
+    assert report.efficiency["edit_seconds"] == pytest.approx(5.0)
+    assert report.config["earlier_seconds"] == earlier
+    for phase in ("edit", "scoring", "prepare"):
+        assert report.efficiency["time_split_seconds"][phase] >= round(earlier[phase], 3)
+
+    saved.pop("seconds")  # as a checkpoint written before they were recorded (its manifest written again)
+    position.write_text(json.dumps(saved))
+    manifest = json.loads((position.parent / "manifest.json").read_text())
+    write_manifest(position.parent, manifest.pop("files"), manifest.pop("format"), **manifest)
+    report = resume()
+    assert report.efficiency["edit_seconds"] == pytest.approx(5.0)
+    assert report.efficiency["edit_seconds_mean"] >= 6 * 5.0 / 8  # the rows' 30 s in the mean
+    assert report.config["earlier_seconds"] is None
+
+
 def test_sigterm_checkpoints_like_ctrl_c(tokenizer, tmp_path):
     """SIGTERM in a checkpointed run (a scheduler pre-empting it; a background job, which the shell keeps from
     Ctrl-C) writes the state after the last finished call and says how to resume; the handler is put back after."""

@@ -76,6 +76,9 @@ class LoopPosition:
     rng: dict = field(default_factory=dict)
     curve: list = field(default_factory=list)
     capability: list = field(default_factory=list)  # [edits, scores] of a --capability-every curve so far
+    # wall seconds per phase (edit, scoring, ...) of the processes before this one, up to the checkpoint they left;
+    # None: a checkpoint written before they were recorded
+    seconds: Optional[dict] = field(default_factory=dict)
 
 
 def run_identity(loaded: LoadedModel, editor: Editor, requests: Sequence[EditRequest], batch_size: int,
@@ -180,7 +183,7 @@ def write_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, applied:
         save_patches(loaded, temp, method=identity["method"])
         state = {"identity": identity, "calls_done": position.calls_done, "requests_done": requests_done,
                  "rows": [_resumable_row(r) for r in rows[:requests_done]], "curve": position.curve,
-                 "capability": position.capability,
+                 "capability": position.capability, "seconds": position.seconds,
                  "python_rng": position.rng["python"], "numpy_rng": position.rng["numpy"]}
         (temp / POSITION_FILE).write_text(json.dumps(state, default=str))
         files = [p.relative_to(temp).as_posix() for p in sorted(temp.rglob("*")) if p.is_file()]
@@ -250,7 +253,7 @@ def restore_checkpoint(checkpointing: Checkpointing, loaded: LoadedModel, identi
             raise
     restore_rng({"torch": rng["torch"], "python": state["python_rng"], "numpy": state["numpy_rng"]})
     position = LoopPosition(calls_done=state["calls_done"], curve=state["curve"],
-                            capability=state.get("capability", []))
+                            capability=state.get("capability", []), seconds=state.get("seconds"))
     return Restored(delta, position, state["rows"], state["requests_done"])
 
 

@@ -176,7 +176,8 @@ def evaluate_editing(
                 "generate_tokens": gen_tokens, "versions": package_versions(), "device": str(loaded.device),
                 "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
                 "threads": torch.get_num_threads(), "batch_size": batch_size,
-                "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size)},
+                "kept_edits": bool(kept), "scored": _scored_statement(protocol, len(chunks), batch_size),
+                "earlier_seconds": run.earlier_seconds},
         kept_deltas=kept, immediate=immediate_summary(scoring.rows) if protocol == "sequential" else {}, curve=curve,
     )
 
@@ -209,6 +210,9 @@ class _Run:
     seconds: EditSeconds = field(default_factory=EditSeconds)
     memory: PeakMemory = field(default_factory=PeakMemory)
     capability: Optional[Any] = None  # sequential: on_edits(n_done, loaded, last) after each edit call
+    # sequential --resume: the seconds of the processes before this one ({} for a fresh run, None when their
+    # checkpoint did not record them); the timer's totals include them
+    earlier_seconds: Optional[dict] = field(default_factory=dict)
 
 
 def _run_protocol(run: _Run, protocol: str, chunks: list[list[int]], keep_edits: bool,
@@ -314,9 +318,19 @@ def _run_sequential(run: _Run, chunks: list[list[int]], keep_edits: bool, progre
 
 
 def _resume_rows(run: _Run, restored: Restored) -> LoopPosition:
-    """Put the checkpoint's immediate scores and edit seconds back in the rows; the position to go on from."""
+    """Put the checkpoint's immediate scores and edit seconds back in the rows, and the earlier processes' seconds
+    in the run's totals (the report's seconds then cover every edit, not this process's only); the position to go
+    on from."""
     for row, saved in zip(run.scoring.rows, restored.rows):
         row.update(saved)
+    edit_seconds = [row["edit_seconds"] for row in restored.rows if "edit_seconds" in row]
+    for seconds in edit_seconds:
+        run.seconds.update(seconds)
+    earlier = restored.position.seconds
+    run.earlier_seconds = dict(earlier) if earlier is not None else None
+    for phase, seconds in (earlier or {"edit": sum(edit_seconds)}).items():  # an older checkpoint: its rows' edits
+        if phase in run.timer.total:
+            run.timer.total[phase] += seconds
     restored.position.rng = capture_rng()  # restore_checkpoint has just set them
     return restored.position
 
@@ -325,6 +339,11 @@ def _checkpoint(run: _Run, life: _Lifelong, edits: EditDelta, position: LoopPosi
     assert life.checkpointing is not None
     if run.capability is not None:
         position.capability = [[n, scores] for n, scores in run.capability.points]
+    if run.earlier_seconds is None:  # resumed from a checkpoint that did not record them: they stay unknown
+        position.seconds = None
+    else:
+        wall = run.earlier_seconds.get("wall", 0.0) + time.perf_counter() - run.timer.started
+        position.seconds = {**run.timer.total, "wall": wall}
     write_checkpoint(life.checkpointing, run.loaded, [edits], life.identity, position, run.scoring.rows, done)
     return position.calls_done
 
@@ -411,6 +430,7 @@ class _Timer:
 
     def __init__(self) -> None:
         self.total: dict[str, float] = {"prepare": 0.0, "edit": 0.0, "scoring": 0.0, "generation": 0.0}
+        self.started = time.perf_counter()
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:

@@ -129,7 +129,7 @@ def cached_or_computed(cells_dir: Path, key: str, inputs: dict, compute: Optiona
 # What the machine's speed and load make vary from run to run: clocks and peak memory, never a score.
 MEASURED_FIELDS = frozenset({"cell_seconds", "edit_seconds", "edit_seconds_mean", "prepare_seconds",
                              "scoring_seconds_per_request", "seconds_per_request", "seconds_per_case",
-                             "peak_memory_mb", "time_split_seconds"})
+                             "peak_memory_mb", "time_split_seconds", "earlier_seconds"})
 
 
 def cell_results(cell: object) -> object:
