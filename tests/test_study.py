@@ -7,6 +7,7 @@ from conftest import build_tiny
 from lightning_edit.errors import ConfigError
 from lightning_edit import study_runner as study_mod  # the module whose evaluate_editing and Run Study uses
 from lightning_edit.evaluation.study import StudyConfig
+from lightning_edit.evaluation.study.lifelong_report import lifelong_table
 from lightning_edit.study_runner import Study
 from lightning_edit.metrics.intervals import bootstrap_interval
 
@@ -206,9 +207,18 @@ def test_lifelong_study_reads_both_ways_with_capability_and_resumes(tmp_path, to
     assert (tmp_path / "lifelong_curve_grace_demo_4.png").stat().st_size > 1000
     assert (tmp_path / "lifelong_capability.png").stat().st_size > 1000
     assert not any((tmp_path / "cells" / "partial").glob("*/edits-*"))  # the whole cell needs no checkpoint
+    # CounterFact's lifelong study reads other scores (configs/study/lifelong-counterfact.yaml): the table shows them
+    config.sequential_scores = ["efficacy_score", "neighborhood_score"]
+    header, rows = lifelong_table(config, {("grace", 4): cell})
+    assert header[3:7] == ["retained efficacy_score", "retained neighborhood_score", "immediate efficacy_score",
+                           "immediate neighborhood_score"]
+    assert rows[0][3].value == cell["summary"]["efficacy_score"] and rows[0][3].interval is not None
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\ncapability_tasks: local-perplexity\n")
     with pytest.raises(ConfigError, match="capability_tasks"):
+        StudyConfig.load(str(bad))
+    bad.write_text("name: x\nsequential_scores: [efficacy]\n")
+    with pytest.raises(ConfigError, match="sequential_scores.*efficacy_score"):
         StudyConfig.load(str(bad))
 
 

@@ -355,9 +355,9 @@ def immediate_summary(rows: Sequence[dict], upto: Optional[int] = None) -> dict[
 CURVE_KEYS = ("reliability", "generalization", "locality", "portability")
 
 
-def write_curve_figure(curve: Sequence[dict], path: Path, title: str) -> Path:
-    """Retained (solid) and immediate (dashed) reliability, generalization and locality against the number of
-    edits, as a PNG written whole."""
+def write_curve_figure(curve: Sequence[dict], path: Path, title: str, keys: Sequence[str] = CURVE_KEYS) -> Path:
+    """Retained (solid) and immediate (dashed) scores (``keys``: by default reliability, generalization, locality
+    and portability, where measured) against the number of edits, as a PNG written whole."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,13 +366,13 @@ def write_curve_figure(curve: Sequence[dict], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     xs = [point["edits"] for point in curve]
-    for i, key in enumerate(k for k in CURVE_KEYS if any(k in p["retained"] for p in curve)):
+    for i, key in enumerate(k for k in keys if any(k in p["retained"] for p in curve)):
         color = plt.get_cmap("tab10").colors[i]
         for reading, style in (("retained", "-"), ("immediate", "--")):
             ys = [point[reading].get(key, float("nan")) for point in curve]
             ax.plot(xs, ys, linestyle=style, marker="o", markersize=3, color=color, label=f"{key} ({reading})")
     ax.set_xlabel("edits applied")
-    ax.set_ylabel("score (locality against the unedited model)")
+    ax.set_ylabel("score")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title)
     ax.legend(fontsize=7, ncol=2)

@@ -71,6 +71,10 @@ KEY_PROTOCOLS = {
     "peak_memory_mb": "peak process memory during edits (CPU: peak resident set size, kernel VmHWM, reset at each edit after freed heap is returned; CUDA: allocator peak)",
 }
 
+# the per-request scores (each request has one, so a cell's value has a bootstrap interval), as opposed to costs
+SCORE_KEYS = ("reliability", "reliability_exact", "generalization", "generalization_exact", "locality",
+              "locality_exact", "portability", "portability_exact", "efficacy_score", "efficacy_magnitude",
+              "paraphrase_score", "paraphrase_magnitude", "neighborhood_score", "neighborhood_magnitude")
 
 @dataclass
 class Report:

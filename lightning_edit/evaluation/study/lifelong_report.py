@@ -12,9 +12,6 @@ from ..capability import PERPLEXITY_TASK
 from .estimates import estimate
 from .plan import StudyConfig
 
-QUALITY = ("reliability", "generalization", "locality")
-
-
 def lifelong_cells(sequential: dict) -> dict:
     """The sequential cells that carry a curve or a capability curve: (method, edits) → cell."""
     return {key: cell for key, cell in sequential.items() if cell and (cell.get("curve") or cell.get("capability"))}
@@ -48,21 +45,21 @@ def _capability_values(cell: dict, keys: list[str]) -> list:
 
 
 def lifelong_table(c: StudyConfig, sequential: dict) -> Optional[tuple[list[str], list[list]]]:
-    """One row per long sequential cell: retained and immediate scores with intervals, seconds per edit early and
+    """One row per long sequential cell: retained and immediate scores (``c.sequential_scores``) with intervals, seconds per edit early and
     late, and each capability score before the first edit, after the last, and the edits at which it first fell by
     5% ("None": it did not). None when the study has no such cell."""
     cells = lifelong_cells(sequential)
     if not cells:
         return None
-    keys = capability_columns(cells)
-    header = (["method", "edits", "batch"] + [f"retained {k}" for k in QUALITY] + [f"immediate {k}" for k in QUALITY]
+    keys, scores = capability_columns(cells), c.sequential_scores
+    header = (["method", "edits", "batch"] + [f"retained {k}" for k in scores] + [f"immediate {k}" for k in scores]
               + ["s/edit first 10%", "s/edit last 10%", "device"]
               + [f"{k} {when}" for k in keys for when in ("before", "after", "first 5% drop at")])
     rows = []
     for (method, n), cell in cells.items():
         early, late = seconds_early_late(cell)
-        rows.append([method, n, cell.get("batch_size", 1)] + [estimate(cell, k) for k in QUALITY]
-                    + [estimate(cell, k, immediate=True) for k in QUALITY]
+        rows.append([method, n, cell.get("batch_size", 1)] + [estimate(cell, k) for k in scores]
+                    + [estimate(cell, k, immediate=True) for k in scores]
                     + [early, late, cell.get("device", "cpu")] + _capability_values(cell, keys))
     return header, rows
 
@@ -78,7 +75,8 @@ def write_lifelong_figures(results_dir: Path, c: StudyConfig, sequential: dict) 
         if cell.get("curve"):
             name = f"lifelong_curve_{method}_{cell['data']}_{n}.png"
             written.append(write_curve_figure(cell["curve"], results_dir / name,
-                                              f"{method}, {n} sequential edits ({cell['data']}, {c.model})"))
+                                              f"{method}, {n} sequential edits ({cell['data']}, {c.model})",
+                                              keys=c.sequential_scores))
     if any(cell.get("capability") for cell in cells.values()):
         written.append(_capability_figure(results_dir / "lifelong_capability.png", c, cells))
     return written

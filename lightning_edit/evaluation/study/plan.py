@@ -11,6 +11,7 @@ from ...config import load_yaml
 from ...editors import get_editor_class
 from ...errors import ConfigError, docs_link
 from ...paths import STUDY_CONFIGS
+from ..protocols import SCORE_KEYS
 
 
 @dataclass
@@ -33,6 +34,9 @@ class StudyConfig:
     sequential_eval_every: int = 0  # >0: both readings every K edits in each sequential cell (its "curve")
     sequential_checkpoint_every: int = 0  # >0: a sequential cell checkpoints every N edit calls (cells/partial/), resumed
     sequential_capability_every: int = 0  # >0: general capability of a sequential cell's model before, every K edits, after
+    # the scores the lifelong table and curves show, retained and immediate (CounterFact's papers read efficacy,
+    # paraphrase and neighborhood scores; ZsRE's the token accuracies)
+    sequential_scores: list[str] = field(default_factory=lambda: ["reliability", "generalization", "locality"])
     capability_tasks: list[str] = field(default_factory=lambda: ["local-perplexity", "known-facts"])  # local tasks or lm-eval's
     capability_limit: int = 100  # windows of held-out text, known facts, documents per lm-eval task
     multihop_data: str = "mquake"  # MQuAKE cases for the multi-hop protocol (evaluation/multihop.py)
@@ -154,6 +158,9 @@ def check_study_fields(c: StudyConfig, where: str) -> None:
     _need(isinstance(c.capability_tasks, list) and bool(c.capability_tasks) and all(
         isinstance(t, str) and t.strip() for t in c.capability_tasks), where, "capability_tasks",
         "a YAML list of task names, e.g. [local-perplexity, known-facts] or lm-eval tasks", c.capability_tasks)
+    _need(isinstance(c.sequential_scores, list) and bool(c.sequential_scores) and all(
+        k in SCORE_KEYS for k in c.sequential_scores), where, "sequential_scores",
+        f"a YAML list of scores, each one of {', '.join(SCORE_KEYS)}", c.sequential_scores)
 
 
 # --- the plan: which cells, in which order ---------------------------------------------------------------------
