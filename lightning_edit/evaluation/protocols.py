@@ -76,6 +76,7 @@ SCORE_KEYS = ("reliability", "reliability_exact", "generalization", "generalizat
               "locality_exact", "portability", "portability_exact", "efficacy_score", "efficacy_magnitude",
               "paraphrase_score", "paraphrase_magnitude", "neighborhood_score", "neighborhood_magnitude")
 
+
 @dataclass
 class Report:
     method: str

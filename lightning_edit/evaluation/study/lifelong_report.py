@@ -12,6 +12,7 @@ from ..capability import PERPLEXITY_TASK
 from .estimates import estimate
 from .plan import StudyConfig
 
+
 def lifelong_cells(sequential: dict) -> dict:
     """The sequential cells that carry a curve or a capability curve: (method, edits) → cell."""
     return {key: cell for key, cell in sequential.items() if cell and (cell.get("curve") or cell.get("capability"))}
@@ -45,9 +46,9 @@ def _capability_values(cell: dict, keys: list[str]) -> list:
 
 
 def lifelong_table(c: StudyConfig, sequential: dict) -> Optional[tuple[list[str], list[list]]]:
-    """One row per long sequential cell: retained and immediate scores (``c.sequential_scores``) with intervals, seconds per edit early and
-    late, and each capability score before the first edit, after the last, and the edits at which it first fell by
-    5% ("None": it did not). None when the study has no such cell."""
+    """One row per long sequential cell: retained and immediate scores (``c.sequential_scores``) with intervals,
+    seconds per edit early and late, and each capability score before the first edit, after the last, and the
+    edits at which it first fell by 5% ("None": it did not). None when the study has no such cell."""
     cells = lifelong_cells(sequential)
     if not cells:
         return None
